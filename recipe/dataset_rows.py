@@ -1,0 +1,304 @@
+"""Conversion of source rows into verl RL and SFT rows.
+
+Two source schemas are understood:
+
+* **multi-turn** (the published CollabLLM datasets, e.g. ``collabllm/collabllm-multiturn-math-hard``):
+  ``prompt`` (list of ``{role, content}``: the conversation so far, ending with a user turn),
+  ``completion`` (the assistant reply that was scored), ``score`` (its multiturn-aware reward),
+  ``conv_id``, ``turn_id``, ``single_turn_prompt`` (the hidden goal), ``single_turn_completion`` (the
+  reference) and ``single_turn_metadata``. The ``-large`` variants store ``sessions`` as a dict and
+  ``rewards`` as summary statistics; the small ones store ``sessions`` as a list and ``rewards`` as
+  metric -> list of floats with an ``MR`` list. Neither column is needed here except as a fallback for a
+  missing ``score`` (the mean of ``rewards["MR"]``).
+* **single-turn** (e.g. MATH: ``problem``, ``solution``, ``answer``): the prompt field becomes both the first
+  user message and the hidden goal; the reference field is the ground truth.
+
+Output rows follow verl's RL dataset format (``prompt``, ``data_source``, ``agent_name``, ``ability``,
+``reward_model``, ``extra_info``) and verl's multi-turn SFT format (``messages``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+AGENT_NAME = "collabllm_agent"
+INTERACTION_NAME = "collabllm"
+MULTITURN_REQUIRED = ("prompt", "completion", "single_turn_prompt", "single_turn_completion")
+_ROLES = {"system", "user", "assistant"}
+
+
+class DatasetFormatError(ValueError):
+    """A source row lacks a required field or has one of the wrong type.
+
+    The message names the source, the row index (0-based, in the source split before any filter) and the
+    field, e.g. ``data/x.jsonl: row 17: field 'single_turn_prompt': missing``.
+    """
+
+    def __init__(self, source: str, row: int, field: str, problem: str):
+        super().__init__(f"{source}: row {row}: field {field!r}: {problem}")
+        self.source, self.row, self.field, self.problem = source, row, field, problem
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to read one source dataset.
+
+    Attributes:
+        source: label used in error messages (the ``--dataset`` argument).
+        data_source: value written to the ``data_source`` column (selects per-source reward logic in verl).
+        schema: ``"multiturn"`` or ``"single_turn"``.
+        ability: task family written to the ``ability`` column (``math``, ``writing``, ``coding``, ``general``).
+        task_desc: one-line description of the task, given to the user simulator.
+        system_prompt: system message prepended to every prompt; ``None`` for none.
+        prompt_field / reference_field / answer_field: single-turn column names (answer is optional).
+    """
+
+    source: str
+    data_source: str
+    schema: str
+    ability: str
+    task_desc: str
+    system_prompt: str | None
+    prompt_field: str = "problem"
+    reference_field: str = "solution"
+    answer_field: str | None = "answer"
+
+
+def detect_schema(column_names: Iterable[str]) -> str:
+    """Return ``"multiturn"`` when every CollabLLM multi-turn column is present, else ``"single_turn"``."""
+    columns = set(column_names)
+    return "multiturn" if all(c in columns for c in MULTITURN_REQUIRED) else "single_turn"
+
+
+def row_matches(row: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+    """True when ``str(row[field]) == value`` for every filter (e.g. ``{"level": "5"}``)."""
+    return all(field in row and str(row[field]) == value for field, value in filters.items())
+
+
+def _text(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str, *, allow_empty=False) -> str:
+    if field not in row or row[field] is None:
+        raise DatasetFormatError(spec.source, index, field, "missing")
+    value = row[field]
+    if not isinstance(value, str):
+        raise DatasetFormatError(spec.source, index, field, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DatasetFormatError(spec.source, index, field, "empty")
+    return value
+
+
+def _messages(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str) -> list[dict[str, str]]:
+    value = row.get(field)
+    if value is None:
+        raise DatasetFormatError(spec.source, index, field, "missing")
+    if isinstance(value, str):
+        raise DatasetFormatError(spec.source, index, field, "expected a list of {role, content} messages")
+    messages = list(value)
+    if not messages:
+        raise DatasetFormatError(spec.source, index, field, "empty conversation")
+    cleaned = []
+    for turn, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") not in _ROLES:
+            raise DatasetFormatError(spec.source, index, f"{field}[{turn}].role", "expected system/user/assistant")
+        if not isinstance(message.get("content"), str):
+            raise DatasetFormatError(spec.source, index, f"{field}[{turn}].content", "expected a string")
+        if message["role"] != "system":
+            cleaned.append({"role": message["role"], "content": message["content"]})
+    if not cleaned or cleaned[-1]["role"] != "user":
+        raise DatasetFormatError(spec.source, index, field, "the conversation must end with a user message")
+    return cleaned
+
+
+def _with_system(spec: SourceSpec, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    if spec.system_prompt is None:
+        return messages
+    return [{"role": "system", "content": spec.system_prompt}, *messages]
+
+
+def _score(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> float:
+    score = row.get("score")
+    if score is None:
+        rewards = row.get("rewards") or {}
+        mr = rewards.get("MR") if isinstance(rewards, Mapping) else None
+        if mr:
+            score = sum(mr) / len(mr)
+    if score is None or not isinstance(score, (int, float)) or math.isnan(float(score)):
+        raise DatasetFormatError(spec.source, index, "score", "missing (and no rewards['MR'] to fall back on)")
+    return float(score)
+
+
+def _int(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str) -> int:
+    value = row.get(field)
+    if value is None or isinstance(value, bool):
+        raise DatasetFormatError(spec.source, index, field, "missing")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetFormatError(spec.source, index, field, f"expected an integer, got {value!r}") from None
+
+
+def _jsonable_metadata(row: Mapping[str, Any], exclude: Iterable[str]) -> str:
+    """Other source columns as a JSON string (a string keeps the parquet schema fixed across rows)."""
+    skipped = set(exclude)
+    return json.dumps({k: v for k, v in row.items() if k not in skipped}, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class ConvertedRow:
+    """One converted source row, before deduplication and splitting.
+
+    ``group`` keeps the rows of one conversation in the same split; ``rank`` orders candidate SFT rows
+    of a conversation (latest turn first, then highest score).
+    """
+
+    rl: dict[str, Any]
+    history: list[dict[str, str]]
+    completion: str
+    group: str
+    rank: tuple[int, float]
+
+
+def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> ConvertedRow:
+    """Validate one source row and build its RL row and SFT material.
+
+    Returns:
+        ConvertedRow whose ``rl`` dict has ``prompt`` (system prompt + conversation so far),
+        ``data_source``, ``agent_name`` (``collabllm_agent``), ``ability``, ``reward_model``
+        (``{"style": "rule", "ground_truth": str}``) and ``extra_info`` (``interaction_kwargs`` with
+        ``name``/``single_turn_prompt``/``task_desc``, plus the row's metadata).
+
+    Raises:
+        DatasetFormatError: a required field is missing or malformed.
+    """
+    if spec.schema == "multiturn":
+        history = _messages(spec, index, row, "prompt")
+        completion = _text(spec, index, row, "completion")
+        goal = _text(spec, index, row, "single_turn_prompt")
+        reference = _text(spec, index, row, "single_turn_completion", allow_empty=True)
+        conv_id = row.get("conv_id")
+        group = f"conv:{conv_id}" if conv_id is not None else f"row:{index}"
+        turn = _int(spec, index, row, "turn_id") if "turn_id" in row else len(history)
+        rank = (turn, _score(spec, index, row))
+        extra = {
+            "conv_id": None if conv_id is None else str(conv_id),
+            "turn_id": turn,
+            "score": rank[1],
+            "answer": None,
+        }
+        consumed = {"prompt", "completion", "single_turn_prompt", "single_turn_completion", "sessions", "rewards"}
+    else:
+        goal = _text(spec, index, row, spec.prompt_field)
+        reference = _text(spec, index, row, spec.reference_field)
+        history = [{"role": "user", "content": goal}]
+        completion = reference
+        group = f"row:{index}"
+        rank = (1, 0.0)
+        answer = None
+        if spec.answer_field and row.get(spec.answer_field) is not None:
+            answer = str(row[spec.answer_field])
+        extra = {"conv_id": None, "turn_id": 1, "score": None, "answer": answer}
+        consumed = {spec.prompt_field, spec.reference_field}
+
+    rl = {
+        "prompt": _with_system(spec, history),
+        "data_source": spec.data_source,
+        "agent_name": AGENT_NAME,
+        "ability": spec.ability,
+        "reward_model": {"style": "rule", "ground_truth": reference},
+        "extra_info": {
+            "index": index,
+            **extra,
+            "single_turn_prompt": goal,
+            "metadata": _jsonable_metadata(row, consumed),
+            "interaction_kwargs": {
+                "name": INTERACTION_NAME,
+                "single_turn_prompt": goal,
+                "task_desc": spec.task_desc,
+            },
+        },
+    }
+    return ConvertedRow(rl=rl, history=history, completion=completion, group=group, rank=rank)
+
+
+def dedupe_rl_rows(rows: Iterable[ConvertedRow]) -> list[ConvertedRow]:
+    """Keep the first row of each distinct prompt (the same conversation prefix appears once per sampled
+    completion in the multi-turn datasets)."""
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        key = json.dumps(row.rl["prompt"], sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept
+
+
+def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[str, dict[str, Any]]]:
+    """One SFT example per conversation: its latest turn, and among that turn's candidates the one with the
+    highest score, with the completion appended as the final assistant message.
+
+    Returns:
+        ``(group, row)`` pairs; ``row`` has ``messages`` (system, user/assistant turns, final assistant)
+        and ``extra_info``.
+    """
+    best: dict[str, ConvertedRow] = {}
+    for row in rows:
+        current = best.get(row.group)
+        if current is None or row.rank > current.rank:
+            best[row.group] = row
+    out = []
+    for group, row in best.items():
+        messages = _with_system(spec, row.history) + [{"role": "assistant", "content": row.completion}]
+        info = row.rl["extra_info"]
+        out.append(
+            (
+                group,
+                {
+                    "messages": messages,
+                    "data_source": spec.data_source,
+                    "extra_info": {k: info[k] for k in ("index", "conv_id", "turn_id", "score")},
+                },
+            )
+        )
+    return out
+
+
+def split_by_group(
+    items: list[tuple[str, dict[str, Any]]], validation_size: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split rows into train and validation so that no conversation spans both.
+
+    Args:
+        items: ``(group, row)`` pairs; rows of one group always land in the same split.
+        validation_size: a fraction of the groups in ``[0, 1)``, or a number of groups (an integer >= 1).
+        seed: shuffling seed; the same seed and input give the same split.
+
+    Returns:
+        ``(train_rows, validation_rows)``, each in input order.
+
+    Raises:
+        ValueError: a negative size, a size that leaves no training group, or a non-integer size >= 1.
+    """
+    import random
+
+    groups = list(dict.fromkeys(group for group, _ in items))
+    if validation_size < 0:
+        raise ValueError(f"--validation_size must be >= 0, got {validation_size}")
+    if validation_size < 1:
+        n_val = int(round(len(groups) * validation_size))
+        if validation_size > 0 and len(groups) > 1:
+            n_val = max(n_val, 1)
+    elif float(validation_size).is_integer():
+        n_val = int(validation_size)
+    else:
+        raise ValueError(f"--validation_size must be a fraction below 1 or a whole count, got {validation_size}")
+    if n_val >= len(groups):
+        raise ValueError(f"--validation_size {validation_size} leaves no training data ({len(groups)} conversations)")
+    shuffled = groups[:]
+    random.Random(seed).shuffle(shuffled)
+    val_groups = set(shuffled[:n_val])
+    train = [row for group, row in items if group not in val_groups]
+    val = [row for group, row in items if group in val_groups]
+    return train, val

@@ -1,0 +1,274 @@
+"""process_dataset.py on the bundled MATH data, on multi-turn files in the published CollabLLM schemas, and
+on bad input. Everything runs through the real CLI entry point and real ``datasets`` loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import process_dataset
+from collabllm_verl.recipe.system_prompt import COLLABORATOR_SYSTEM_PROMPT
+
+REPO = Path(__file__).resolve().parents[1]
+MATH_L5 = REPO / "data" / "math" / "math500_level5.jsonl"
+MATH_ALL = REPO / "data" / "math" / "math500.jsonl"
+LARGE_ROW = REPO / "data" / "collabllm" / "collabllm_multiturn_medium_large_rows.jsonl"
+
+
+def run_cli(*args: str) -> int:
+    return process_dataset.main([str(a) for a in args])
+
+
+def read(out: Path, kind: str):
+    return (
+        pd.read_parquet(out / f"{kind}_train.parquet"),
+        pd.read_parquet(out / f"{kind}_validation.parquet"),
+        json.loads((out / f"{kind}_preview.json").read_text()),
+    )
+
+
+def multiturn_rows() -> list[dict]:
+    """Rows in the schema of collabllm-multiturn-math-hard / -medium / -bigcodebench (built here: no public
+    export of their rows exists, see data/README.md). Two conversations; conversation 7 has two turns with
+    two scored candidate completions each, conversation 9 one turn with one candidate."""
+    u1 = {"role": "user", "content": "I need the sum of a series."}
+    a1 = {"role": "assistant", "content": "Which series do you mean?"}
+    u2 = {"role": "user", "content": "1/k^2 for k from 1 to infinity."}
+
+    def row(conv, turn, prompt, completion, score):
+        return {
+            "prompt": prompt,
+            "completion": completion,
+            "conv_id": conv,
+            "score": score,
+            "single_turn_prompt": "Compute the sum of 1/k^2 for k >= 1.",
+            "single_turn_completion": "The sum is \\boxed{\\pi^2/6}.",
+            "single_turn_metadata": {"level": 5, "type": "Algebra"},
+            "turn_id": turn,
+            "sessions": [[{"role": "user", "content": "..."}]],
+            "rewards": {"accuracy": [1.0], "MR": [score]},
+        }
+
+    other = {"role": "user", "content": "Help me with a limit."}
+    return [
+        row(7, 1, [u1], "Which series do you mean?", 0.4),
+        row(7, 1, [u1], "It is 2.", -0.3),
+        row(7, 3, [u1, a1, u2], "It is pi^2/6.", 0.9),
+        row(7, 3, [u1, a1, u2], "About 1.64.", 0.5),
+        row(9, 1, [other], "Which limit?", 0.2),
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_math_level5_rl(tmp_path):
+    assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path, "--dataset_type", "rl") == 0
+    train, val, preview = read(tmp_path, "rl")
+    assert len(train) + len(val) == 134 and len(val) == 13
+    assert preview["num_train"] == len(train) and len(preview["rows"]) == 3
+    source = [json.loads(line) for line in MATH_L5.read_text().splitlines()]
+    by_problem = {r["problem"]: r for r in source}
+    for _, row in pd.concat([train, val]).iterrows():
+        prompt = list(row["prompt"])
+        assert prompt[0] == {"role": "system", "content": COLLABORATOR_SYSTEM_PROMPT}
+        assert prompt[-1]["role"] == "user"
+        src = by_problem[prompt[-1]["content"]]
+        assert row["agent_name"] == "collabllm_agent"
+        assert row["data_source"] == "math500_level5"
+        assert row["ability"] == "math"
+        assert row["reward_model"] == {"style": "rule", "ground_truth": src["solution"]}
+        info = row["extra_info"]
+        assert info["answer"] == src["answer"]
+        assert json.loads(info["metadata"])["unique_id"] == src["unique_id"]
+        kwargs = info["interaction_kwargs"]
+        assert kwargs["name"] == "collabllm"
+        assert kwargs["single_turn_prompt"] == src["problem"]
+        assert "math" in kwargs["task_desc"]
+
+
+def test_filter_on_full_math_file_and_sft(tmp_path):
+    args = ["--dataset", MATH_ALL, "--filter", "level=5", "--local_dir", tmp_path, "--dataset_type", "sft"]
+    assert run_cli(*args, "--validation_size", "20") == 0
+    train, val, _ = read(tmp_path, "sft")
+    assert (len(train), len(val)) == (114, 20)
+    for messages in train["messages"]:
+        assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+        assert "\\boxed" in messages[-1]["content"]
+
+
+def test_split_is_seeded_and_deterministic(tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path / name, "--dataset_type", "rl", "--seed", seed) == 0
+    val = {n: set(pd.read_parquet(tmp_path / n / "rl_validation.parquet")["extra_info"].map(lambda e: e["index"]))
+           for n in "abc"}
+    assert val["a"] == val["b"] != val["c"]
+
+
+def test_multiturn_rl_dedup_and_sft_best_latest_turn(tmp_path):
+    src = write_jsonl(tmp_path / "mt.jsonl", multiturn_rows())
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "rl", "--dataset_type", "rl",
+                   "--validation_size", "0", "--task_desc", "Solve it.") == 0
+    train, val, preview = read(tmp_path / "rl", "rl")
+    assert len(val) == 0 and preview["schema"] == "multiturn"
+    # 5 rows, 3 distinct conversation prefixes.
+    assert len(train) == 3
+    lengths = sorted(len(p) for p in train["prompt"])
+    assert lengths == [2, 2, 4]  # system + history
+    for _, row in train.iterrows():
+        assert row["reward_model"]["ground_truth"] == "The sum is \\boxed{\\pi^2/6}."
+        assert row["extra_info"]["interaction_kwargs"]["task_desc"] == "Solve it."
+        assert row["extra_info"]["conv_id"] in {"7", "9"}
+
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "sft", "--dataset_type", "sft",
+                   "--validation_size", "0") == 0
+    sft, _, _ = read(tmp_path / "sft", "sft")
+    finals = {row["extra_info"]["conv_id"]: list(row["messages"]) for _, row in sft.iterrows()}
+    assert set(finals) == {"7", "9"}
+    # conversation 7: latest turn (3), best candidate (0.9) appended as the final assistant message
+    assert [m["role"] for m in finals["7"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert finals["7"][-1]["content"] == "It is pi^2/6."
+    assert finals["9"][-1]["content"] == "Which limit?"
+
+
+def test_validation_split_keeps_conversations_whole(tmp_path):
+    src = write_jsonl(tmp_path / "mt.jsonl", multiturn_rows())
+    assert run_cli("--dataset", src, "--local_dir", tmp_path, "--dataset_type", "rl", "--validation_size", "1") == 0
+    train, val, _ = read(tmp_path, "rl")
+    train_convs = set(train["extra_info"].map(lambda e: e["conv_id"]))
+    val_convs = set(val["extra_info"].map(lambda e: e["conv_id"]))
+    assert len(val_convs) == 1 and not train_convs & val_convs
+
+
+def test_missing_score_falls_back_to_mr_rewards(tmp_path):
+    rows = multiturn_rows()
+    for r in rows:
+        r.pop("score")
+    src = write_jsonl(tmp_path / "mt.jsonl", rows)
+    assert run_cli("--dataset", src, "--local_dir", tmp_path, "--dataset_type", "sft", "--validation_size", "0") == 0
+    sft, _, _ = read(tmp_path, "sft")
+    assert sorted(sft["extra_info"].map(lambda e: e["score"])) == [0.2, 0.9]
+
+
+def test_real_large_schema_row(tmp_path):
+    assert run_cli("--dataset", LARGE_ROW, "--local_dir", tmp_path, "--dataset_type", "rl",
+                   "--validation_size", "0") == 0
+    train, _, _ = read(tmp_path, "rl")
+    row = train.iloc[0]
+    source = json.loads(LARGE_ROW.read_text())
+    assert list(row["prompt"])[1:] == source["prompt"]
+    assert row["ability"] == "writing"  # "medium" in the file name
+    info = row["extra_info"]
+    assert info["conv_id"] == "795" and info["score"] == pytest.approx(source["score"])
+    assert info["interaction_kwargs"]["single_turn_prompt"] == source["single_turn_prompt"]
+    assert json.loads(info["metadata"])["single_turn_metadata"]["url"].startswith("https://medium.com/")
+
+
+def test_local_folder_in_hub_layout_and_save_to_disk(tmp_path):
+    import datasets
+
+    hub_like = tmp_path / "collabllm-multiturn-math-hard"
+    (hub_like / "data").mkdir(parents=True)
+    pd.DataFrame(multiturn_rows()).to_parquet(hub_like / "data" / "train-00000-of-00001.parquet")
+    assert run_cli("--dataset", hub_like, "--local_dir", tmp_path / "o1", "--dataset_type", "rl",
+                   "--validation_size", "0") == 0
+    train, _, _ = read(tmp_path / "o1", "rl")
+    assert len(train) == 3 and set(train["data_source"]) == {"collabllm-multiturn-math-hard"}
+    assert set(train["ability"]) == {"math"}
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(multiturn_rows())}).save_to_disk(str(saved))
+    assert run_cli("--dataset", saved, "--local_dir", tmp_path / "o2", "--dataset_type", "sft",
+                   "--validation_size", "0", "--num_proc", "1") == 0
+    assert len(read(tmp_path / "o2", "sft")[0]) == 2
+
+
+def test_hub_name_goes_through_datasets(tmp_path, monkeypatch):
+    """Offline, a hub id reaches datasets.load_dataset, which fails for lack of network (not our code)."""
+    import datasets
+
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(Exception):
+        process_dataset.process(process_dataset.parse_args(
+            ["--dataset", "collabllm/collabllm-multiturn-math-hard", "--local_dir", str(tmp_path / "o"),
+             "--dataset_type", "rl"]))
+    assert calls and calls[0][0][0] == "collabllm/collabllm-multiturn-math-hard"
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("single_turn_prompt", None, "row 3: field 'single_turn_prompt': missing"),
+        ("prompt", [{"role": "user", "content": 5}], "row 3: field 'prompt[0].content': expected a string"),
+        ("prompt", [{"role": "assistant", "content": "hi"}], "row 3: field 'prompt': the conversation must end"),
+        ("completion", "", "row 3: field 'completion': empty"),
+    ],
+)
+def test_bad_row_names_row_and_field_and_writes_nothing(tmp_path, capsys, caplog, field, value, expected):
+    rows = multiturn_rows()
+    if value is None:
+        rows[3].pop(field)
+    else:
+        rows[3][field] = value
+    src = write_jsonl(tmp_path / "bad.jsonl", rows)
+    out = tmp_path / "out"
+    assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", "rl") == 2
+    assert expected in caplog.text and str(src) in caplog.text
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_bad_single_turn_field_name(tmp_path, caplog):
+    assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path, "--dataset_type", "rl",
+                   "--reference_field", "reference") == 2
+    assert "row 0: field 'reference': missing" in caplog.text
+
+
+def test_failed_write_leaves_no_partial_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("pre-existing")
+    real = pd.DataFrame.to_parquet
+    written = []
+
+    def flaky(self, path, *a, **k):
+        if written:
+            raise OSError("disk full")
+        written.append(path)
+        return real(self, path, *a, **k)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
+    with pytest.raises(OSError):
+        process_dataset.process(process_dataset.parse_args(
+            ["--dataset", str(MATH_L5), "--local_dir", str(out), "--dataset_type", "rl"]))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("size", ["-1", "1.5", "200"])
+def test_impossible_validation_size(tmp_path, size, caplog):
+    assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path, "--dataset_type", "rl",
+                   "--validation_size", size) == 2
+    assert "--validation_size" in caplog.text
+
+
+def test_script_runs_from_any_directory(tmp_path):
+    env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "process_dataset.py"), "--dataset", str(MATH_L5),
+         "--local_dir", str(tmp_path), "--dataset_type", "sft"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sft_train.parquet").exists()
