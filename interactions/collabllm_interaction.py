@@ -1,0 +1,175 @@
+"""CollabLLM's user simulator as an interaction: an LLM role-playing the user who knows the hidden goal.
+
+Used for forward sampling (CollabLLM paper, section 3.2; DESIGN.md section 1): after the trained response,
+the simulator writes the user's next turns until it sends the termination signal or the agent loop's
+turn budget ends. One object serves every conversation of a worker process concurrently; the hidden goal
+and all other per-conversation state are keyed by ``instance_id``, so a simulator request contains only
+its own conversation's goal. Every LLM call goes through :mod:`collabllm_verl.recipe.llm_client`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from collabllm_verl.interactions.base import BaseInteraction
+from collabllm_verl.interactions.simulator_prompt import SIMULATOR_REQUIRED_KEYS, build_simulator_messages
+from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMCallError, LLMSettings, acomplete_json
+
+__all__ = ["CollabLLMInteraction", "DEFAULT_CONFIG", "PURPOSE"]
+
+logger = logging.getLogger(__name__)
+
+PURPOSE = "user_simulator"  # label of this module's calls in llm_stats() and logs
+
+# Defaults of the verl CollabLLM recipe (DESIGN.md section 1); any key can be overridden in the YAML.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "user_model": "gpt-4o-mini",
+    "temperature": 1.0,
+    "max_tokens": 512,
+    "num_retries": 3,
+    "timeout": 60.0,
+    "termination_signal": "[[TERMINATE CHAT]]",
+    "enable_log": False,
+}
+_OWN_KEYS = frozenset({"name", "user_model", "termination_signal", "enable_log"})
+
+
+@dataclass
+class _Conversation:
+    goal: str
+    task_desc: str
+    turns: int = 0  # simulator answers produced so far
+    finished: bool = False
+
+
+class CollabLLMInteraction(BaseInteraction):
+    """User simulator for CollabLLM forward sampling.
+
+    Config keys (all optional; defaults in :data:`DEFAULT_CONFIG`):
+        user_model: litellm model string of the simulator (``gpt-4o-mini``, ``anthropic/...``,
+            ``hosted_vllm/<model>`` with ``api_base``, ``openai/scripted-user`` for the local server).
+        termination_signal: message that ends the conversation (``[[TERMINATE CHAT]]``).
+        enable_log: log every simulator message at INFO level (instance id, turn, message).
+        temperature, max_tokens, api_base, api_key, ...: forwarded to litellm
+            (see :data:`collabllm_verl.recipe.llm_client.LITELLM_PASSTHROUGH_KEYS`).
+        timeout (s per request), num_retries, max_concurrency, requests_per_minute, backoff_initial,
+            backoff_max: see :class:`collabllm_verl.recipe.llm_client.LLMSettings`.
+
+    ``interaction_kwargs`` of :meth:`start_interaction`: ``single_turn_prompt`` (required, the hidden
+    goal; may include the reference answer) and ``task_desc`` (optional short task description).
+
+    Raises:
+        ValueError: unknown config key or invalid value (the message names the key).
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__(config)
+        unknown = set(self.config) - _OWN_KEYS - LLM_SETTINGS_KEYS
+        if unknown:
+            raise ValueError(
+                f"CollabLLMInteraction: unknown config key(s) {sorted(unknown)}; "
+                f"allowed: {sorted(_OWN_KEYS | LLM_SETTINGS_KEYS)}"
+            )
+        merged = {**DEFAULT_CONFIG, **{k: v for k, v in self.config.items() if v is not None}}
+        self.llm = LLMSettings.from_config(merged, model_key="user_model")
+        self.termination_signal = str(merged["termination_signal"]).strip()
+        if not self.termination_signal:
+            raise ValueError("CollabLLMInteraction: termination_signal must be a non-empty string")
+        self.enable_log = bool(merged["enable_log"])
+        self._conversations: dict[str, _Conversation] = {}
+
+    def __repr__(self) -> str:
+        return f"CollabLLMInteraction(name={self.name!r}, llm={self.llm!r})"
+
+    @property
+    def active_instances(self) -> int:
+        """Number of conversations started and not yet finalized."""
+        return len(self._conversations)
+
+    async def start_interaction(self, instance_id: str | None = None, **interaction_kwargs: Any) -> str:
+        """Register a conversation with its hidden goal; returns its ``instance_id``.
+
+        Raises:
+            ValueError: ``single_turn_prompt`` missing/empty, or ``instance_id`` already active.
+        """
+        goal = interaction_kwargs.get("single_turn_prompt")
+        if not isinstance(goal, str) or not goal.strip():
+            raise ValueError(
+                "CollabLLMInteraction.start_interaction: interaction_kwargs['single_turn_prompt'] "
+                f"(the hidden goal) must be a non-empty string, got {goal!r:.60}"
+            )
+        task_desc = interaction_kwargs.get("task_desc") or ""
+        if not isinstance(task_desc, str):
+            raise ValueError(f"interaction_kwargs['task_desc'] must be a string, got {type(task_desc).__name__}")
+        instance_id = instance_id if instance_id is not None else str(uuid.uuid4())
+        if instance_id in self._conversations:
+            raise ValueError(f"CollabLLMInteraction: instance_id {instance_id!r} is already active")
+        self._conversations[instance_id] = _Conversation(goal=goal, task_desc=task_desc)
+        return instance_id
+
+    def _validate(self, answer: dict) -> str | None:
+        return None if answer["response"].strip() else "empty 'response'"
+
+    async def generate_response(
+        self, instance_id: str, messages: list[dict], **kwargs: Any
+    ) -> tuple[bool, str, float, dict[str, Any]]:
+        """Ask the simulator for the user's next message.
+
+        Args:
+            instance_id: id from :meth:`start_interaction`.
+            messages: the chat so far (system messages and ``<think>`` blocks are removed before the
+                simulator sees it).
+
+        Returns:
+            ``(should_terminate, response, 0.0, metadata)``. ``should_terminate`` is True when the message
+            contains the termination signal (``metadata["terminated_by_user"]``) or when the simulator
+            failed after its retries (``metadata["simulator_failed"]`` True, ``metadata["error"]`` the
+            reason, ``response`` empty). The turn score is always 0.0: rewards come from the metrics.
+
+        Raises:
+            KeyError: unknown ``instance_id``.
+        """
+        conv = self._conversations.get(instance_id)
+        if conv is None:
+            raise KeyError(f"CollabLLMInteraction: unknown instance_id {instance_id!r}; call start_interaction first")
+        prompt = build_simulator_messages(
+            goal=conv.goal, task_desc=conv.task_desc, history=messages, termination_signal=self.termination_signal
+        )
+        try:
+            answer = await acomplete_json(
+                prompt, self.llm, required=SIMULATOR_REQUIRED_KEYS, purpose=PURPOSE, validate=self._validate
+            )
+        except LLMCallError as exc:
+            conv.finished = True
+            logger.warning("user simulator failed for %s (turn %d): %s", instance_id, conv.turns + 1, exc.reason)
+            return True, "", 0.0, {
+                "simulator_failed": True,
+                "error": exc.reason,
+                "attempts": exc.attempts,
+                "terminated_by_user": False,
+                "turn": conv.turns,
+            }
+        conv.turns += 1
+        response = answer["response"].strip()
+        terminated = self.termination_signal in response
+        conv.finished = terminated
+        if self.enable_log:
+            logger.info("user simulator %s turn %d%s: %.300s", instance_id, conv.turns,
+                        " (terminate)" if terminated else "", response)
+        return terminated, response, 0.0, {
+            "simulator_failed": False,
+            "terminated_by_user": terminated,
+            "turn": conv.turns,
+        }
+
+    async def calculate_score(self, instance_id: str, **kwargs: Any) -> float:
+        """Always 0.0: CollabLLM scores conversations with the metrics, not the interaction."""
+        return 0.0
+
+    async def finalize_interaction(self, instance_id: str, **kwargs: Any) -> None:
+        """Forget the conversation (idempotent)."""
+        self._conversations.pop(instance_id, None)

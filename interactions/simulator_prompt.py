@@ -1,0 +1,147 @@
+"""The user simulator's prompt: how the hidden goal, the task and the chat history are shown to the LLM.
+
+Contract (DESIGN.md section 1, CollabLLM paper section 3.2 "collaborative simulation"): the simulator
+sees a task description, the hidden goal (the single-turn prompt, possibly with the reference answer)
+and the chat so far without system messages and without ``<think>...</think>`` reasoning. It answers
+with a JSON object ``{"current_answer", "thought", "response"}``; only ``response`` is sent to the
+assistant, and a response equal to the termination signal ends the conversation.
+
+The markers used here (``<goal>``, ``<chat>``, ``<turn role=...>``, ``End signal:``) are also read by the
+offline scripted user (:mod:`collabllm_verl.recipe.scripted_user`), so keep both in sync.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "SIMULATOR_REQUIRED_KEYS",
+    "build_simulator_messages",
+    "clean_history",
+    "strip_reasoning",
+    "parse_simulator_prompt",
+]
+
+# Keys the simulator must return (value types checked by the LLM-call layer). Only "response" is used;
+# "current_answer" and "thought" are asked for because writing them first improves the message.
+SIMULATOR_REQUIRED_KEYS: dict[str, type] = {"response": str}
+
+_SYSTEM = (
+    "You are role-playing a human user who is chatting with an AI assistant to get a task done. "
+    "You know a goal that the assistant does not know. Your job is to write the user's next message."
+)
+
+_INSTRUCTIONS = """How to play the user:
+1. Sound like a real person: short, informal messages. Start with a vague or partial request and give details only when the assistant asks for them or gets something wrong.
+2. Do not paste the whole goal at once, and never mention that you have a hidden goal or that you are a simulator.
+3. Stay on the goal; do not ask for unrelated things. You may state preferences (format, length, style) and now and then make a small mistake or change your mind, as people do.
+4. Answer the assistant's questions with information from the goal; where the goal is silent, give a plausible answer.
+5. Do not do the task yourself; the assistant does the work.
+6. When the assistant's answer meets your goal, or it is clear that the assistant cannot help, end the chat by sending only the end signal."""
+
+_FORMAT = """Reply with one JSON object and nothing else, with these keys:
+{"current_answer": "<one or two sentences summarising the assistant's current answer, or 'none yet'>",
+ "thought": "<your private reasoning about what to say next; never shown to the assistant>",
+ "response": "<the message you send to the assistant, or exactly the end signal>"}"""
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_THINK_OPEN_TO_END = re.compile(r"<think>.*\Z", re.S | re.I)
+_THINK_CLOSE_PREFIX = re.compile(r"\A.*?</think>", re.S | re.I)
+
+
+def strip_reasoning(text: str) -> str:
+    """Remove reasoning from a message: ``<think>...</think>`` blocks, an unclosed ``<think>`` to the end
+    (a truncated reasoning block), and text before a lone ``</think>`` (chat templates that put the opening
+    tag in the prompt). Returns the remaining text, stripped."""
+    text = _THINK_BLOCK.sub("", text)
+    if re.search(r"</think>", text, re.I):
+        text = _THINK_CLOSE_PREFIX.sub("", text)
+    text = _THINK_OPEN_TO_END.sub("", text)
+    return text.strip()
+
+
+def _content_text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "\n".join(
+            part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return str(content)
+
+
+def clean_history(messages: Iterable[Mapping]) -> list[dict]:
+    """The chat history the simulator may see: user and assistant messages only (system and tool messages
+    dropped), reasoning removed, empty messages dropped. Returns new ``{"role", "content"}`` dicts."""
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, Mapping) or "role" not in msg:
+            raise ValueError(f"chat message {i} must be a mapping with 'role' and 'content', got {msg!r:.80}")
+        role = msg["role"]
+        if role not in ("user", "assistant"):
+            continue
+        text = strip_reasoning(_content_text(msg.get("content")))
+        if text:
+            out.append({"role": role, "content": text})
+    return out
+
+
+def _render_chat(history: list[dict]) -> str:
+    if not history:
+        return "(the conversation has not started yet: write the first message)"
+    return "\n".join(f'<turn role="{m["role"]}">\n{m["content"]}\n</turn>' for m in history)
+
+
+def build_simulator_messages(
+    *, goal: str, task_desc: str, history: Iterable[Mapping], termination_signal: str
+) -> list[dict]:
+    """Chat messages for one user-simulator request.
+
+    Args:
+        goal: the hidden goal (single-turn prompt; may include the reference answer).
+        task_desc: a short description of the task type (e.g. "math problem solving"); may be empty.
+        history: the conversation so far as chat messages, raw (system messages and reasoning are
+            removed here by :func:`clean_history`).
+        termination_signal: the exact message that ends the chat (e.g. ``[[TERMINATE CHAT]]``).
+
+    Returns:
+        ``[{"role": "system", ...}, {"role": "user", ...}]`` holding only this conversation's goal.
+    """
+    chat = _render_chat(clean_history(history))
+    body = (
+        f"Task type: {task_desc.strip() or 'general assistance'}\n\n"
+        f"Your goal (hidden from the assistant):\n<goal>\n{goal.strip()}\n</goal>\n\n"
+        f'Conversation so far (you are "user"):\n<chat>\n{chat}\n</chat>\n\n'
+        f"{_INSTRUCTIONS}\n\n"
+        f"End signal: {termination_signal}\n\n"
+        f"{_FORMAT}"
+    )
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": body}]
+
+
+_GOAL_RE = re.compile(r"<goal>\n(.*?)\n</goal>", re.S)
+_CHAT_RE = re.compile(r"<chat>\n(.*?)\n</chat>", re.S)
+_TURN_RE = re.compile(r'<turn role="(user|assistant)">\n(.*?)\n</turn>', re.S)
+_SIGNAL_RE = re.compile(r"^End signal: (.+)$", re.M)
+
+
+def parse_simulator_prompt(text: str) -> dict:
+    """Inverse of :func:`build_simulator_messages` for the offline scripted user.
+
+    Returns ``{"goal": str, "history": [{"role", "content"}, ...], "termination_signal": str}``.
+    Raises ValueError when ``text`` is not a simulator prompt (no ``<goal>`` section).
+    """
+    goal = _GOAL_RE.search(text)
+    if goal is None:
+        raise ValueError("not a user-simulator prompt: no <goal> section found")
+    chat = _CHAT_RE.search(text)
+    history = [{"role": r, "content": c} for r, c in _TURN_RE.findall(chat.group(1))] if chat else []
+    signal = _SIGNAL_RE.search(text)
+    return {
+        "goal": goal.group(1),
+        "history": history,
+        "termination_signal": signal.group(1).strip() if signal else "[[TERMINATE CHAT]]",
+    }

@@ -1,0 +1,737 @@
+"""The one LLM-call layer of the project: every user-simulator and judge request goes through here.
+
+What it adds on top of :func:`litellm.acompletion`:
+
+* **Shared limits per process.** Calls with the same ``(model, api_base, max_concurrency,
+  requests_per_minute)`` share one concurrency limit and one request-rate limit in the process, however
+  many agent loops / reward managers / conversations issue them (a new agent loop object is built per
+  sample in verl, so limits can not live on those objects). The concurrency semaphore is created lazily
+  for each running event loop (verl runs one loop per worker process; tests create one per test); the
+  rate limiter is a thread-safe request scheduler that works from any loop.
+* **Bounded retries** (via ``tenacity``) for transient errors (HTTP 408/409/429/5xx, connection errors,
+  timeouts) and for unusable answers (empty text, JSON that can not be repaired, missing keys, wrong value
+  types). The delay before retry ``k`` (1-based) is ``min(backoff_max, max(retry_after,
+  backoff_initial * 2**(k-1) * U(1, 1.5)))`` seconds, where ``retry_after`` comes from the server's
+  ``Retry-After`` / ``retry-after-ms`` header when present. Non-transient errors (authentication, bad
+  request, unknown model, context window exceeded) are not retried.
+* **A typed failure.** When the retries are exhausted, :class:`LLMCallError` is raised. Callers must
+  handle it explicitly (the user simulator ends the conversation and reports the failure; judges count
+  it); it is never turned into an empty string or a zero score here.
+* **Lenient JSON** (:func:`acomplete_json`) through ``json-repair``: code fences, single quotes,
+  trailing commas and text around the object are tolerated; required keys and value types are checked.
+* **Counters** per process (:func:`llm_stats`): calls, HTTP requests, retries, failures, prompt and
+  completion tokens, cost in USD (litellm's price map, when the model is in it) and latency.
+* **No secrets in logs**: :func:`redact_secrets` masks API keys in configs; ``LLMSettings.__repr__`` and
+  every log line of this module are redacted.
+
+Set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before litellm is imported on machines without internet access
+(litellm otherwise tries to download its model price map at import time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import email.utils
+import json
+import logging
+import random
+import re
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import json_repair
+import litellm
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+__all__ = [
+    "LLMSettings",
+    "LLMCallError",
+    "LLM_SETTINGS_KEYS",
+    "LITELLM_PASSTHROUGH_KEYS",
+    "acomplete_text",
+    "acomplete_json",
+    "extract_json",
+    "llm_stats",
+    "reset_llm_stats",
+    "usage_scope",
+    "redact_secrets",
+]
+
+logger = logging.getLogger(__name__)
+
+# litellm prints a "Give Feedback / Get Help" banner on every exception; failures are logged here instead.
+litellm.suppress_debug_info = True
+
+# Config keys copied into ``LLMSettings.completion_kwargs`` (forwarded to ``litellm.acompletion``).
+LITELLM_PASSTHROUGH_KEYS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "top_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "response_format",
+        "api_base",
+        "api_key",
+        "api_version",
+        "organization",
+        "custom_llm_provider",
+        "extra_headers",
+        "extra_body",
+        "reasoning_effort",
+    }
+)
+# Config keys that set the other LLMSettings fields.
+_SETTINGS_FIELD_KEYS = frozenset(
+    {"timeout", "num_retries", "max_concurrency", "requests_per_minute", "backoff_initial", "backoff_max"}
+)
+# Every key :meth:`LLMSettings.from_config` understands (besides the model key); callers use it to
+# validate their own configs.
+LLM_SETTINGS_KEYS = LITELLM_PASSTHROUGH_KEYS | _SETTINGS_FIELD_KEYS | {"completion_kwargs", "base_url"}
+
+# Keys the layer sets itself; a config must not override them.
+_RESERVED_KWARGS = frozenset({"model", "messages", "stream", "num_retries", "max_retries", "timeout"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets
+# --------------------------------------------------------------------------------------------------
+
+_SECRET_KEY_RE = re.compile(r"(api[_-]?key|secret|password|passwd|authorization|access[_-]?token|bearer)", re.I)
+_SECRET_VALUE_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|sk_[A-Za-z0-9_\-]{6,}|hf_[A-Za-z0-9]{10,}|AIza[0-9A-Za-z_\-]{20,})")
+_MASK = "***"
+
+
+def redact_secrets(obj: Any) -> Any:
+    """Return a deep copy of ``obj`` with secrets masked, for logging or printing configs.
+
+    Mappings (including OmegaConf ``DictConfig``), lists and tuples are copied recursively. A value is
+    replaced by ``"***"`` when its key looks like a credential (``api_key``, ``*_secret``, ``password``,
+    ``authorization``, ``access_token``, ...) and is not empty; strings anywhere that look like provider
+    keys (``sk-...``, ``hf_...``, ``AIza...``) are masked too. Other values are returned unchanged.
+    """
+    try:  # OmegaConf containers -> plain containers, without resolving interpolations that may fail
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            obj = OmegaConf.to_container(obj, resolve=False)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if isinstance(key, str) and _SECRET_KEY_RE.search(key) and value not in (None, ""):
+                out[key] = _MASK
+            else:
+                out[key] = redact_secrets(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact_secrets(v) for v in obj)
+    if isinstance(obj, str):
+        return _SECRET_VALUE_RE.sub(_MASK, obj)
+    return obj
+
+
+def _scrub(text: str, settings: "LLMSettings | None" = None) -> str:
+    """Mask key-like substrings and the settings' own API key in a log/error message."""
+    text = _SECRET_VALUE_RE.sub(_MASK, str(text))
+    if settings is not None:
+        key = settings.completion_kwargs.get("api_key")
+        if isinstance(key, str) and len(key) >= 4:
+            text = text.replace(key, _MASK)
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and errors
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """How to call one LLM: model, litellm keyword arguments, timeout, retries and per-process limits.
+
+    Attributes:
+        model: any litellm model string (``gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest``,
+            ``hosted_vllm/Qwen/Qwen2.5-7B-Instruct``, ``openai/scripted-user`` for the local server).
+        completion_kwargs: forwarded to ``litellm.acompletion`` (``temperature``, ``max_tokens``,
+            ``api_base``, ``api_key``, ...). Must not contain ``model``, ``messages``, ``stream``,
+            ``timeout`` or retry keys (the layer sets those).
+        timeout: seconds allowed for one HTTP request (one attempt), > 0.
+        num_retries: retries after the first attempt (so at most ``num_retries + 1`` requests), >= 0.
+        max_concurrency: requests in flight at once in this process for this model/endpoint, >= 1.
+        requests_per_minute: request-start rate limit for this model/endpoint in this process, or None
+            for no rate limit.
+        backoff_initial: seconds before the first retry (before jitter), > 0.
+        backoff_max: upper bound in seconds of any single back-off sleep (``Retry-After`` included).
+    """
+
+    model: str
+    completion_kwargs: dict = field(default_factory=dict)
+    timeout: float = 60.0
+    num_retries: int = 3
+    max_concurrency: int = 64
+    requests_per_minute: float | None = None
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"LLMSettings.model must be a non-empty litellm model string, got {self.model!r}")
+        bad = _RESERVED_KWARGS & set(self.completion_kwargs)
+        if bad:
+            raise ValueError(
+                f"LLMSettings.completion_kwargs must not set {sorted(bad)}; use the LLMSettings fields instead"
+            )
+        if not self.timeout or self.timeout <= 0:
+            raise ValueError(f"LLMSettings.timeout must be > 0 seconds, got {self.timeout!r}")
+        if int(self.num_retries) != self.num_retries or self.num_retries < 0:
+            raise ValueError(f"LLMSettings.num_retries must be an integer >= 0, got {self.num_retries!r}")
+        if int(self.max_concurrency) != self.max_concurrency or self.max_concurrency < 1:
+            raise ValueError(f"LLMSettings.max_concurrency must be an integer >= 1, got {self.max_concurrency!r}")
+        if self.requests_per_minute is not None and self.requests_per_minute <= 0:
+            raise ValueError(
+                f"LLMSettings.requests_per_minute must be > 0 or None, got {self.requests_per_minute!r}"
+            )
+        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                "LLMSettings needs 0 < backoff_initial <= backoff_max, got "
+                f"{self.backoff_initial!r} and {self.backoff_max!r}"
+            )
+
+    def __repr__(self) -> str:  # never show the API key
+        kw = redact_secrets(self.completion_kwargs)
+        return (
+            f"LLMSettings(model={self.model!r}, completion_kwargs={kw!r}, timeout={self.timeout}, "
+            f"num_retries={self.num_retries}, max_concurrency={self.max_concurrency}, "
+            f"requests_per_minute={self.requests_per_minute}, backoff_initial={self.backoff_initial}, "
+            f"backoff_max={self.backoff_max})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def api_base(self) -> str | None:
+        """The endpoint URL from ``completion_kwargs`` (None means the provider's default)."""
+        return self.completion_kwargs.get("api_base")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, *, model_key: str = "model") -> "LLMSettings":
+        """Build settings from a flat config mapping (plain dict or OmegaConf ``DictConfig``).
+
+        ``cfg[model_key]`` is the litellm model string (e.g. ``user_model`` for the user simulator).
+        Keys in :data:`LITELLM_PASSTHROUGH_KEYS` go to ``completion_kwargs`` (``base_url`` is accepted as
+        an alias of ``api_base``), a nested ``completion_kwargs`` mapping is merged on top, and
+        ``timeout``, ``num_retries``, ``max_concurrency``, ``requests_per_minute``, ``backoff_initial``,
+        ``backoff_max`` set the fields. Values that are None (e.g. ``${oc.env:OPENAI_API_KEY,null}``
+        with the variable unset) are dropped. Other keys are ignored: the caller validates its own keys
+        (see :data:`LLM_SETTINGS_KEYS`).
+
+        Raises:
+            ValueError: the model key is missing/empty or a value is out of range (message names the key).
+        """
+        cfg = _to_plain_dict(cfg)
+        model = cfg.get(model_key)
+        if not model:
+            raise ValueError(f"LLM config is missing the model key {model_key!r} (got keys {sorted(cfg)})")
+        kwargs: dict[str, Any] = {}
+        for key in LITELLM_PASSTHROUGH_KEYS:
+            if cfg.get(key) is not None:
+                kwargs[key] = cfg[key]
+        if cfg.get("base_url") is not None and "api_base" not in kwargs:
+            kwargs["api_base"] = cfg["base_url"]
+        extra = cfg.get("completion_kwargs") or {}
+        if not isinstance(extra, Mapping):
+            raise ValueError(f"LLM config key 'completion_kwargs' must be a mapping, got {type(extra).__name__}")
+        kwargs.update({k: v for k, v in extra.items() if v is not None})
+        fields: dict[str, Any] = {}
+        for key in _SETTINGS_FIELD_KEYS:
+            if cfg.get(key) is not None:
+                fields[key] = cfg[key]
+        try:
+            if "timeout" in fields:
+                fields["timeout"] = float(fields["timeout"])
+            for key in ("num_retries", "max_concurrency"):
+                if key in fields:
+                    fields[key] = int(fields[key])
+            for key in ("requests_per_minute", "backoff_initial", "backoff_max"):
+                if key in fields:
+                    fields[key] = float(fields[key])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"LLM config has a non-numeric value: {exc}") from None
+        return cls(model=str(model), completion_kwargs=kwargs, **fields)
+
+
+def _to_plain_dict(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"LLM config must be a mapping, got {type(cfg).__name__}")
+    return dict(cfg)
+
+
+class LLMCallError(RuntimeError):
+    """An LLM call failed for good: retries exhausted or a non-retryable error.
+
+    Attributes:
+        model: the litellm model string.
+        attempts: HTTP requests made (1 .. num_retries + 1).
+        reason: short description of the last failure (error class and message, secrets masked).
+        purpose: the caller's label (``"user_simulator"``, ``"judge:accuracy"``, ...).
+    """
+
+    def __init__(self, *, model: str, attempts: int, reason: str, purpose: str = "") -> None:
+        self.model = model
+        self.attempts = attempts
+        self.reason = reason
+        self.purpose = purpose
+        super().__init__(f"LLM call failed ({purpose or 'llm'}, model={model}) after {attempts} attempt(s): {reason}")
+
+
+class _UnusableAnswer(ValueError):
+    """The model answered, but the answer can not be used (empty, bad JSON, missing keys)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Counters
+# --------------------------------------------------------------------------------------------------
+
+_COUNTER_NAMES = (
+    "calls",  # acomplete_* invocations
+    "requests",  # HTTP requests sent (attempts)
+    "retries",  # attempts after the first one
+    "failures",  # calls that raised LLMCallError
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",  # sum of litellm's cost where the model is in its price map
+    "cost_unknown",  # successful requests whose cost litellm could not compute
+    "latency_s_total",  # seconds spent in successful calls, retries and back-off included
+)
+_stats_lock = threading.Lock()
+_stats: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(_COUNTER_NAMES, 0.0))
+
+
+# Counter dicts of the open :func:`usage_scope` blocks of the current task (innermost last).
+_usage_sinks: contextvars.ContextVar[tuple[dict[str, float], ...]] = contextvars.ContextVar(
+    "collabllm_llm_usage_sinks", default=()
+)
+
+
+def _count(purpose: str, **values: float) -> None:
+    with _stats_lock:
+        for scope in ("", purpose):
+            bucket = _stats[scope]
+            for key, value in values.items():
+                bucket[key] += value
+        for sink in _usage_sinks.get():
+            for key, value in values.items():
+                sink[key] += value
+
+
+@contextlib.contextmanager
+def usage_scope():
+    """Count the LLM calls made inside a ``with`` block, including tasks it starts (``asyncio.gather``).
+
+    Yields a dict with the :func:`llm_stats` counters (``calls``, ``requests``, ``retries``, ``failures``,
+    ``prompt_tokens``, ``completion_tokens``, ``cost_usd``, ``cost_unknown``, ``latency_s_total``), updated
+    as calls finish; scopes nest. Used by the reward manager to report each sample's judge cost while many
+    samples are scored concurrently (per-process totals can not be split by sample).
+    """
+    sink = dict.fromkeys(_COUNTER_NAMES, 0.0)
+    token = _usage_sinks.set(_usage_sinks.get() + (sink,))
+    try:
+        yield sink
+    finally:
+        _usage_sinks.reset(token)
+
+
+def llm_stats() -> dict[str, float]:
+    """Per-process counters since start (or the last :func:`reset_llm_stats`), as a flat dict.
+
+    Keys without a prefix are totals over all purposes; ``"<purpose>/<counter>"`` keys are per purpose
+    (e.g. ``"user_simulator/requests"``). Counters: ``calls`` (acomplete_* invocations), ``requests``
+    (HTTP requests, retries included), ``retries``, ``failures`` (calls that raised
+    :class:`LLMCallError`), ``prompt_tokens`` and ``completion_tokens`` (model tokens as reported by the
+    server), ``cost_usd`` (litellm's price map; requests to models it does not know are counted in
+    ``cost_unknown``), ``latency_s_total`` and ``latency_s_mean`` (seconds per successful call,
+    including retries and back-off).
+    """
+    with _stats_lock:
+        out: dict[str, float] = {}
+        for scope, bucket in _stats.items():
+            prefix = f"{scope}/" if scope else ""
+            ok = bucket["calls"] - bucket["failures"]
+            for key, value in bucket.items():
+                out[prefix + key] = value
+            out[prefix + "latency_s_mean"] = bucket["latency_s_total"] / ok if ok > 0 else 0.0
+        if "" not in _stats:
+            for key in _COUNTER_NAMES:
+                out[key] = 0.0
+            out["latency_s_mean"] = 0.0
+        return out
+
+
+def reset_llm_stats() -> None:
+    """Zero every counter of this process (tests and benchmarks)."""
+    with _stats_lock:
+        _stats.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-process limiters
+# --------------------------------------------------------------------------------------------------
+
+
+class _RateScheduler:
+    """Thread-safe request-start scheduler: at most ``rpm`` starts per minute, evenly spaced.
+
+    Each acquire reserves the next free start time and sleeps until it; no asyncio primitive is kept, so
+    one instance serves every event loop of the process.
+    """
+
+    def __init__(self, requests_per_minute: float) -> None:
+        self._interval = 60.0 / float(requests_per_minute)
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    async def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class _Limiter:
+    """Concurrency semaphore (one per running event loop, created lazily) plus an optional rate limit."""
+
+    def __init__(self, max_concurrency: int, requests_per_minute: float | None) -> None:
+        self.max_concurrency = max_concurrency
+        self._semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._rate = _RateScheduler(requests_per_minute) if requests_per_minute else None
+
+    def semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._semaphores.get(loop)
+            if sem is None:
+                sem = asyncio.Semaphore(self.max_concurrency)
+                self._semaphores[loop] = sem
+            return sem
+
+    async def rate(self) -> None:
+        if self._rate is not None:
+            await self._rate.acquire()
+
+
+_limiters: dict[tuple, _Limiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def _limiter_for(settings: LLMSettings) -> _Limiter:
+    key = (settings.model, settings.api_base, settings.max_concurrency, settings.requests_per_minute)
+    with _limiters_lock:
+        lim = _limiters.get(key)
+        if lim is None:
+            lim = _limiters[key] = _Limiter(settings.max_concurrency, settings.requests_per_minute)
+        return lim
+
+
+# --------------------------------------------------------------------------------------------------
+# Retry policy
+# --------------------------------------------------------------------------------------------------
+
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_NON_RETRYABLE_TYPES: tuple[type[BaseException], ...] = tuple(
+    t
+    for t in (
+        getattr(litellm, "AuthenticationError", None),
+        getattr(litellm, "PermissionDeniedError", None),
+        getattr(litellm, "NotFoundError", None),
+        getattr(litellm, "BadRequestError", None),  # includes context-window and content-policy errors
+        getattr(litellm, "UnprocessableEntityError", None),
+    )
+    if t is not None
+)
+_RETRYABLE_TYPES: tuple[type[BaseException], ...] = tuple(
+    t
+    for t in (
+        _UnusableAnswer,
+        asyncio.TimeoutError,
+        TimeoutError,
+        getattr(litellm, "Timeout", None),
+        getattr(litellm, "RateLimitError", None),
+        getattr(litellm, "APIConnectionError", None),
+        getattr(litellm, "InternalServerError", None),
+        getattr(litellm, "ServiceUnavailableError", None),
+        getattr(litellm, "BadGatewayError", None),
+    )
+    if t is not None
+)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _RETRYABLE_TYPES):
+        return True
+    if isinstance(exc, _NON_RETRYABLE_TYPES):
+        return False
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in _RETRYABLE_STATUS
+    # litellm.APIError without a status, JSON decoding of a truncated body, ...
+    return isinstance(exc, (getattr(litellm, "APIError", ()), json.JSONDecodeError))
+
+
+def _retry_after_seconds(exc: BaseException | None) -> float:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), else 0."""
+    if exc is None:
+        return 0.0
+    headers = None
+    response = getattr(exc, "response", None)
+    if response is not None:
+        headers = getattr(response, "headers", None)
+    if not headers:
+        headers = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
+    if not headers:
+        return 0.0
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return 0.0
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            return max(0.0, email.utils.mktime_tz(parsed) - time.time()) if parsed else 0.0
+    except Exception:  # malformed header: fall back to exponential back-off
+        return 0.0
+
+
+def _make_wait(settings: LLMSettings):
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        exp = settings.backoff_initial * (2 ** (state.attempt_number - 1)) * random.uniform(1.0, 1.5)
+        return min(settings.backoff_max, max(_retry_after_seconds(exc), exp))
+
+    return wait
+
+
+def _describe(exc: BaseException, settings: LLMSettings) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return _scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Calls
+# --------------------------------------------------------------------------------------------------
+
+
+_UNPRICED_MODELS: set[str] = set()  # models litellm's price map does not know (checked once per process)
+
+
+def _response_cost(response: Any, model: str) -> float | None:
+    hidden = getattr(response, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
+    if isinstance(cost, (int, float)):
+        return float(cost)
+    if model in _UNPRICED_MODELS:
+        return None
+    try:
+        return float(litellm.completion_cost(completion_response=response))
+    except Exception:  # model not in litellm's price map (local servers, scripted responders)
+        _UNPRICED_MODELS.add(model)
+        return None
+
+
+async def _with_deadline(coro, seconds: float):
+    """Await ``coro`` with an overall deadline (asyncio.timeout avoids wait_for's extra task on 3.11+)."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await coro
+    return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
+
+
+async def _one_request(messages: list[dict], settings: LLMSettings, purpose: str) -> str:
+    limiter = _limiter_for(settings)
+    async with limiter.semaphore():
+        await limiter.rate()
+        _count(purpose, requests=1)
+        # litellm enforces ``timeout`` per socket read; the outer deadline bounds the whole request.
+        response = await _with_deadline(
+            litellm.acompletion(
+                model=settings.model,
+                messages=messages,
+                timeout=settings.timeout,
+                num_retries=0,
+                max_retries=0,
+                **settings.completion_kwargs,
+            ),
+            settings.timeout + 1.0,
+        )
+    usage = getattr(response, "usage", None)
+    cost = _response_cost(response, settings.model)
+    _count(
+        purpose,
+        prompt_tokens=float(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=float(getattr(usage, "completion_tokens", 0) or 0),
+        cost_usd=cost or 0.0,
+        cost_unknown=0.0 if cost is not None else 1.0,
+    )
+    try:
+        content = response.choices[0].message.content
+    except (AttributeError, IndexError) as exc:
+        raise _UnusableAnswer(f"response has no message content ({exc})") from None
+    if not isinstance(content, str) or not content.strip():
+        raise _UnusableAnswer("empty answer")
+    return content
+
+
+async def _call_with_retries(messages: list[dict], settings: LLMSettings, purpose: str, parse) -> Any:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    _count(purpose, calls=1)
+    started = time.perf_counter()
+    attempts = 0
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        _count(purpose, retries=1)
+        logger.warning(
+            "LLM retry %d/%d purpose=%s model=%s after %s; sleeping %.2f s",
+            state.attempt_number,
+            settings.num_retries,
+            purpose,
+            settings.model,
+            _describe(exc, settings) if exc else "?",
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(settings.num_retries + 1),
+        wait=_make_wait(settings),
+        retry=retry_if_exception(_is_retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                text = await _one_request(messages, settings, purpose)
+                result = parse(text)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _count(purpose, failures=1)
+        reason = _describe(exc, settings)
+        logger.error(
+            "LLM call failed purpose=%s model=%s after %d attempt(s): %s", purpose, settings.model, attempts, reason
+        )
+        raise LLMCallError(model=settings.model, attempts=attempts, reason=reason, purpose=purpose) from None
+    _count(purpose, latency_s_total=time.perf_counter() - started)
+    return result
+
+
+async def acomplete_text(messages: list[dict], settings: LLMSettings, *, purpose: str) -> str:
+    """One chat completion; returns the assistant's text (non-empty).
+
+    Args:
+        messages: OpenAI-style chat messages, ``[{"role": ..., "content": ...}, ...]``.
+        settings: model, litellm kwargs, timeout, retries and limits.
+        purpose: label for counters and logs (``"user_simulator"``, ``"judge:accuracy"``).
+
+    Raises:
+        LLMCallError: every attempt failed (transient errors or empty answers until retries ran out) or a
+            non-retryable error occurred.
+        ValueError: ``messages`` is not a non-empty list.
+    """
+    return await _call_with_retries(messages, settings, purpose, parse=lambda text: text)
+
+
+async def acomplete_json(
+    messages: list[dict],
+    settings: LLMSettings,
+    *,
+    required: Mapping[str, type | tuple[type, ...]],
+    purpose: str,
+    validate: Callable[[dict], str | None] | None = None,
+) -> dict:
+    """One chat completion whose answer must be a JSON object with the ``required`` keys and types.
+
+    The answer is parsed leniently (:func:`extract_json`). An answer that is not a JSON object, lacks a
+    required key, or has a value of the wrong type counts as unusable and is retried like a transient
+    error. ``required`` maps key -> type or tuple of types (``{"score": (int, float)}``); ``bool`` is
+    not accepted where only numbers are asked for. Extra keys are kept. ``validate`` (optional) gets the
+    parsed object and returns a problem description (the answer is then unusable and retried) or None.
+
+    Raises:
+        LLMCallError: no usable answer within ``settings.num_retries + 1`` attempts.
+    """
+    required = dict(required)
+
+    def parse(text: str) -> dict:
+        obj = extract_json(text)
+        problems = _check_required(obj, required) or (validate(obj) if validate is not None else None)
+        if problems:
+            raise _UnusableAnswer(problems)
+        return obj
+
+    return await _call_with_retries(messages, settings, purpose, parse=parse)
+
+
+def extract_json(text: str) -> dict:
+    """Parse a JSON object out of a model answer with ``json-repair``.
+
+    Tolerates Markdown code fences, single quotes, trailing commas, unquoted keys, truncated objects
+    and prose around the object. Raises :class:`ValueError` (a retryable "unusable answer" inside the
+    layer) when no JSON object can be recovered.
+    """
+    try:
+        obj = json_repair.loads(text)
+    except Exception as exc:  # json-repair is lenient; guard anyway
+        raise _UnusableAnswer(f"answer is not JSON ({exc})") from None
+    if isinstance(obj, list):  # e.g. text before the object parsed as a list of fragments
+        dicts = [o for o in obj if isinstance(o, dict)]
+        obj = dicts[-1] if dicts else obj
+    if not isinstance(obj, dict) or not obj:
+        raise _UnusableAnswer(f"answer holds no JSON object (got {type(obj).__name__})")
+    return obj
+
+
+def _check_required(obj: dict, required: Mapping[str, type | tuple[type, ...]]) -> str:
+    problems = []
+    for key, types in required.items():
+        if key not in obj:
+            problems.append(f"missing key {key!r}")
+            continue
+        types_t = types if isinstance(types, tuple) else (types,)
+        value = obj[key]
+        if isinstance(value, bool) and bool not in types_t:
+            problems.append(f"key {key!r} is a bool, expected {[t.__name__ for t in types_t]}")
+        elif not isinstance(value, types_t):
+            problems.append(f"key {key!r} is {type(value).__name__}, expected {[t.__name__ for t in types_t]}")
+    return "; ".join(problems)
