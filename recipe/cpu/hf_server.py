@@ -1,0 +1,378 @@
+"""The ``hf`` rollout server: a Ray actor that samples with ``transformers`` (DESIGN.md section 4).
+
+It plays the role of verl's ``vLLMHttpServer`` for CPU machines: agent loops call its token-in/token-out
+``generate`` through verl's ``LLMServerClient`` (``server.generate.remote(request_id=..., prompt_ids=...,
+sampling_params=...)``), the trainer's rollout adapter (:class:`..hf_adapter.HFServerAdapter`) pushes
+updated weights with ``load_weights`` / ``finish_weight_update``, and the replica calls the lifecycle
+methods (``wake_up``, ``sleep``, ``abort_all_requests``, ``resume_generation``, ...).
+
+Concurrent requests are batched: the server waits ``batch_wait_ms`` after the first pending request, then
+samples every pending request with equal sampling settings in one ``generate`` call in a worker thread, so
+the actor's event loop stays responsive. Weights live in host memory for the whole run, so sleep/wake-up
+and the KV-cache calls are no-ops (there is no cache kept between requests).
+
+Tuning keys (``actor_rollout_ref.rollout.engine_kwargs.hf.*``, all optional):
+    num_threads: torch intra-op threads of the server process (default 1: with tiny models, and whenever the
+        trainer and other processes share the cores, more threads mostly spin; raise it for models of
+        100M+ parameters on an otherwise idle machine).
+    batch_wait_ms: how long to collect requests before sampling a batch, in milliseconds (default 5).
+    max_batch_size: most requests sampled together (default ``min(64, rollout.max_num_seqs)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Iterable, Optional
+
+import ray
+import torch
+
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.tokenizer import normalize_token_ids
+from verl.workers.config import HFModelConfig
+from verl.workers.rollout.replica import RolloutMode, TokenOutput
+from verl.workers.rollout.utils import get_max_position_embeddings
+
+from .hf_generation import (
+    LOGPROBS_MODES,
+    STOP_ABORTED,
+    GenerationRequest,
+    GenerationResult,
+    end_of_sequence_ids,
+    generate_batch,
+    load_causal_lm,
+    load_named_weights,
+    parse_sampling_params,
+    resolve_dtype,
+)
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+SERVER_NAME_PREFIX = "hf_"
+
+
+def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -> str:
+    """Ray actor name of a replica's server; the rollout adapter looks the server up by this name."""
+    return f"{SERVER_NAME_PREFIX}server_{replica_rank}_{node_rank}{suffix}"
+
+
+class _Pending:
+    __slots__ = ("request_id", "request", "future")
+
+    def __init__(self, request_id: str, request: GenerationRequest, future: asyncio.Future):
+        self.request_id = request_id
+        self.request = request
+        self.future = future
+
+
+class HFRolloutServer:
+    """Token-in/token-out sampling server for one rollout replica (wrap with ``ray.remote``).
+
+    Args:
+        config: ``actor_rollout_ref.rollout`` (``RolloutConfig`` or its DictConfig). Uses ``dtype``,
+            ``load_format`` (``"dummy"``: random weights until the trainer's first sync), ``prompt_length``,
+            ``response_length``, ``max_model_len``, ``max_num_seqs``, ``logprobs_mode``,
+            ``repetition_penalty``, ``ignore_eos``, ``seed`` and ``engine_kwargs.hf``.
+        model_config: ``actor_rollout_ref.model`` (``HFModelConfig`` or its DictConfig).
+        rollout_mode: the replica's ``RolloutMode`` (informational: weights never leave host memory).
+        replica_rank: rank of the replica (seeds the sampler with ``seed + replica_rank``).
+        node_rank: node rank inside the replica (always 0: one process serves a replica).
+
+    Raises:
+        ValueError: unknown ``dtype`` or ``logprobs_mode``, or a model without an end-of-sequence token.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        model_config: Any,
+        rollout_mode: RolloutMode = RolloutMode.HYBRID,
+        replica_rank: int = 0,
+        node_rank: int = 0,
+    ):
+        self.config = omega_conf_to_dataclass(config)
+        self.model_config: HFModelConfig = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        self.rollout_mode = rollout_mode
+        self.replica_rank = replica_rank
+        self.node_rank = node_rank
+
+        hf_kwargs = dict((self.config.engine_kwargs or {}).get("hf", None) or {})
+        torch.set_num_threads(int(hf_kwargs.get("num_threads") or 1))
+        self.batch_wait_s = float(hf_kwargs.get("batch_wait_ms", 5)) / 1000.0
+        self.max_batch_size = int(hf_kwargs.get("max_batch_size") or min(64, self.config.max_num_seqs))
+        self.logprobs_mode = self.config.logprobs_mode or "processed_logprobs"
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"hf rollout supports logprobs_mode in {LOGPROBS_MODES}, got {self.logprobs_mode!r}")
+
+        max_positions = get_max_position_embeddings(self.model_config.hf_config)
+        self.max_model_len = int(self.config.max_model_len or max_positions)
+        if self.max_model_len > max_positions:
+            raise ValueError(
+                f"rollout.max_model_len ({self.max_model_len}) exceeds the model's max_position_embeddings "
+                f"({max_positions})"
+            )
+
+        torch.manual_seed(int(self.config.seed) + int(replica_rank))
+        self.model, model_eos_ids = load_causal_lm(
+            self.model_config.local_path,
+            dtype=resolve_dtype(self.config.dtype),
+            load_weights=self.config.load_format != "dummy",
+            trust_remote_code=self.model_config.trust_remote_code,
+            override_config=dict(self.model_config.override_config or {}),
+        )
+        tokenizer = self.model_config.tokenizer
+        self.eos_token_ids = end_of_sequence_ids(model_eos_ids, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+
+        self.global_steps: Optional[int] = None
+        self._address = f"{ray.util.get_node_ip_address().strip('[]')}:{server_actor_name(replica_rank, node_rank)}"
+
+        # asyncio objects are created on first use, inside the actor's event loop.
+        self._pending: list[_Pending] = []
+        self._wakeup: Optional[asyncio.Event] = None
+        self._model_lock: Optional[asyncio.Lock] = None
+        self._gate_open: Optional[asyncio.Event] = None
+        self._batch_task: Optional[asyncio.Task] = None
+        self._rejecting = False
+        self._taken: list[_Pending] = []  # popped by the batch loop, not yet answered
+        self._running: list[_Pending] = []  # being sampled right now
+        self._abort_flag = threading.Event()  # read by the sampling thread
+        self._stats = defaultdict(float)
+        logger.info(
+            "hf rollout server %s ready: model %s, dtype %s, %d threads, max_model_len %d",
+            self._address,
+            self.model_config.local_path,
+            self.config.dtype,
+            torch.get_num_threads(),
+            self.max_model_len,
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: Optional[list[Any]] = None,
+        video_data: Optional[list[Any]] = None,
+        audio_data: Optional[list[Any]] = None,
+        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        priority: int = 0,
+        **kwargs: Any,
+    ) -> TokenOutput:
+        """Sample a response to ``prompt_ids`` (the ``LLMServerClient`` contract of verl 0.9.1).
+
+        Args:
+            prompt_ids: prompt token ids.
+            sampling_params: see :func:`.hf_generation.parse_sampling_params`.
+            request_id: id used for logging and aborts.
+            image_data, video_data, audio_data: must be None (text-only backend).
+            mm_processor_kwargs, priority: accepted and ignored.
+
+        Returns:
+            ``TokenOutput`` with ``token_ids``, one ``log_probs`` entry per token, ``stop_reason``
+            (``"completed"``, ``"length"`` or ``"aborted"``) and ``extra_fields={"global_steps": ...}``.
+
+        Raises:
+            NotImplementedError: multimodal inputs.
+            ValueError: the prompt leaves no room to generate, or invalid sampling parameters.
+        """
+        if image_data is not None or video_data is not None or audio_data is not None:
+            raise NotImplementedError("The hf rollout backend is text-only; got image/video/audio inputs.")
+        self._ensure_started()
+        prompt_ids = normalize_token_ids(prompt_ids)
+        settings, max_new_tokens = parse_sampling_params(
+            sampling_params,
+            prompt_len=len(prompt_ids),
+            max_model_len=self.max_model_len,
+            prompt_length=self.config.prompt_length,
+            response_length=self.config.response_length,
+            default_repetition_penalty=self.config.repetition_penalty,
+            default_ignore_eos=self.config.ignore_eos,
+        )
+        while not self._gate_open.is_set():
+            if self._rejecting:
+                return self._token_output(GenerationResult([], [], STOP_ABORTED))
+            await self._gate_open.wait()
+
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(request_id, GenerationRequest(prompt_ids, settings, max_new_tokens), future))
+        self._wakeup.set()
+        result: GenerationResult = await future
+        return self._token_output(result)
+
+    def _token_output(self, result: GenerationResult) -> TokenOutput:
+        return TokenOutput(
+            token_ids=result.token_ids,
+            log_probs=result.log_probs,
+            stop_reason=result.stop_reason,
+            extra_fields={"global_steps": self.global_steps},
+        )
+
+    def _ensure_started(self) -> None:
+        if self._batch_task is None:
+            self._wakeup = asyncio.Event()
+            self._model_lock = asyncio.Lock()
+            self._gate_open = asyncio.Event()
+            self._gate_open.set()
+            self._batch_task = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if self.batch_wait_s > 0:
+                await asyncio.sleep(self.batch_wait_s)
+            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
+            if not self._pending:
+                self._wakeup.clear()
+            self._taken = batch
+            groups: dict[Any, list[_Pending]] = defaultdict(list)
+            for item in batch:
+                groups[item.request.settings].append(item)
+            for items in groups.values():
+                await self._run_group(items)
+            self._taken = []
+
+    async def _run_group(self, items: list[_Pending]) -> None:
+        async with self._model_lock:
+            items = [item for item in items if not item.future.done()]  # aborted while queued
+            if not items:
+                return
+            self._running = items
+            started = time.perf_counter()
+            try:
+                results = await asyncio.to_thread(
+                    generate_batch,
+                    self.model,
+                    [item.request for item in items],
+                    eos_token_ids=self.eos_token_ids,
+                    pad_token_id=self.pad_token_id,
+                    logprobs_mode=self.logprobs_mode,
+                    should_abort=self._abort_flag.is_set,
+                )
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+                logger.exception("hf rollout: sampling a batch of %d requests failed", len(items))
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            finally:
+                self._running = []
+            self._stats["batches"] += 1
+            self._stats["requests"] += len(items)
+            self._stats["generated_tokens"] += sum(len(r.token_ids) for r in results)
+            self._stats["generation_seconds"] += time.perf_counter() - started
+            for item, result in zip(items, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    # ------------------------------------------------------------------ weights
+
+    async def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy a bucket of ``(hf_name, full_tensor)`` pairs into the model; waits for in-flight sampling.
+
+        Returns:
+            The number of tensors loaded. Raises ``KeyError``/``ValueError`` from
+            :func:`.hf_generation.load_named_weights` on unknown names or shape mismatches.
+        """
+        self._ensure_started()
+        async with self._model_lock:
+            return await asyncio.to_thread(load_named_weights, self.model, list(named_tensors))
+
+    async def finish_weight_update(self, global_steps: Optional[int] = None) -> None:
+        """Mark the end of a weight sync: records the model version reported in ``extra_fields``."""
+        if global_steps is not None:
+            self.global_steps = global_steps
+        self._stats["weight_updates"] += 1
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        """Set the model version (trainer step) reported with each response."""
+        self.global_steps = global_steps
+
+    # ------------------------------------------------------------------ lifecycle (replica contract)
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        """Stop sampling: pending requests and the running batch end with ``stop_reason="aborted"``.
+
+        New requests wait until :meth:`resume_generation`, or are answered ``"aborted"`` at once when
+        ``reject_request`` is True (verl's contract for a replica leaving the load balancer).
+
+        Returns:
+            ``{"aborted_count": int, "request_ids": [...]}``.
+        """
+        self._ensure_started()
+        self._gate_open.clear()
+        self._rejecting = reject_request
+        waiting = self._pending + [item for item in self._taken if item not in self._running]
+        self._pending = []
+        request_ids = [item.request_id for item in waiting + self._running if not item.future.done()]
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_result(GenerationResult([], [], STOP_ABORTED))
+        self._abort_flag.set()
+        async with self._model_lock:  # the running batch sees the flag after its current step
+            self._abort_flag.clear()
+        return {"aborted_count": len(request_ids), "request_ids": request_ids}
+
+    async def abort_request(self, request_id: str, reset_prefix_cache: bool = True) -> dict:
+        """Abort one pending request (a request already being sampled runs to its end)."""
+        for item in list(self._pending):
+            if item.request_id == request_id:
+                self._pending.remove(item)
+                if not item.future.done():
+                    item.future.set_result(GenerationResult([], [], STOP_ABORTED))
+                return {"aborted": True, "request_id": request_id}
+        return {"aborted": False, "request_id": request_id, "error": f"Request {request_id} not pending"}
+
+    async def resume_generation(self) -> None:
+        """Admit requests again after :meth:`abort_all_requests`."""
+        self._ensure_started()
+        self._rejecting = False
+        self._gate_open.set()
+
+    async def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """No-op: weights stay in host memory."""
+
+    async def sleep(self) -> None:
+        """No-op: weights stay in host memory."""
+
+    async def clear_kv_cache(self) -> None:
+        """No-op: no KV cache is kept between requests."""
+
+    async def release_kv_cache(self) -> None:
+        """No-op: no KV cache is kept between requests."""
+
+    async def resume_kv_cache(self) -> None:
+        """No-op: no KV cache is kept between requests."""
+
+    async def start_profile(self, **kwargs) -> None:
+        """Profiling is not supported by the hf backend (no-op)."""
+
+    async def stop_profile(self) -> None:
+        """Profiling is not supported by the hf backend (no-op)."""
+
+    async def wait_for_requests_to_drain(self) -> None:
+        """Wait until no request is pending or being sampled."""
+        while self._pending or self._taken:
+            await asyncio.sleep(0.01)
+
+    def get_server_address(self) -> str:
+        """An identifier ``"<node ip>:<actor name>"`` (the hf backend serves no HTTP endpoint)."""
+        return self._address
+
+    def get_rollout_config(self):
+        """The server's ``RolloutConfig``."""
+        return self.config
+
+    def get_stats(self) -> dict[str, float]:
+        """Counters since start: ``batches``, ``requests``, ``generated_tokens``, ``generation_seconds``
+        (wall seconds spent sampling and scoring), ``weight_updates``."""
+        return dict(self._stats)

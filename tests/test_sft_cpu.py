@@ -1,0 +1,287 @@
+"""CPU platform plug-in and the SFT script, end to end on a CPU.
+
+The end-to-end test makes SFT parquet files with the real ``process_dataset.py`` CLI from the bundled
+MATH-500 level-5 problems, runs ``DEVICE=cpu bash train_sft_collabllm.sh 1`` (torchrun + verl's SFT
+trainer with the CPU platform), then loads the saved Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from collabllm_verl.recipe.cpu.platform import cpu_env
+from collabllm_verl.recipe.tiny_model import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_sft_collabllm.sh"
+MATH_L5 = REPO / "data" / "math" / "math500_level5.jsonl"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    env["PYTHON"] = sys.executable
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def _run_python(code: str, env: dict[str, str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The platform plug-in (each check in a fresh process: verl's platform is a per-process singleton)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpu_probe() -> dict:
+    """Facts gathered in one fresh process with the CPU environment (one verl import for both tests)."""
+    return _run_python(
+        """
+        import json, os, socket
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        import torch, torch.distributed as dist
+        from verl.plugin.platform import get_platform
+        from verl.utils.device import get_device_name, get_nccl_backend, get_torch_device, get_resource_name
+        p = get_platform()
+        dev = get_torch_device()
+        state = dev.get_rng_state()
+        a = torch.rand(2)
+        dev.set_rng_state(state)
+        b = torch.rand(2)
+        try:
+            dev.no_such_cuda_call
+            unknown_raises = False
+        except AttributeError:
+            unknown_raises = True
+        free, total = dev.mem_get_info()
+        platform_facts = {
+            "cls": type(p).__name__, "device": get_device_name(), "vendor": p.vendor_name,
+            "current": str(p.current_device()), "is_torch_device": isinstance(p.current_device(), torch.device),
+            "backend": get_nccl_backend(), "resource": get_resource_name(),
+            "ray_options": p.ray_resource_options(2), "allocated": dev.memory_allocated(),
+            "rng_restored": torch.equal(a, b), "unknown_raises": unknown_raises,
+            "mem_ok": 0 < free <= total, "available": dev.is_available(),
+        }
+
+        import collabllm_verl.recipe.cpu.platform as plat
+        plat._patch_process_group_backend()  # a second application must not stack wrappers
+        from verl.utils.distributed import initialize_global_process_group
+        import verl.workers.engine_workers as ew
+        ranks = initialize_global_process_group(timeout_second=60)
+        t = torch.ones(3); dist.all_reduce(t)
+        group_facts = {
+            "ranks": list(ranks), "backend": dist.get_backend(), "sum": t.tolist(),
+            "ray_fn_patched": getattr(ew.initialize_global_process_group_ray, "_collabllm_cpu_patched", False),
+            "wrapped_once": not getattr(initialize_global_process_group.__wrapped__, "_collabllm_cpu_patched", False),
+        }
+        dist.destroy_process_group()
+        print(json.dumps({"platform": platform_facts, "group": group_facts}))
+        """,
+        _env(**cpu_env()),
+    )
+
+
+def test_cpu_platform_selected_through_env(cpu_probe: dict):
+    assert cpu_probe["platform"] == {
+        "cls": "CPUPlatform",
+        "device": "cpu",
+        "vendor": "cpu",
+        "current": "cpu",
+        "is_torch_device": True,
+        "backend": "gloo",
+        "resource": "GPU",
+        "ray_options": {"num_gpus": 2},
+        "allocated": 0,
+        "rng_restored": True,
+        "unknown_raises": True,
+        "mem_ok": True,
+        "available": True,
+    }
+
+
+def test_process_group_uses_plain_gloo(cpu_probe: dict):
+    """verl would pass "cpu:gloo,cpu:gloo" (rejected by torch); the plug-in makes it "gloo"."""
+    assert cpu_probe["group"] == {
+        "ranks": [0, 0, 1],
+        "backend": "gloo",
+        "sum": [1.0, 1.0, 1.0],
+        "ray_fn_patched": True,
+        "wrapped_once": True,
+    }
+
+
+def test_cpu_platform_is_opt_in():
+    """Importing the plug-in without VERL_PLATFORM=cpu must not switch a machine to the CPU platform."""
+    result = _run_python(
+        """
+        import json
+        from verl.plugin.platform import get_platform, PlatformRegistry
+        print(json.dumps({"registered": "cpu" in PlatformRegistry.registered_names(),
+                          "device": get_platform().device_name}))
+        """,
+        _env(VERL_USE_EXTERNAL_MODULES="collabllm_verl.recipe.cpu"),
+    )
+    assert result["registered"] is True
+    assert result["device"] != "cpu"
+
+
+# ---------------------------------------------------------------------------------------------------
+# train_sft_collabllm.sh
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    """SFT parquet files written by the real process_dataset.py CLI."""
+    out = tmp_path_factory.mktemp("sft_data")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "process_dataset.py"),
+            "--dataset",
+            str(MATH_L5),
+            "--local_dir",
+            str(out),
+            "--dataset_type",
+            "sft",
+            "--validation_size",
+            "8",
+            "--seed",
+            "42",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "sft_train.parquet").is_file() and (out / "sft_validation.parquet").is_file()
+    return out
+
+
+def test_script_usage_errors(tmp_path: Path):
+    no_args = subprocess.run(["bash", str(SCRIPT)], env=_env(), capture_output=True, text=True, check=False)
+    assert no_args.returncode == 2 and "nproc_per_node" in no_args.stderr
+    missing = subprocess.run(
+        ["bash", str(SCRIPT), "1"],
+        env=_env(DATA_DIR=str(tmp_path / "nowhere"), TORCHRUN="echo"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 1 and "missing data file" in missing.stderr
+    bad_device = subprocess.run(
+        ["bash", str(SCRIPT), "1"], env=_env(DEVICE="tpu"), capture_output=True, text=True, check=False
+    )
+    assert bad_device.returncode == 2 and "DEVICE" in bad_device.stderr
+
+
+def _echo_command(data_dir: Path, *overrides: str) -> list[str]:
+    """With TORCHRUN=echo the script prints the launch command instead of running it."""
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "8", *overrides],
+        env=_env(DATA_DIR=str(data_dir), TORCHRUN="echo"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return shlex.split(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_defaults_in_command(sft_data: Path):
+    argv = _echo_command(sft_data)
+    assert argv[:5] == ["--standalone", "--nnodes=1", "--nproc_per_node=8", "-m", "verl.trainer.sft_trainer"]
+    for expected in (
+        "model.path=Qwen/Qwen2.5-7B-Instruct",
+        "optim.lr=1e-6",
+        "data.train_batch_size=64",
+        "trainer.total_epochs=3",
+        "data.messages_key=messages",
+        "engine=fsdp",
+        "engine.strategy=fsdp2",
+        f"data.train_files={sft_data}/sft_train.parquet",
+        f"data.val_files={sft_data}/sft_validation.parquet",
+        "checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        "trainer.save_freq=after_each_epoch",
+    ):
+        assert expected in argv, expected
+    assert not any(a.startswith(("trainer.device=", "trainer.total_training_steps=")) for a in argv)
+
+
+def test_overrides_replace_defaults(sft_data: Path):
+    argv = _echo_command(sft_data, "optim.lr=5e-6", "++model.path=/models/mine", "+trainer.foo=1")
+    assert [a for a in argv if a.startswith("optim.lr=")] == ["optim.lr=5e-6"]
+    assert [a for a in argv if "model.path=" in a] == ["++model.path=/models/mine"]
+    assert argv[-3:] == ["optim.lr=5e-6", "++model.path=/models/mine", "+trainer.foo=1"]
+
+
+def test_sft_cpu_end_to_end(sft_data: Path, tmp_path: Path):
+    model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
+    initial = {k: v.clone() for k, v in _load_model(model_dir).state_dict().items()}
+    out_dir = tmp_path / "run"
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "1", "trainer.total_training_steps=3", "optim.lr=2e-3"],
+        env=_env(DEVICE="cpu", DATA_DIR=str(sft_data), MODEL_PATH=str(model_dir), OUTPUT_DIR=str(out_dir)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert "VERL_PLATFORM=cpu" in proc.stdout  # the script prints what it runs
+
+    records = [
+        json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+    train = [r["data"] for r in records if "train/loss" in r["data"]]
+    assert [r["step"] for r in records if "train/loss" in r["data"]] == [1, 2, 3]
+    losses = [d["train/loss"] for d in train]
+    assert all(math.isfinite(x) and x > 0 for x in losses), losses
+    assert losses[-1] < losses[0], losses  # a random model at lr 2e-3 must improve within 3 steps
+    assert all(d["train/lr"] == pytest.approx(2e-3) for d in train)
+    val = [r["data"]["val/loss"] for r in records if "val/loss" in r["data"]]
+    assert len(val) == 1 and math.isfinite(val[0])
+    assert "train/loss:" in log  # console logger too
+
+    hf_dir = out_dir / "checkpoints" / "global_step_3" / "huggingface"
+    trained = _load_model(hf_dir)
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(hf_dir)) == trained.config.vocab_size
+    state = trained.state_dict()
+    assert set(state) == set(initial)
+    changed = [k for k in initial if not torch.equal(initial[k], state[k].to(initial[k].dtype))]
+    assert len(changed) >= len(initial) // 2, changed
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert (out_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+
+def _load_model(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

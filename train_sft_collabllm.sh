@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Supervised fine-tuning (multi-turn SFT) for the CollabLLM recipe with verl's SFT trainer.
+#
+#   bash train_sft_collabllm.sh <nproc_per_node> [hydra overrides...]
+#   DEVICE=cpu bash train_sft_collabllm.sh 1 [hydra overrides...]     # CPU smoke run with a tiny model
+#
+# Runs `torchrun --standalone --nnodes=1 --nproc_per_node=<n> -m verl.trainer.sft_trainer` (verl 0.9.1,
+# config verl/trainer/config/sft_trainer_engine.yaml) on the parquet files written by
+#   python process_dataset.py --dataset ... --local_dir "$DATA_DIR" --dataset_type sft
+# Each row's `messages` column (system, user, assistant, ...) is one conversation; the loss covers the
+# assistant turns only.
+#
+# Environment variables (defaults for DEVICE=gpu / DEVICE=cpu):
+#   DEVICE            gpu | cpu                                            (gpu)
+#   MODEL_PATH        HF model id or directory  (Qwen/Qwen2.5-7B-Instruct / tiny model built on the fly)
+#   DATA_DIR          folder with sft_train.parquet, sft_validation.parquet ($HOME/data/collabllm-math-hard)
+#   TRAIN_FILE        training parquet                                     ($DATA_DIR/sft_train.parquet)
+#   VAL_FILE          validation parquet                                   ($DATA_DIR/sft_validation.parquet)
+#   LR                learning rate                                        (1e-6 / 1e-3)
+#   TRAIN_BATCH_SIZE  global batch size in conversations                   (64 / 4)
+#   MICRO_BATCH_SIZE  per-process micro batch (validation; training uses dynamic batching) (2 / 2)
+#   TOTAL_EPOCHS      epochs                                               (3 / 1)
+#   TOTAL_STEPS       stop after this many optimizer steps; empty = all epochs (empty / 3)
+#   MAX_LENGTH        longest conversation in tokens; longer ones are truncated on the right (8192 / 4096)
+#   PROJECT_NAME      tracking project                                     (collabllm-sft)
+#   EXPERIMENT_NAME   tracking run name                    (<model name>-math-hard-sft / tiny-cpu-sft)
+#   SAVE_DIR          checkpoint folder        (checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME / $OUTPUT_DIR/checkpoints)
+#   LOGGER            verl trainer.logger list                             ([console] / [console,file])
+#   OUTPUT_DIR        CPU only: tiny model, checkpoints and metrics.jsonl go here  (outputs/sft_cpu)
+#   TORCHRUN          launcher command                                     (torchrun)
+#   PYTHON            interpreter used to build the tiny model             (python)
+# Every checkpoint includes a Hugging Face model in <SAVE_DIR>/global_step_<N>/huggingface.
+# Extra arguments are Hydra overrides for verl's SFT config; they take precedence over the defaults
+# set here (a default is dropped when you override the same key).
+set -euo pipefail
+
+usage() {
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  echo "See the header of $0 for the environment variables."
+}
+
+if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
+  usage >&2
+  exit 2
+fi
+NPROC_PER_NODE=$1
+shift
+
+DEVICE=${DEVICE:-gpu}
+TORCHRUN=${TORCHRUN:-torchrun}
+PYTHON=${PYTHON:-python}
+DATA_DIR=${DATA_DIR:-$HOME/data/collabllm-math-hard}
+TRAIN_FILE=${TRAIN_FILE:-$DATA_DIR/sft_train.parquet}
+VAL_FILE=${VAL_FILE:-$DATA_DIR/sft_validation.parquet}
+PROJECT_NAME=${PROJECT_NAME:-collabllm-sft}
+
+case "$DEVICE" in
+  gpu|cuda)
+    MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-7B-Instruct}
+    EXPERIMENT_NAME=${EXPERIMENT_NAME:-$(basename "$MODEL_PATH")-math-hard-sft}
+    SAVE_DIR=${SAVE_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
+    LR=${LR:-1e-6}
+    TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-64}
+    MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-2}
+    TOTAL_EPOCHS=${TOTAL_EPOCHS:-3}
+    TOTAL_STEPS=${TOTAL_STEPS:-}
+    MAX_LENGTH=${MAX_LENGTH:-8192}
+    LOGGER=${LOGGER:-[console]}
+    ;;
+  cpu)
+    OUTPUT_DIR=${OUTPUT_DIR:-outputs/sft_cpu}
+    EXPERIMENT_NAME=${EXPERIMENT_NAME:-tiny-cpu-sft}
+    SAVE_DIR=${SAVE_DIR:-$OUTPUT_DIR/checkpoints}
+    LR=${LR:-1e-3}
+    TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-4}
+    MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-2}
+    TOTAL_EPOCHS=${TOTAL_EPOCHS:-1}
+    TOTAL_STEPS=${TOTAL_STEPS:-3}
+    MAX_LENGTH=${MAX_LENGTH:-4096}
+    LOGGER=${LOGGER:-[console,file]}
+    # verl plug-in that registers the CPU platform in every process (DESIGN.md section 4).
+    case ",${VERL_USE_EXTERNAL_MODULES:-}," in
+      *,collabllm_verl.recipe.cpu,*) ;;
+      *) VERL_USE_EXTERNAL_MODULES="collabllm_verl.recipe.cpu${VERL_USE_EXTERNAL_MODULES:+,$VERL_USE_EXTERNAL_MODULES}" ;;
+    esac
+    export VERL_USE_EXTERNAL_MODULES
+    export VERL_PLATFORM=cpu
+    # verl registers its FSDP engine for cuda/npu only; this selects it while the platform is the CPU.
+    export VERL_ENGINE_DEVICE=cuda
+    export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUTPUT_DIR/metrics.jsonl}
+    mkdir -p "$OUTPUT_DIR" "$(dirname "$VERL_FILE_LOGGER_PATH")"
+    if [[ -z "${MODEL_PATH:-}" ]]; then
+      MODEL_PATH=$OUTPUT_DIR/tiny_model
+      if [[ ! -f "$MODEL_PATH/config.json" ]]; then
+        echo "+ building tiny model in $MODEL_PATH"
+        "$PYTHON" -m collabllm_verl.recipe.tiny_model --out "$MODEL_PATH"
+      fi
+    fi
+    ;;
+  *)
+    echo "DEVICE must be gpu or cpu, got '$DEVICE'" >&2
+    exit 2
+    ;;
+esac
+
+for f in "$TRAIN_FILE" "$VAL_FILE"; do
+  if [[ "$f" != hdfs://* && ! -f "$f" ]]; then
+    echo "missing data file: $f (create it with: python process_dataset.py --dataset_type sft --local_dir ...)" >&2
+    exit 1
+  fi
+done
+
+# Keys the caller overrides; our default for such a key is left out (works with bash 3.2 too).
+USER_KEYS=" "
+for arg in "$@"; do
+  key=${arg%%=*}
+  key=${key#"${key%%[!+~]*}"}
+  USER_KEYS="$USER_KEYS$key "
+done
+ARGS=()
+add() {  # add <key>=<value> unless the caller set <key>; a leading '+'/'++' is kept in the argument
+  local arg=$1 key=${1%%=*}
+  key=${key#"${key%%[!+~]*}"}
+  [[ "$USER_KEYS" == *" $key "* ]] || ARGS+=("$arg")
+}
+
+add "data.train_files=$TRAIN_FILE"
+add "data.val_files=$VAL_FILE"
+add "data.messages_key=messages"
+add "data.train_batch_size=$TRAIN_BATCH_SIZE"
+add "data.micro_batch_size_per_gpu=$MICRO_BATCH_SIZE"
+add "data.max_length=$MAX_LENGTH"
+add "data.truncation=right"
+add "model.path=$MODEL_PATH"
+add "engine=fsdp"
+add "engine.strategy=fsdp2"
+add "optim.lr=$LR"
+add "trainer.project_name=$PROJECT_NAME"
+add "trainer.experiment_name=$EXPERIMENT_NAME"
+add "trainer.default_local_dir=$SAVE_DIR"
+add "trainer.total_epochs=$TOTAL_EPOCHS"
+add "trainer.logger=$LOGGER"
+add "trainer.n_gpus_per_node=$NPROC_PER_NODE"
+add "checkpoint.save_contents=[model,optimizer,extra,hf_model]"
+if [[ -n "$TOTAL_STEPS" ]]; then
+  add "trainer.total_training_steps=$TOTAL_STEPS"
+fi
+
+if [[ "$DEVICE" == cpu ]]; then
+  add "trainer.device=cpu"
+  add "data.num_workers=0"
+  add "engine.use_torch_compile=False"
+  add "++model.override_config.attn_implementation=sdpa"
+  add "model.enable_gradient_checkpointing=False"
+  add "trainer.resume_mode=disable"
+else
+  add "trainer.save_freq=after_each_epoch"
+  add "trainer.test_freq=after_each_epoch"
+fi
+
+CMD=("$TORCHRUN" --standalone --nnodes=1 "--nproc_per_node=$NPROC_PER_NODE" -m verl.trainer.sft_trainer "${ARGS[@]}" "$@")
+if [[ "$DEVICE" == cpu ]]; then
+  echo "+ VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES VERL_PLATFORM=$VERL_PLATFORM" \
+    "VERL_ENGINE_DEVICE=$VERL_ENGINE_DEVICE VERL_FILE_LOGGER_PATH=$VERL_FILE_LOGGER_PATH"
+fi
+printf '+'
+printf ' %q' "${CMD[@]}"
+printf '\n'
+exec "${CMD[@]}"
