@@ -1,0 +1,410 @@
+"""CollabLLM agent loop for verl 0.9.1: the trained response, then concurrent forward sampling.
+
+Registered as ``collabllm_agent`` (``verl.experimental.agent_loop.agent_loop.register``) and listed in
+``config/agent.yaml`` for ``actor_rollout_ref.rollout.agent.agent_loop_config_path``. Dataset rows select it
+with ``agent_name: collabllm_agent``. verl builds one loop object per sample inside the agent-loop worker's
+event loop and calls :meth:`CollabLLMAgentLoop.run` with the row's fields.
+
+1. The policy answers ``raw_prompt`` through ``server_manager.generate``. Only these tokens are trained:
+   ``prompt_ids``, ``response_ids``, ``response_mask`` (all 1) and ``response_logprobs``.
+2. Forward sampling (CollabLLM, Wu et al. 2025, §3.2): unless the response is unusable (truncated, empty, or
+   with a malformed ``<think>`` block), ``num_repeat_rollouts`` future conversations run concurrently, each
+   alternating a user-simulator turn and a policy reply (:mod:`collabllm_verl.recipe.forward_sampling`).
+3. The future conversations and per-sample metrics go to ``AgentLoopOutput.extra_fields["collabllm"]`` for
+   the reward manager, which scores them into the multiturn-aware reward.
+
+User-facing documentation: ``docs/agent_loop.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+from uuid import uuid4
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopBase,
+    AgentLoopOutput,
+    _agent_loop_registry,
+    register,
+)
+from verl.utils.import_utils import resolve_config_path
+from verl.utils.profiler import simple_timer
+from verl.utils.rollout_trace import rollout_trace_op
+from verl.workers.rollout.replica import TokenOutput
+
+from collabllm_verl.recipe.forward_sampling import (
+    REASONING_CLOSE,
+    REASONING_OPEN,
+    TurnLimits,
+    sample_future_conversation,
+    skipped_forward_sampling,
+    summarize_forward_sampling,
+    unusable_response_reason,
+    visible_history,
+)
+
+logger = logging.getLogger(__name__)
+
+AGENT_NAME = "collabllm_agent"
+PACKAGE_PREFIX = "pkg://"
+DEFAULT_INTERACTION_CONFIG = "pkg://collabllm_verl.config/collabllm_interaction_config.yaml"
+
+# Interactions loaded in this process, keyed by the resolved YAML path. verl builds a new agent loop per
+# sample, so loading (and the user simulator's clients) must be shared, not rebuilt per sample.
+_INTERACTIONS_BY_PATH: dict[str, dict[str, Any]] = {}
+
+
+def resolve_interaction_config_path(path: str, agent_loop_config_path: str | None = None) -> str:
+    """Find the interaction YAML named in ``config/agent.yaml``, whatever the working directory.
+
+    Accepted forms, tried in this order:
+
+    * ``pkg://<package>/<file>``: a file shipped inside an installed package
+      (e.g. ``pkg://collabllm_verl.config/collabllm_interaction_config.yaml``);
+    * an absolute path;
+    * a path relative to the directory of the agent-loop YAML (``agent_loop_config_path``, itself resolved
+      the way verl resolves it), then relative to the current working directory.
+
+    Args:
+        path: the ``interaction_config_path`` value.
+        agent_loop_config_path: ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` or None.
+
+    Returns:
+        An absolute path to an existing file.
+
+    Raises:
+        FileNotFoundError: no candidate exists (the message lists every location tried).
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise FileNotFoundError(f"interaction_config_path must be a non-empty string, got {path!r}")
+    tried: list[str] = []
+    if path.startswith(PACKAGE_PREFIX):
+        package, _, relative = path[len(PACKAGE_PREFIX) :].partition("/")
+        try:
+            candidate = str(resources.files(package).joinpath(relative))
+        except ModuleNotFoundError:
+            raise FileNotFoundError(f"interaction_config_path {path!r}: package {package!r} is not installed") from None
+        if os.path.isfile(candidate):
+            return candidate
+        raise FileNotFoundError(f"interaction_config_path {path!r}: {candidate} does not exist")
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        if os.path.isfile(path):
+            return path
+        raise FileNotFoundError(f"interaction_config_path {path!r} does not exist")
+    if agent_loop_config_path:
+        try:
+            agent_yaml = resolve_config_path(agent_loop_config_path)
+            candidate = os.path.join(os.path.dirname(os.path.abspath(agent_yaml)), path)
+            tried.append(candidate)
+            if os.path.isfile(candidate):
+                return candidate
+        except FileNotFoundError:
+            pass
+    candidate = os.path.abspath(path)
+    tried.append(candidate)
+    if os.path.isfile(candidate):
+        return candidate
+    raise FileNotFoundError(f"interaction_config_path {path!r} not found; tried {tried}")
+
+
+def load_interactions_cached(config_path: str) -> dict[str, Any]:
+    """Interactions (name -> ``BaseInteraction``) of an interaction YAML, loaded once per process.
+
+    Args:
+        config_path: a resolved, absolute path (see :func:`resolve_interaction_config_path`).
+
+    Raises:
+        Whatever :func:`collabllm_verl.interactions.loader.load_interactions` raises for a bad file.
+    """
+    interactions = _INTERACTIONS_BY_PATH.get(config_path)
+    if interactions is None:
+        from collabllm_verl.interactions.loader import load_interactions
+
+        interactions = dict(load_interactions(config_path))
+        _INTERACTIONS_BY_PATH[config_path] = interactions
+    return interactions
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and numpy object arrays (how verl hands over row fields) as plain Python."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    return value
+
+
+def _stop_reason(output: TokenOutput) -> str | None:
+    reason = output.stop_reason
+    if isinstance(reason, Mapping):  # SGLang reports {"type": "length", ...}
+        reason = reason.get("type")
+    return reason
+
+
+class _PolicyChat:
+    """The policy's side of one future conversation, kept as a Continuous Token stream.
+
+    Starts from the trained sequence's tokens (prompt + response); user messages are merged with verl's
+    Continuous Token builder (the tokenization ``ToolAgentLoop`` uses for appended turns) and replies are
+    generated with ``server_manager.generate`` under one request id (sticky session, prefix-cache friendly).
+    Implements :class:`collabllm_verl.recipe.forward_sampling.PolicyChat`.
+    """
+
+    def __init__(self, agent: CollabLLMAgentLoop, messages: list[dict], token_ids: list[int], sampling_params: dict):
+        self._agent = agent
+        self._messages = list(messages)
+        self._token_ids = list(token_ids)
+        self._sampling_params = sampling_params
+        self._request_id = uuid4().hex
+
+    async def add_user_message(self, content: str) -> None:
+        previous = list(self._messages)
+        self._messages.append({"role": "user", "content": content})
+        builder = self._agent.continuous_token_builder
+        merged = await self._agent.loop.run_in_executor(
+            None, lambda: builder.merge_context_tokens(previous, self._messages, self._token_ids)
+        )
+        self._token_ids = merged.token_ids
+
+    async def reply(self) -> str | None:
+        room = self._agent.context_window - len(self._token_ids)
+        if room < 1:
+            return None
+        params = dict(self._sampling_params)
+        params["max_tokens"] = min(int(params.get("max_tokens") or self._agent.response_length), room)
+        output: TokenOutput = await self._agent.server_manager.generate(
+            request_id=self._request_id, prompt_ids=self._token_ids, sampling_params=params
+        )
+        self._token_ids = self._token_ids + list(output.token_ids)
+        eos = self._agent.tokenizer.eos_token_id
+        if eos is not None and self._agent.ends_without_stop_token(output.token_ids):
+            # a reply cut at its token budget: close the turn so the next user turn is rendered after it
+            self._token_ids.append(eos)
+        text = self._agent.decode(output.token_ids)
+        self._messages.append({"role": "assistant", "content": text})
+        return text
+
+
+def _register_unless_configured(cls: type[AgentLoopBase]) -> type[AgentLoopBase]:
+    """verl's ``@register(AGENT_NAME)``, unless an agent-loop YAML has already defined ``AGENT_NAME``.
+
+    The YAML entry carries constructor arguments (``interaction_config_path``); a plain registration has
+    none. When this module is first imported by hydra while instantiating the YAML entry (no
+    ``VERL_USE_EXTERNAL_MODULES`` import beforehand), an unconditional ``@register`` would replace the YAML
+    entry and later samples would silently use the default interaction config.
+    """
+    if AGENT_NAME in _agent_loop_registry:
+        return cls
+    return register(AGENT_NAME)(cls)
+
+
+@_register_unless_configured
+class CollabLLMAgentLoop(AgentLoopBase):
+    """verl agent loop that generates the trained response, then samples future conversations.
+
+    Constructor arguments beyond verl's (given as keys of the ``config/agent.yaml`` entry):
+
+    Args:
+        interaction_config_path: the interaction YAML (user simulator); ``pkg://package/file``, absolute, or
+            relative to the agent-loop YAML's directory (see :func:`resolve_interaction_config_path`).
+            Default: the packaged ``config/collabllm_interaction_config.yaml``.
+        future_sampling_params: overrides of the policy's sampling parameters for future turns (e.g.
+            ``{temperature: 0.7, max_tokens: 256}``); default: the trained response's sampling parameters
+            without log-probs, ``max_tokens = rollout.response_length`` capped by the context window.
+
+    Read from the trainer config (``actor_rollout_ref.rollout``): ``multi_turn.num_repeat_rollouts`` (S >= 1),
+    ``multi_turn.max_user_turns``, ``multi_turn.max_assistant_turns`` (see
+    :class:`collabllm_verl.recipe.forward_sampling.TurnLimits`), ``prompt_length``, ``response_length``,
+    ``max_model_len``.
+
+    Raises:
+        ValueError: missing/invalid ``num_repeat_rollouts`` or turn limits.
+        FileNotFoundError: the interaction YAML cannot be found.
+    """
+
+    def __init__(
+        self,
+        *args,
+        interaction_config_path: str = DEFAULT_INTERACTION_CONFIG,
+        future_sampling_params: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
+        kwargs.pop("tools", None)  # verl passes its tool list to every loop; this one uses none
+        super().__init__(*args, **kwargs)
+        multi_turn = self.rollout_config.multi_turn
+        self.num_repeat_rollouts = multi_turn.get("num_repeat_rollouts")
+        if self.num_repeat_rollouts is None or int(self.num_repeat_rollouts) < 1:
+            raise ValueError(
+                "actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts (S, future conversations per "
+                f"response) must be an integer >= 1 for {AGENT_NAME}, got {self.num_repeat_rollouts!r}"
+            )
+        self.num_repeat_rollouts = int(self.num_repeat_rollouts)
+        self.turn_limits = TurnLimits(
+            max_user_turns=multi_turn.get("max_user_turns"),
+            max_assistant_turns=multi_turn.get("max_assistant_turns"),
+        )
+        self.prompt_length = int(self.rollout_config.prompt_length)
+        self.response_length = int(self.rollout_config.response_length)
+        self.context_window = int(
+            self.rollout_config.get("max_model_len") or (self.prompt_length + self.response_length)
+        )
+        self.future_sampling_params = dict(_plain(future_sampling_params) or {})
+        self._special_ids = frozenset(self.tokenizer.all_special_ids)
+        config_path = resolve_interaction_config_path(
+            interaction_config_path, self.rollout_config.agent.get("agent_loop_config_path")
+        )
+        self.interactions = load_interactions_cached(config_path)
+        if not self.interactions:
+            raise ValueError(f"interaction config {config_path} defines no interaction")
+
+    # ------------------------------------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------------------------------------
+    def decode(self, token_ids: list[int]) -> str:
+        """Decode generated tokens to message text (special tokens removed, reasoning kept)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def _select_interaction(self, interaction_kwargs: Mapping[str, Any], row_index: Any) -> Any:
+        name = interaction_kwargs.get("name")
+        if name is None:
+            if len(self.interactions) == 1:
+                return next(iter(self.interactions.values()))
+            raise ValueError(
+                f"row {row_index}: extra_info.interaction_kwargs has no 'name' and the interaction config "
+                f"defines several ({sorted(self.interactions)})"
+            )
+        if name not in self.interactions:
+            raise ValueError(
+                f"row {row_index}: extra_info.interaction_kwargs.name={name!r} is not in the interaction "
+                f"config (known: {sorted(self.interactions)})"
+            )
+        return self.interactions[name]
+
+    def ends_without_stop_token(self, token_ids: list[int]) -> bool:
+        """True when generated ``token_ids`` are non-empty and do not end with a special (stop) token."""
+        return bool(token_ids) and token_ids[-1] not in self._special_ids
+
+    def _is_truncated(self, output: TokenOutput, budget: int) -> bool:
+        if _stop_reason(output) == "length":
+            return True
+        return len(output.token_ids) >= budget and self.ends_without_stop_token(output.token_ids)
+
+    async def _generation_prompt_opens_reasoning(self, messages: list[dict]) -> bool:
+        """True when the chat template's generation prompt ends inside an open ``<think>`` block."""
+        builder = self.continuous_token_builder
+        delta = await self.loop.run_in_executor(
+            None, lambda: builder.render_delta_token_id(messages, [], add_generation_prompt=True)
+        )
+        text = self.tokenizer.decode(delta, skip_special_tokens=False)
+        return text.rfind(REASONING_OPEN) > text.rfind(REASONING_CLOSE)
+
+    def _future_sampling_params(self, sampling_params: Mapping[str, Any]) -> dict[str, Any]:
+        params = dict(sampling_params)
+        params["logprobs"] = False
+        params.update(self.future_sampling_params)
+        return params
+
+    # ------------------------------------------------------------------------------------------------
+    # verl entry point
+    # ------------------------------------------------------------------------------------------------
+    @rollout_trace_op
+    async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
+        """Generate the trained response to ``raw_prompt`` and forward-sample its future conversations.
+
+        Args:
+            sampling_params: verl's per-sample sampling parameters (temperature, top_p, top_k, logprobs, ...).
+            priority: verl's request priority (vLLM scheduling).
+            **kwargs: the dataset row: ``raw_prompt`` (list of messages), ``extra_info`` (with
+                ``interaction_kwargs``: ``name``, ``single_turn_prompt``, ``task_desc``, ...), ``index``, ...
+
+        Returns:
+            ``AgentLoopOutput`` with the trained tokens and ``extra_fields``: the server's
+            ``TokenOutput.extra_fields`` (``min_global_steps``/``max_global_steps``), ``turn_scores`` and
+            ``tool_rewards`` (empty, for schema consistency with verl's loops) and ``collabllm`` (the
+            forward-sampling payload, see ``docs/architecture.md``).
+        """
+        priority = int(priority)
+        messages = [dict(_plain(m)) for m in _plain(kwargs["raw_prompt"])]
+        extra_info = _plain(kwargs.get("extra_info")) or {}
+        interaction_kwargs = _plain(extra_info.get("interaction_kwargs")) or {}
+        row_index = extra_info.get("index", kwargs.get("index"))
+        interaction = self._select_interaction(interaction_kwargs, row_index)
+        history = visible_history(messages)
+
+        # 1. the trained response
+        prompt_ids = await self.ct_build_initial_tokens(messages)
+        metrics: dict[str, Any] = {}
+        request_id = f"det-{priority}" if self.rollout_config.get("full_determinism", False) else uuid4().hex
+        with simple_timer("generate_sequences", metrics):
+            output: TokenOutput = await self.server_manager.generate(
+                request_id=request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, priority=priority
+            )
+        metrics["num_preempted"] = output.num_preempted if output.num_preempted is not None else -1
+        merge_result, response_mask, response_logprobs = await self.ct_merge_assistant_token(
+            prompt_ids,
+            output.token_ids,
+            [],
+            [] if output.log_probs else None,
+            assistant_logprobs=output.log_probs if output.log_probs else None,
+        )
+        response_ids = merge_result.token_ids[-len(response_mask) :] if response_mask else []
+        prompt_ids = merge_result.token_ids[: len(merge_result.token_ids) - len(response_mask)]
+
+        # 2. forward sampling
+        response_text = self.decode(output.token_ids)
+        budget = int(sampling_params.get("max_tokens") or self.response_length)
+        truncated = self._is_truncated(output, min(budget, self.response_length))
+        opened = False
+        if REASONING_CLOSE in response_text and not truncated:
+            opened = await self._generation_prompt_opens_reasoning(messages)
+        skip_reason = unusable_response_reason(response_text, truncated=truncated, opened_in_prompt=opened)
+        if skip_reason is not None:
+            summary = skipped_forward_sampling(skip_reason, num_history_messages=len(history))
+        else:
+            start = time.perf_counter()
+            future_params = self._future_sampling_params(sampling_params)
+            conversations = await asyncio.gather(
+                *[
+                    sample_future_conversation(
+                        history=history,
+                        response=response_text,
+                        policy=_PolicyChat(
+                            self, messages + [{"role": "assistant", "content": response_text}],
+                            prompt_ids + response_ids, future_params,
+                        ),
+                        interaction=interaction,
+                        interaction_kwargs=interaction_kwargs,
+                        limits=self.turn_limits,
+                    )
+                    for _ in range(self.num_repeat_rollouts)
+                ]
+            )
+            seconds = time.perf_counter() - start
+            summary = summarize_forward_sampling(conversations, num_history_messages=len(history), seconds=seconds)
+            # verl logs agent_loop/tool_calls/{min,max,mean}: here it is the forward-sampling wall time.
+            metrics["tool_calls"] = seconds
+
+        extra_fields = dict(output.extra_fields)
+        extra_fields.update({"turn_scores": [], "tool_rewards": [], "collabllm": summary.as_dict()})
+        return AgentLoopOutput(
+            prompt_ids=prompt_ids,
+            response_ids=response_ids[: self.response_length],
+            response_mask=response_mask[: self.response_length],
+            response_logprobs=response_logprobs[: self.response_length] if response_logprobs else None,
+            routed_experts=(
+                output.routed_experts[: len(prompt_ids) + self.response_length]
+                if output.routed_experts is not None
+                else None
+            ),
+            num_turns=2,
+            metrics=metrics,
+            extra_fields=extra_fields,
+        )

@@ -1,0 +1,326 @@
+"""Forward sampling: future conversations between the user simulator and the policy (CollabLLM §3.2).
+
+After the policy answers a prompt (the *trained response*), the multiturn-aware reward of that response is
+estimated by sampling ``S`` future conversations that start from the prompt history plus the response and
+alternate a user-simulator turn and a policy turn. This module holds the parts of that procedure that do
+not depend on verl's token plumbing:
+
+* :func:`reasoning_is_well_formed` and :func:`unusable_response_reason` decide whether a response can be
+  continued at all; :func:`visible_history` (with the simulator prompt's ``strip_reasoning``) decides what
+  the user simulator is shown;
+* :class:`TurnLimits` holds ``max_user_turns`` / ``max_assistant_turns``;
+* :func:`sample_future_conversation` runs one future conversation against an interaction (the user
+  simulator, :class:`collabllm_verl.interactions.base.BaseInteraction`) and a :class:`PolicyChat`
+  (implemented by the agent loop on top of verl's server manager);
+* :func:`summarize_forward_sampling` builds the ``extra_fields["collabllm"]`` dict read by the reward
+  manager (contract in ``docs/architecture.md``).
+
+Everything here is async and never blocks the event loop; the agent loop runs the ``S`` conversations of
+one sample concurrently with :func:`asyncio.gather`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from collabllm_verl.interactions.simulator_prompt import strip_reasoning
+
+logger = logging.getLogger(__name__)
+
+REASONING_OPEN = "<think>"
+REASONING_CLOSE = "</think>"
+_REASONING_TAG = re.compile(r"</?think>", re.IGNORECASE)
+
+# Why forward sampling was skipped for a sample (``skip_reason``).
+SKIP_TRUNCATED = "truncated"  # the response hit the token budget without a stop token
+SKIP_EMPTY = "empty"  # no visible text once reasoning is removed
+SKIP_MALFORMED_THINK = "malformed_think"  # unbalanced / nested / out-of-order <think> tags
+
+# Why one future conversation ended (``end_reasons``).
+END_TERMINATED = "terminated"  # the user simulator sent the termination signal
+END_TURN_LIMIT = "turn_limit"  # max_user_turns or max_assistant_turns reached
+END_SIMULATOR_FAILURE = "simulator_failure"  # the user simulator failed (after the LLM layer's retries)
+END_CONTEXT_LIMIT = "context_limit"  # the policy's context window has no room for another reply
+
+
+def reasoning_is_well_formed(text: str, *, opened_in_prompt: bool = False) -> bool:
+    """True when the ``<think>`` tags of ``text`` form zero or more complete, non-nested blocks.
+
+    Args:
+        text: a decoded assistant message.
+        opened_in_prompt: the generation prompt already ended with an open ``<think>`` (templates of
+            reasoning models such as DeepSeek-R1 or Qwen3-thinking do this), so the message is expected to
+            start inside a reasoning block.
+
+    Returns:
+        False for a block that is never closed, a ``</think>`` without an opening tag, or nested tags.
+    """
+    tags = _REASONING_TAG.findall(text)
+    if opened_in_prompt:
+        tags = [REASONING_OPEN, *tags]
+    expected_open = True
+    for tag in tags:
+        if (tag.lower() == REASONING_OPEN) != expected_open:
+            return False
+        expected_open = not expected_open
+    return expected_open
+
+
+def unusable_response_reason(
+    text: str, *, truncated: bool, opened_in_prompt: bool = False
+) -> str | None:
+    """Why a trained response cannot be continued by forward sampling, or None when it can.
+
+    Args:
+        text: the decoded response (special tokens removed, reasoning kept).
+        truncated: generation stopped at the token budget (``rollout.response_length``) without a stop token.
+        opened_in_prompt: see :func:`reasoning_is_well_formed`.
+
+    Returns:
+        :data:`SKIP_TRUNCATED`, :data:`SKIP_MALFORMED_THINK`, :data:`SKIP_EMPTY` (checked in that order) or
+        None.
+    """
+    if truncated:
+        return SKIP_TRUNCATED
+    if not reasoning_is_well_formed(text, opened_in_prompt=opened_in_prompt):
+        return SKIP_MALFORMED_THINK
+    if not strip_reasoning(text):
+        return SKIP_EMPTY
+    return None
+
+
+@dataclass(frozen=True)
+class TurnLimits:
+    """Length limits of one future conversation (``actor_rollout_ref.rollout.multi_turn``).
+
+    Attributes:
+        max_user_turns: most simulator (user) turns in the future conversation (w in the paper), or None for
+            no limit of this kind.
+        max_assistant_turns: most assistant turns counting the trained response, or None for no limit of
+            this kind. With ``max_user_turns=2, max_assistant_turns=3`` a conversation is
+            ``response, user, reply, user, reply``.
+
+    Raises:
+        ValueError: both limits are None, or one is < 1.
+    """
+
+    max_user_turns: int | None
+    max_assistant_turns: int | None
+
+    def __post_init__(self) -> None:
+        if self.max_user_turns is None and self.max_assistant_turns is None:
+            raise ValueError(
+                "forward sampling needs actor_rollout_ref.rollout.multi_turn.max_user_turns or "
+                "max_assistant_turns to be set (both are null); the paper uses max_user_turns=2"
+            )
+        for name in ("max_user_turns", "max_assistant_turns"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise ValueError(f"actor_rollout_ref.rollout.multi_turn.{name} must be an integer >= 1, got {value!r}")
+
+    def allows_another_exchange(self, user_turns: int, assistant_turns: int) -> bool:
+        """True when one more (user turn, policy reply) pair fits in both limits."""
+        users_left = self.max_user_turns is None or user_turns < self.max_user_turns
+        assistants_left = self.max_assistant_turns is None or assistant_turns < self.max_assistant_turns
+        return users_left and assistants_left
+
+
+class PolicyChat(Protocol):
+    """The policy side of one future conversation (implemented by the agent loop over verl's server manager).
+
+    Each future conversation gets its own ``PolicyChat``, which keeps that conversation's token state.
+    """
+
+    async def add_user_message(self, content: str) -> None:
+        """Append a user message to the policy's context."""
+
+    async def reply(self) -> str | None:
+        """Generate the policy's next message (decoded, reasoning kept); None when the context is full."""
+
+
+@dataclass
+class FutureConversation:
+    """One forward-sampled conversation.
+
+    Attributes:
+        messages: prompt history (no system messages), the trained response, then the future turns; assistant
+            messages have their reasoning removed.
+        future_turns: user + assistant messages added after the trained response.
+        end_reason: one of ``END_*``.
+        error: the simulator failure's description when ``end_reason == "simulator_failure"``.
+    """
+
+    messages: list[dict[str, str]]
+    future_turns: int = 0
+    end_reason: str = END_TURN_LIMIT
+    error: str | None = None
+
+
+def visible_history(history: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The prompt messages as the user simulator sees them: no system messages, no reasoning blocks.
+
+    Args:
+        history: ``{"role", "content"}`` messages (dicts, or mappings from a dataset row).
+
+    Raises:
+        ValueError: a message lacks ``role`` or has non-string ``content``.
+    """
+    visible = []
+    for index, message in enumerate(history):
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise ValueError(
+                f"raw_prompt[{index}] must be a {{'role': str, 'content': str}} message, got {dict(message)!r}"
+            )
+        if role == "system":
+            continue
+        visible.append({"role": role, "content": strip_reasoning(content) if role == "assistant" else content})
+    return visible
+
+
+def _failure_from_metadata(metadata: Any) -> str | None:
+    """The failure an interaction reported in ``generate_response``'s metadata (``simulator_failed``,
+    ``error``; see :class:`collabllm_verl.interactions.collabllm_interaction.CollabLLMInteraction`)."""
+    if isinstance(metadata, Mapping) and metadata.get("simulator_failed"):
+        return str(metadata.get("error") or "user simulator failed")
+    return None
+
+
+async def sample_future_conversation(
+    *,
+    history: Sequence[Mapping[str, Any]],
+    response: str,
+    policy: PolicyChat,
+    interaction: Any,
+    interaction_kwargs: Mapping[str, Any],
+    limits: TurnLimits,
+) -> FutureConversation:
+    """Run one future conversation after the trained response.
+
+    The conversation alternates a user-simulator turn (``interaction.generate_response``) and a policy reply
+    (``policy.reply``) until the simulator sends its termination signal, a turn limit is reached, the policy's
+    context window is full, or the simulator fails. The simulator gets its own interaction instance
+    (``start_interaction`` / ``finalize_interaction``) so concurrent conversations never share state, and it
+    only sees non-system messages with reasoning removed.
+
+    Args:
+        history: the prompt messages (``{"role", "content"}``); system messages are dropped.
+        response: the decoded trained response (reasoning kept; it is stripped here).
+        policy: this conversation's policy side.
+        interaction: a ``BaseInteraction`` (the user simulator).
+        interaction_kwargs: the row's ``extra_info["interaction_kwargs"]`` (hidden goal, task description).
+        limits: turn limits.
+
+    Returns:
+        The finished :class:`FutureConversation`. Simulator errors are caught and reported in it; errors of
+        the policy (server manager) propagate.
+    """
+    messages = visible_history(history)
+    messages.append({"role": "assistant", "content": strip_reasoning(response)})
+    conversation = FutureConversation(messages=messages)
+    user_turns, assistant_turns = 0, 1
+
+    try:
+        instance_id = await interaction.start_interaction(instance_id=None, **dict(interaction_kwargs))
+    except Exception as exc:  # noqa: BLE001  (a simulator failure ends this conversation only)
+        logger.warning("user simulator failed to start a future conversation: %s", exc)
+        conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, f"{type(exc).__name__}: {exc}"
+        return conversation
+
+    try:
+        while limits.allows_another_exchange(user_turns, assistant_turns):
+            try:
+                should_terminate, user_text, _score, metadata = await interaction.generate_response(
+                    instance_id, [dict(m) for m in messages]
+                )
+            except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
+                logger.warning("user simulator failed in a future conversation: %s", exc)
+                conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, f"{type(exc).__name__}: {exc}"
+                return conversation
+            failure = _failure_from_metadata(metadata)
+            if failure is not None:
+                conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, failure
+                return conversation
+            if should_terminate:
+                conversation.end_reason = END_TERMINATED
+                return conversation
+
+            messages.append({"role": "user", "content": str(user_text)})
+            user_turns += 1
+            conversation.future_turns += 1
+            await policy.add_user_message(str(user_text))
+            reply = await policy.reply()
+            if reply is None:
+                conversation.end_reason = END_CONTEXT_LIMIT
+                return conversation
+            messages.append({"role": "assistant", "content": strip_reasoning(reply)})
+            assistant_turns += 1
+            conversation.future_turns += 1
+        conversation.end_reason = END_TURN_LIMIT
+        return conversation
+    finally:
+        try:
+            await interaction.finalize_interaction(instance_id)
+        except Exception as exc:  # noqa: BLE001  (cleanup problems must not hide the conversation)
+            logger.warning("finalize_interaction failed for %s: %s", instance_id, exc)
+
+
+@dataclass
+class ForwardSamplingSummary:
+    """The ``extra_fields["collabllm"]`` payload of one sample (see ``docs/architecture.md``)."""
+
+    future_conversations: list[list[dict[str, str]]] = field(default_factory=list)
+    num_history_messages: int = 0
+    forward_sampling_skipped: bool = False
+    skip_reason: str | None = None
+    simulator_failures: int = 0
+    future_turns: list[int] = field(default_factory=list)
+    end_reasons: list[str] = field(default_factory=list)
+    early_terminations: int = 0
+    forward_sampling_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-dict form stored in ``AgentLoopOutput.extra_fields["collabllm"]``."""
+        return {
+            "future_conversations": self.future_conversations,
+            "num_history_messages": self.num_history_messages,
+            "forward_sampling_skipped": self.forward_sampling_skipped,
+            "skip_reason": self.skip_reason,
+            "simulator_failures": self.simulator_failures,
+            "future_turns": self.future_turns,
+            "end_reasons": self.end_reasons,
+            "early_terminations": self.early_terminations,
+            "forward_sampling_seconds": self.forward_sampling_seconds,
+        }
+
+
+def summarize_forward_sampling(
+    conversations: Sequence[FutureConversation], *, num_history_messages: int, seconds: float
+) -> ForwardSamplingSummary:
+    """Collect ``S`` finished conversations into the reward manager's payload.
+
+    Args:
+        conversations: the finished future conversations of one sample.
+        num_history_messages: non-system prompt messages before the trained response.
+        seconds: wall-clock seconds spent on forward sampling for this sample.
+    """
+    return ForwardSamplingSummary(
+        future_conversations=[c.messages for c in conversations],
+        num_history_messages=num_history_messages,
+        simulator_failures=sum(c.end_reason == END_SIMULATOR_FAILURE for c in conversations),
+        future_turns=[c.future_turns for c in conversations],
+        end_reasons=[c.end_reason for c in conversations],
+        early_terminations=sum(c.end_reason == END_TERMINATED for c in conversations),
+        forward_sampling_seconds=float(seconds),
+    )
+
+
+def skipped_forward_sampling(reason: str, *, num_history_messages: int) -> ForwardSamplingSummary:
+    """The payload of a sample whose trained response was unusable (no future conversations)."""
+    return ForwardSamplingSummary(
+        num_history_messages=num_history_messages, forward_sampling_skipped=True, skip_reason=reason
+    )
