@@ -505,4 +505,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m` runs this file as `__main__`, a second copy of the module: responders that other modules
+    # (scripted_judges) register through `collabllm_verl.recipe.local_llm_server` would be invisible to it.
+    from collabllm_verl.recipe.local_llm_server import main as _canonical_main
+
+    _canonical_main()

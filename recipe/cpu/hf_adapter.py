@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import ray
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.utils import ensure_async_iterator
@@ -58,9 +57,9 @@ class HFServerAdapter(BaseRollout):
         self.rollout_rank = rank % rollout_world_size
         self._has_server = self.rollout_rank == 0
         self._bucket_bytes = int(self.config.checkpoint_engine.update_weights_bucket_megabytes) << 20
-        self.server_handle: Optional[ray.actor.ActorHandle] = None
+        self.server_handle: ray.actor.ActorHandle | None = None
 
-    def _server(self) -> Optional[ray.actor.ActorHandle]:
+    def _server(self) -> ray.actor.ActorHandle | None:
         if not self._has_server:
             return None
         if self.server_handle is None:  # the server is launched after the worker builds its adapter
@@ -77,7 +76,7 @@ class HFServerAdapter(BaseRollout):
     async def update_weights(
         self,
         weights,
-        global_steps: Optional[int] = None,
+        global_steps: int | None = None,
         wire_format: str = "named_tensors",
         peft_config: Any = None,
         **kwargs,
@@ -95,7 +94,9 @@ class HFServerAdapter(BaseRollout):
             NotImplementedError: another wire format, or unmerged LoRA adapters.
         """
         if wire_format != "named_tensors":
-            raise NotImplementedError(f"hf rollout supports wire_format='named_tensors' only, got {wire_format!r}")
+            raise NotImplementedError(
+                f"hf rollout supports wire_format='named_tensors' only, got {wire_format!r}"
+            )
         if peft_config is not None:
             raise NotImplementedError(
                 "hf rollout cannot load LoRA adapters; set actor_rollout_ref.model.lora.merge=True"

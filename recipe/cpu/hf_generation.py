@@ -8,7 +8,8 @@ It knows nothing about Ray or verl's replica machinery; :mod:`.hf_server` drives
 Log-probabilities are recomputed with one forward pass over prompt + response after sampling, the way the
 verl actor computes ``old_log_prob``: ``log_softmax(logits / temperature)`` at each response position
 (``logprobs_mode="processed_logprobs"``, verl's default, additionally applies the same top-k / top-p
-filtering that was used for sampling; ``"raw_logprobs"`` uses the unscaled logits). A repetition penalty,
+filtering that was used for sampling, and the server's ``logit_bias`` when one is set; ``"raw_logprobs"``
+uses the unscaled logits of the model). A repetition penalty,
 when one is used, affects sampling but not these log-probs, as in the verl actor. Values are natural-log
 probabilities, one per response token, all <= 0.
 """
@@ -17,11 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 logger = logging.getLogger(__name__)
@@ -275,7 +283,9 @@ def end_of_sequence_ids(model_eos_ids: Iterable[int], tokenizer: Any = None) -> 
     if eos is not None:
         ids.update([int(eos)] if isinstance(eos, int) else (int(e) for e in eos))
     if not ids:
-        raise ValueError("The model defines no eos_token_id; the hf rollout cannot tell when a response ends.")
+        raise ValueError(
+            "The model defines no eos_token_id; the hf rollout cannot tell when a response ends."
+        )
     return tuple(sorted(ids))
 
 
@@ -301,6 +311,7 @@ def generate_batch(
     pad_token_id: int,
     logprobs_mode: str = "processed_logprobs",
     should_abort: Callable[[], bool] | None = None,
+    logit_bias: Mapping[int, float] | None = None,
 ) -> list[GenerationResult]:
     """Sample continuations of several prompts that share one :class:`SamplingSettings`.
 
@@ -317,6 +328,8 @@ def generate_batch(
         logprobs_mode: ``"processed_logprobs"`` or ``"raw_logprobs"``.
         should_abort: polled after every decoding step; when it returns True all rows stop and are
             returned with ``stop_reason="aborted"``.
+        logit_bias: token id -> value added to its logit before temperature scaling (like vLLM's and
+            OpenAI's ``logit_bias``); None or empty for the model's own distribution.
 
     Returns:
         One :class:`GenerationResult` per request, in order.
@@ -348,11 +361,12 @@ def generate_batch(
         do_sample=not settings.greedy,
         temperature=settings.temperature if not settings.greedy else 1.0,
         top_p=settings.top_p,
-        top_k=settings.top_k if settings.top_k > 0 else 0,
+        top_k=max(0, settings.top_k),
         repetition_penalty=settings.repetition_penalty,
         eos_token_id=sorted(stop_ids) if stop_ids else None,
         pad_token_id=pad_token_id,
         use_cache=True,
+        sequence_bias={(int(t),): float(b) for t, b in logit_bias.items()} if logit_bias else None,
     )
     abort = _AbortCriteria(should_abort or (lambda: False))
     sequences = model.generate(
@@ -379,6 +393,7 @@ def generate_batch(
         settings=settings,
         logprobs_mode=logprobs_mode,
         pad_token_id=pad_token_id,
+        logit_bias=logit_bias,
     )
     return [GenerationResult(t, lp, reason) for t, lp, reason in zip(kept, log_probs, reasons, strict=True)]
 
@@ -392,6 +407,7 @@ def score_tokens(
     settings: SamplingSettings,
     logprobs_mode: str = "processed_logprobs",
     pad_token_id: int = 0,
+    logit_bias: Mapping[int, float] | None = None,
 ) -> list[list[float]]:
     """Log-probabilities of each response token given its prompt and the response tokens before it.
 
@@ -399,9 +415,10 @@ def score_tokens(
         model: a causal LM.
         prompts, responses: token ids; ``responses[i]`` continues ``prompts[i]`` (may be empty).
         settings: the sampling settings the responses were drawn with (temperature, top-k, top-p).
-        logprobs_mode: ``"processed_logprobs"`` (temperature and top-k/top-p applied, renormalised) or
-            ``"raw_logprobs"`` (the model's distribution at temperature 1).
+        logprobs_mode: ``"processed_logprobs"`` (logit bias, temperature and top-k/top-p applied,
+            renormalised) or ``"raw_logprobs"`` (the model's distribution at temperature 1).
         pad_token_id: id used for padding.
+        logit_bias: the bias used for sampling (see :func:`generate_batch`); processed mode only.
 
     Returns:
         ``len(responses[i])`` natural-log probabilities per row.
@@ -415,7 +432,13 @@ def score_tokens(
     device = next(model.parameters()).device
     vocab = int(model.get_output_embeddings().weight.shape[0])
     warpers = _processed_warpers(settings) if logprobs_mode == "processed_logprobs" else []
-    temperature = settings.temperature if (logprobs_mode == "processed_logprobs" and not settings.greedy) else 1.0
+    processed = logprobs_mode == "processed_logprobs"
+    temperature = settings.temperature if (processed and not settings.greedy) else 1.0
+    bias = None
+    if processed and logit_bias:
+        bias = torch.zeros(vocab, device=device)
+        for token, value in logit_bias.items():
+            bias[int(token)] = float(value)
 
     longest = max(len(responses[i]) for i in todo)
     rows_per_chunk = max(1, _SCORING_FLOATS_BUDGET // max(1, longest * vocab))
@@ -426,13 +449,19 @@ def score_tokens(
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         width = max(len(responses[i]) for i in chunk)
         # logits at position p predict token p+1: keep the last width+1 positions, drop the final one.
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=width + 1,
-            use_cache=False,
-        ).logits[:, :-1, :].float()
+        logits = (
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=width + 1,
+                use_cache=False,
+            )
+            .logits[:, :-1, :]
+            .float()
+        )
+        if bias is not None:
+            logits = logits + bias
         logits = logits / temperature
         for row, i in enumerate(chunk):
             n = len(responses[i])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
 
@@ -46,7 +45,9 @@ class HFReplica(RolloutReplica):
             )
         if not self.workers:
             raise RuntimeError("hf rollout: the replica has no workers to colocate its server with")
-        node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+        node_id = await self.workers[0].__ray_call__.remote(
+            lambda self: ray.get_runtime_context().get_node_id()
+        )
         if self.is_reward_model:
             suffix = f"_reward{self.name_suffix}"
         elif self.is_teacher_model:

@@ -17,21 +17,30 @@ Tuning keys (``actor_rollout_ref.rollout.engine_kwargs.hf.*``, all optional):
         100M+ parameters on an otherwise idle machine).
     batch_wait_ms: how long to collect requests before sampling a batch, in milliseconds (default 5).
     max_batch_size: most requests sampled together (default ``min(64, rollout.max_num_seqs)``).
+    logit_bias: biases added to those logits for every request (default none), as ``{token: bias}`` or as a
+        list of ``[token, bias]`` pairs (the form Hydra overrides accept for text, e.g.
+        ``+...engine_kwargs.hf.logit_bias=[['?',3.0]]``); a token is an id or a piece of text that the
+        tokenizer encodes as exactly one token.
+    eos_logit_bias: bias added to every end-of-sequence token's logit (default 0). The CPU preset uses it
+        so that an untrained tiny model ends its turns after a few tokens and forward sampling runs; the
+        rollout then samples from a length-biased policy (``processed_logprobs`` include the bias, so
+        ``training/rollout_probs_diff_*`` shows the gap to the trainer's log-probs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ray
 import torch
-
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.tokenizer import normalize_token_ids
 from verl.workers.config import HFModelConfig
@@ -55,6 +64,8 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 SERVER_NAME_PREFIX = "hf_"
+HF_ENGINE_KWARGS = ("num_threads", "batch_wait_ms", "max_batch_size", "logit_bias", "eos_logit_bias")
+"""Keys accepted under ``actor_rollout_ref.rollout.engine_kwargs.hf`` (see the module docstring)."""
 
 
 def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -> str:
@@ -62,8 +73,50 @@ def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -
     return f"{SERVER_NAME_PREFIX}server_{replica_rank}_{node_rank}{suffix}"
 
 
+def _token_id(key: Any, tokenizer: Any) -> int:
+    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+        return int(key)
+    if tokenizer is None:
+        raise ValueError(f"engine_kwargs.hf.logit_bias key {key!r} is text but the model has no tokenizer")
+    ids = tokenizer.encode(str(key), add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"engine_kwargs.hf.logit_bias key {key!r} encodes to {len(ids)} tokens {ids}; need exactly 1"
+        )
+    return int(ids[0])
+
+
+def _logit_bias(
+    hf_kwargs: dict, eos_token_ids: Iterable[int], *, vocab_size: int, tokenizer: Any = None
+) -> dict[int, float]:
+    """Combine ``engine_kwargs.hf.logit_bias`` and ``eos_logit_bias`` into ``{token_id: bias}``.
+
+    Raises:
+        ValueError: a token outside the vocabulary, text that is not one token, or a non-finite bias.
+    """
+    bias: dict[int, float] = {}
+    raw = hf_kwargs.get("logit_bias") or {}
+    pairs = raw.items() if isinstance(raw, Mapping) else raw
+    for pair in pairs:
+        if isinstance(pair, (str, bytes)) or len(pair) != 2:
+            raise ValueError(f"engine_kwargs.hf.logit_bias entries must be [token, bias] pairs, got {pair!r}")
+        key, value = pair
+        token = _token_id(key, tokenizer)
+        bias[token] = bias.get(token, 0.0) + float(value)
+    eos_bias = float(hf_kwargs.get("eos_logit_bias") or 0.0)
+    if eos_bias:
+        for token in eos_token_ids:
+            bias[int(token)] = bias.get(int(token), 0.0) + eos_bias
+    for token, value in bias.items():
+        if not 0 <= token < vocab_size or not math.isfinite(value):
+            raise ValueError(
+                f"engine_kwargs.hf logit bias {token}: {value} is invalid (vocabulary size {vocab_size})"
+            )
+    return bias
+
+
 class _Pending:
-    __slots__ = ("request_id", "request", "future")
+    __slots__ = ("future", "request", "request_id")
 
     def __init__(self, request_id: str, request: GenerationRequest, future: asyncio.Future):
         self.request_id = request_id
@@ -85,7 +138,8 @@ class HFRolloutServer:
         node_rank: node rank inside the replica (always 0: one process serves a replica).
 
     Raises:
-        ValueError: unknown ``dtype`` or ``logprobs_mode``, or a model without an end-of-sequence token.
+        ValueError: unknown ``dtype``, ``logprobs_mode`` or ``engine_kwargs.hf`` key, an invalid logit bias,
+            or a model without an end-of-sequence token.
     """
 
     def __init__(
@@ -103,12 +157,19 @@ class HFRolloutServer:
         self.node_rank = node_rank
 
         hf_kwargs = dict((self.config.engine_kwargs or {}).get("hf", None) or {})
+        unknown = sorted(set(hf_kwargs) - set(HF_ENGINE_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"unknown rollout.engine_kwargs.hf key(s) {unknown}; known: {list(HF_ENGINE_KWARGS)}"
+            )
         torch.set_num_threads(int(hf_kwargs.get("num_threads") or 1))
         self.batch_wait_s = float(hf_kwargs.get("batch_wait_ms", 5)) / 1000.0
         self.max_batch_size = int(hf_kwargs.get("max_batch_size") or min(64, self.config.max_num_seqs))
         self.logprobs_mode = self.config.logprobs_mode or "processed_logprobs"
         if self.logprobs_mode not in LOGPROBS_MODES:
-            raise ValueError(f"hf rollout supports logprobs_mode in {LOGPROBS_MODES}, got {self.logprobs_mode!r}")
+            raise ValueError(
+                f"hf rollout supports logprobs_mode in {LOGPROBS_MODES}, got {self.logprobs_mode!r}"
+            )
 
         max_positions = get_max_position_embeddings(self.model_config.hf_config)
         self.max_model_len = int(self.config.max_model_len or max_positions)
@@ -130,16 +191,21 @@ class HFRolloutServer:
         self.eos_token_ids = end_of_sequence_ids(model_eos_ids, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+        self.logit_bias = _logit_bias(
+            hf_kwargs, self.eos_token_ids, vocab_size=self.model.config.vocab_size, tokenizer=tokenizer
+        )
 
-        self.global_steps: Optional[int] = None
-        self._address = f"{ray.util.get_node_ip_address().strip('[]')}:{server_actor_name(replica_rank, node_rank)}"
+        self.global_steps: int | None = None
+        self._address = (
+            f"{ray.util.get_node_ip_address().strip('[]')}:{server_actor_name(replica_rank, node_rank)}"
+        )
 
         # asyncio objects are created on first use, inside the actor's event loop.
         self._pending: list[_Pending] = []
-        self._wakeup: Optional[asyncio.Event] = None
-        self._model_lock: Optional[asyncio.Lock] = None
-        self._gate_open: Optional[asyncio.Event] = None
-        self._batch_task: Optional[asyncio.Task] = None
+        self._wakeup: asyncio.Event | None = None
+        self._model_lock: asyncio.Lock | None = None
+        self._gate_open: asyncio.Event | None = None
+        self._batch_task: asyncio.Task | None = None
         self._rejecting = False
         self._taken: list[_Pending] = []  # popped by the batch loop, not yet answered
         self._running: list[_Pending] = []  # being sampled right now
@@ -161,10 +227,10 @@ class HFRolloutServer:
         prompt_ids: list[int],
         sampling_params: dict[str, Any],
         request_id: str,
-        image_data: Optional[list[Any]] = None,
-        video_data: Optional[list[Any]] = None,
-        audio_data: Optional[list[Any]] = None,
-        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        audio_data: list[Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
         priority: int = 0,
         **kwargs: Any,
     ) -> TokenOutput:
@@ -204,7 +270,9 @@ class HFRolloutServer:
             await self._gate_open.wait()
 
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(request_id, GenerationRequest(prompt_ids, settings, max_new_tokens), future))
+        self._pending.append(
+            _Pending(request_id, GenerationRequest(prompt_ids, settings, max_new_tokens), future)
+        )
         self._wakeup.set()
         result: GenerationResult = await future
         return self._token_output(result)
@@ -257,8 +325,9 @@ class HFRolloutServer:
                     pad_token_id=self.pad_token_id,
                     logprobs_mode=self.logprobs_mode,
                     should_abort=self._abort_flag.is_set,
+                    logit_bias=self.logit_bias,
                 )
-            except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+            except Exception as exc:
                 logger.exception("hf rollout: sampling a batch of %d requests failed", len(items))
                 for item in items:
                     if not item.future.done():
@@ -287,7 +356,7 @@ class HFRolloutServer:
         async with self._model_lock:
             return await asyncio.to_thread(load_named_weights, self.model, list(named_tensors))
 
-    async def finish_weight_update(self, global_steps: Optional[int] = None) -> None:
+    async def finish_weight_update(self, global_steps: int | None = None) -> None:
         """Mark the end of a weight sync: records the model version reported in ``extra_fields``."""
         if global_steps is not None:
             self.global_steps = global_steps
@@ -338,7 +407,7 @@ class HFRolloutServer:
         self._rejecting = False
         self._gate_open.set()
 
-    async def wake_up(self, tags: Optional[list[str]] = None) -> None:
+    async def wake_up(self, tags: list[str] | None = None) -> None:
         """No-op: weights stay in host memory."""
 
     async def sleep(self) -> None:

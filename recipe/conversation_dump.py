@@ -1,0 +1,466 @@
+"""Readable JSONL files of scored rollouts: each trained response, its forward-sampled conversations and
+the metric scores that made its multiturn-aware reward.
+
+verl 0.9.1's own ``trainer.rollout_data_dir`` dump holds only the decoded prompt, the response and the
+scalar score; the future conversations and the per-metric breakdown live inside the reward manager. The
+``collabllm`` reward manager therefore writes them here, one JSON object per trained response, appended to
+``<dir>/step_<NNNNNN>.jsonl`` where ``NNNNNN`` is the trainer's step (``global_steps`` of the batch). The
+highest-numbered file holds the last step. Several reward-loop processes may append to one file: each
+record is written with one ``write`` call under an exclusive ``flock``.
+
+Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
+
+    +reward.reward_kwargs.conversation_dump.dir=outputs/rl_cpu/conversations
+    +reward.reward_kwargs.conversation_dump.keep_last_steps=5    # optional; default: keep every step
+
+Record fields (all JSON): ``step``, ``uid`` (the prompt's id, shared by its GRPO group), ``session_id``
+(0..n-1 within the group), ``data_source``, ``ground_truth``, ``reward``, ``metrics`` (name -> ``weight``,
+``mean`` over conversations, ``weighted`` = clamp(weight * mean, -1, 1), ``failures``, ``values`` per
+conversation or null where the metric failed), ``forward_sampling`` (``skipped``, ``skip_reason``,
+``num_conversations``), ``history`` (messages before the trained response), ``response`` (its text) and
+``future_conversations`` (per conversation: the messages after the trained response). Validation rollouts
+(``trainer.test_freq``) are scored by the same manager and land in the file of the step they ran at.
+
+Per-step reward breakdown: verl 0.9.1 logs ``reward_extra_info`` only for validation, so the writer also
+summarises each training step once its ``data.train_batch_size * rollout.n`` responses are in the file:
+the process that writes the last of them prints one line (reward and, per metric, the mean raw value and
+the mean weighted contribution) to stdout, which Ray forwards to the trainer's console, and appends the
+same numbers as one JSON object to ``<dir>/summary.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "conversation_dump"
+"""Key under ``reward.reward_kwargs`` holding the dump settings."""
+
+_FILE_RE = re.compile(r"^step_(\d+)\.jsonl$")
+_SAMPLING_STATS = ("simulator_failures", "early_terminations", "future_turns", "forward_sampling_seconds")
+
+
+@dataclass(frozen=True)
+class DumpSettings:
+    """Where and how much to dump.
+
+    Attributes:
+        dir: output folder (created on first write).
+        keep_last_steps: keep only the files of the newest K steps (K >= 1); None keeps all.
+        responses_per_step: trained responses per step (``data.train_batch_size * rollout.n``); the step
+            summary is written when a step's file holds this many records. None: no summaries.
+    """
+
+    dir: str
+    keep_last_steps: int | None = None
+    responses_per_step: int | None = None
+
+    @classmethod
+    def from_mapping(cls, value: Any) -> DumpSettings | None:
+        """Validate ``reward_kwargs.conversation_dump`` (a mapping, a folder string, or None).
+
+        Returns:
+            None when the dump is off (value None, or an empty ``dir``).
+
+        Raises:
+            TypeError: the value is neither a mapping nor a folder string.
+            ValueError: unknown keys, or ``keep_last_steps`` not a positive integer.
+        """
+        if value is None:
+            return None
+        if isinstance(value, (str, os.PathLike)):
+            value = {"dir": os.fspath(value)}
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"reward_kwargs.{CONFIG_KEY} must be a mapping {{dir, keep_last_steps}}, got {value!r}"
+            )
+        unknown = sorted(set(value) - {"dir", "keep_last_steps"})
+        if unknown:
+            raise ValueError(
+                f"unknown reward_kwargs.{CONFIG_KEY} key(s) {unknown}; known: ['dir', 'keep_last_steps']"
+            )
+        directory = value.get("dir")
+        if not directory:
+            return None
+        keep = value.get("keep_last_steps")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ValueError(
+                f"reward_kwargs.{CONFIG_KEY}.keep_last_steps must be an integer >= 1, got {keep!r}"
+            )
+        return cls(dir=os.fspath(directory), keep_last_steps=keep)
+
+
+def step_file(directory: str | os.PathLike, step: int | None) -> Path:
+    """The file of a step: ``<dir>/step_<NNNNNN>.jsonl`` (``step_unknown.jsonl`` when the step is unknown)."""
+    name = f"step_{int(step):06d}.jsonl" if step is not None else "step_unknown.jsonl"
+    return Path(directory) / name
+
+
+def latest_step_file(directory: str | os.PathLike) -> Path | None:
+    """The file of the highest step in ``directory``, or None when there is none."""
+    best: tuple[int, Path] | None = None
+    folder = Path(directory)
+    if not folder.is_dir():
+        return None
+    for path in folder.iterdir():
+        match = _FILE_RE.match(path.name)
+        if match and (best is None or int(match.group(1)) > best[0]):
+            best = (int(match.group(1)), path)
+    return best[1] if best else None
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """All records of a dump file, in file order.
+
+    Raises:
+        ValueError: a line is not valid JSON (names the file and line number).
+    """
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not a JSON record ({exc})") from None
+    return records
+
+
+def _number(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays and other containers -> plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _message(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {"role": str(message.get("role", "")), "content": message.get("content", "")}
+
+
+def build_record(
+    *,
+    step: int | None,
+    uid: str | None,
+    session_id: int | None,
+    data_source: str | None,
+    ground_truth: Any,
+    reward: float,
+    weights: Mapping[str, float],
+    means: Mapping[str, float],
+    weighted: Mapping[str, float],
+    failures: Mapping[str, int] | None = None,
+    per_conversation: Mapping[str, Sequence[float | None]] | None = None,
+    conversations: Sequence[Sequence[Mapping[str, Any]]] = (),
+    num_history_messages: int = 0,
+    skipped: bool = False,
+    skip_reason: str | None = None,
+    sampling_stats: Mapping[str, Any] | None = None,
+    fallback_history: Sequence[Mapping[str, Any]] | None = None,
+    fallback_response: str | None = None,
+) -> dict[str, Any]:
+    """One JSON-ready record of a scored trained response (fields: see the module docstring).
+
+    Args:
+        step: trainer step of the batch (``global_steps``), or None.
+        uid, session_id: the prompt's id and the response's index within its GRPO group.
+        data_source, ground_truth: from the dataset row.
+        reward: the multiturn-aware reward given to the response.
+        weights, means, weighted, failures: per metric, as computed by the reward manager.
+        per_conversation: per metric, one value per conversation (None where it failed), optional.
+        conversations: the forward-sampled conversations, each = history + trained response + future turns.
+        num_history_messages: messages before the trained response in each conversation.
+        skipped, skip_reason: forward sampling was skipped (truncated, empty, malformed reasoning).
+        sampling_stats: the agent loop's counters (``simulator_failures``, ``early_terminations``,
+            ``future_turns``, ``forward_sampling_seconds``), copied into ``forward_sampling``.
+        fallback_history, fallback_response: used when there is no conversation (skipped sampling).
+    """
+    names = list(weights)
+    metrics = {}
+    for name in names:
+        values = list((per_conversation or {}).get(name, ()))
+        metrics[name] = {
+            "weight": _number(weights[name]),
+            "mean": _number(means.get(name)),
+            "weighted": _number(weighted.get(name)),
+            "failures": int((failures or {}).get(name, 0)),
+            "values": [_number(v) if v is not None else None for v in values] if values else None,
+        }
+    if conversations:
+        first = conversations[0]
+        history = [_message(m) for m in first[:num_history_messages]]
+        trained = first[num_history_messages] if len(first) > num_history_messages else {}
+        response = trained.get("content", "") if isinstance(trained, Mapping) else ""
+    else:
+        history = [_message(m) for m in (fallback_history or ())]
+        response = fallback_response or ""
+    futures = []
+    for index, conversation in enumerate(conversations):
+        scores = {}
+        for name in names:
+            values = metrics[name]["values"] or []
+            if index < len(values):
+                scores[name] = values[index]
+        future = [_message(m) for m in conversation[num_history_messages + 1 :]]
+        futures.append({"messages": future, "scores": scores})
+    return {
+        "step": int(step) if step is not None else None,
+        "uid": None if uid is None else str(uid),
+        "session_id": None if session_id is None else int(session_id),
+        "data_source": None if data_source is None else str(data_source),
+        "ground_truth": _jsonable(ground_truth),
+        "reward": _number(reward),
+        "metrics": metrics,
+        "forward_sampling": {
+            "skipped": bool(skipped),
+            "skip_reason": skip_reason,
+            "num_conversations": len(conversations),
+            **{
+                key: _jsonable(value)
+                for key, value in (sampling_stats or {}).items()
+                if key in _SAMPLING_STATS
+            },
+        },
+        "history": history,
+        "response": response,
+        "future_conversations": futures,
+    }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarize_step(step: int, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-step reward breakdown over the records of one step.
+
+    Returns:
+        ``{"step", "responses", "reward": {mean, min, max}, "metrics": {name: {"mean", "weighted"}},
+        "skipped", "conversations"}``: ``metrics.<name>.mean`` averages the per-response means (raw metric
+        values), ``weighted`` the per-response clamped weighted contributions; ``skipped`` counts responses
+        whose forward sampling was skipped, ``conversations`` the forward-sampled conversations.
+    """
+    rewards = [r.get("reward") for r in records if r.get("reward") is not None]
+    names: list[str] = []
+    for record in records:
+        for name in record.get("metrics") or {}:
+            if name not in names:
+                names.append(name)
+    metrics = {}
+    for name in names:
+        entries = [
+            (r.get("metrics") or {}).get(name) or {} for r in records if not r["forward_sampling"]["skipped"]
+        ]
+        metrics[name] = {
+            "mean": _mean([e.get("mean") for e in entries]),
+            "weighted": _mean([e.get("weighted") for e in entries]),
+        }
+    return {
+        "step": step,
+        "responses": len(records),
+        "reward": {
+            "mean": _mean(rewards),
+            "min": min(rewards) if rewards else None,
+            "max": max(rewards) if rewards else None,
+        },
+        "metrics": metrics,
+        "skipped": sum(1 for r in records if r["forward_sampling"]["skipped"]),
+        "conversations": sum(r["forward_sampling"]["num_conversations"] for r in records),
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """One console line for :func:`summarize_step`'s result."""
+
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    reward = summary["reward"]
+    parts = [
+        f"[collabllm reward] step {summary['step']}: {summary['responses']} responses,",
+        f"reward mean {num(reward['mean'])} (min {num(reward['min'])}, max {num(reward['max'])})",
+    ]
+    for name, values in summary["metrics"].items():
+        parts.append(f"| {name}: mean {num(values['mean'])}, weighted {num(values['weighted'])}")
+    parts.append(
+        f"| forward sampling skipped for {summary['skipped']}, {summary['conversations']} future conversations"
+    )
+    return " ".join(parts)
+
+
+class ConversationDumpWriter:
+    """Appends records to per-step JSONL files (safe across processes on one machine).
+
+    Args:
+        settings: :class:`DumpSettings`.
+    """
+
+    def __init__(self, settings: DumpSettings):
+        self.settings = settings
+        self._pruned_up_to: int | None = None
+
+    def write(self, record: Mapping[str, Any]) -> Path:
+        """Append one record to the file of ``record["step"]``; returns that file. Prints and stores the
+        step summary when this record completes the step (see the module docstring).
+
+        Raises:
+            OSError: the folder or file cannot be written.
+        """
+        directory = Path(self.settings.dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        step = record.get("step")
+        path = step_file(directory, step)
+        line = json.dumps(_jsonable(dict(record)), ensure_ascii=False, default=str) + "\n"
+        summary = None
+        with open(path, "a+", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                fh.write(line)
+                fh.flush()
+                expected = self.settings.responses_per_step
+                if expected and step is not None:
+                    fh.seek(0)
+                    lines = [text for text in fh.read().splitlines() if text.strip()]
+                    if len(lines) == expected:
+                        summary = summarize_step(int(step), [json.loads(text) for text in lines])
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        if summary is not None:
+            self._publish(directory, summary)
+        if step is not None and self.settings.keep_last_steps is not None:
+            self._prune(directory, int(step))
+        return path
+
+    def _publish(self, directory: Path, summary: dict[str, Any]) -> None:
+        print(format_summary(summary), flush=True)
+        with open(directory / "summary.jsonl", "a", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                fh.write(json.dumps(summary) + "\n")
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    async def awrite(self, record: Mapping[str, Any]) -> Path:
+        """:meth:`write` in a worker thread, for use inside an event loop."""
+        return await asyncio.to_thread(self.write, record)
+
+    def _prune(self, directory: Path, step: int) -> None:
+        oldest_kept = step - self.settings.keep_last_steps + 1
+        if self._pruned_up_to is not None and self._pruned_up_to >= oldest_kept:
+            return
+        for path in directory.iterdir():
+            match = _FILE_RE.match(path.name)
+            if match and int(match.group(1)) < oldest_kept:
+                try:
+                    path.unlink()
+                except FileNotFoundError:  # another process pruned it first
+                    pass
+        self._pruned_up_to = oldest_kept
+
+
+def writer_from_trainer_config(config: Any) -> ConversationDumpWriter | None:
+    """The writer configured by ``reward.reward_kwargs.conversation_dump`` of verl's config, or None.
+
+    Raises:
+        ValueError: see :meth:`DumpSettings.from_mapping`.
+    """
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(config):
+        value = OmegaConf.select(config, f"reward.reward_kwargs.{CONFIG_KEY}", default=None)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    elif isinstance(config, Mapping):
+        value = ((config.get("reward") or {}).get("reward_kwargs") or {}).get(CONFIG_KEY)
+    else:
+        value = None
+    settings = DumpSettings.from_mapping(value)
+    if settings is None:
+        return None
+    select = (
+        (lambda key: OmegaConf.select(config, key, default=None)) if OmegaConf.is_config(config) else None
+    )
+    batch = select("data.train_batch_size") if select else None
+    n = select("actor_rollout_ref.rollout.n") if select else None
+    if batch and n:
+        settings = DumpSettings(
+            settings.dir, settings.keep_last_steps, responses_per_step=int(batch) * int(n)
+        )
+    return ConversationDumpWriter(settings)
+
+
+def sample_record(
+    item: Any, samples: Any, score: Any, weights: Mapping[str, float], tokenizer: Any = None
+) -> dict:
+    """Build the record of one scored response from the reward manager's objects.
+
+    Args:
+        item: verl ``DataProtoItem`` of the response (``non_tensor_batch`` with ``global_steps``, ``uid``,
+            ``session_id``, ``data_source``, ``reward_model``, ``raw_prompt``; ``batch["responses"]``).
+        samples: the forward-sampling result (attributes ``conversations``, ``num_history_messages``,
+            ``skipped``, ``skip_reason``).
+        score: the reward breakdown (attributes ``reward``, ``means``, ``weighted``, ``failures`` and,
+            optionally, ``per_conversation``).
+        weights: metric name -> weight.
+        tokenizer: decodes the response when no conversation holds it (skipped forward sampling).
+    """
+    non_tensor = item.non_tensor_batch
+    reward_model = non_tensor.get("reward_model")
+    ground_truth = reward_model.get("ground_truth") if isinstance(reward_model, Mapping) else None
+    fallback_response = None
+    if (
+        not samples.conversations
+        and tokenizer is not None
+        and item.batch is not None
+        and "responses" in item.batch
+    ):
+        ids = [int(t) for t in item.batch["responses"].tolist() if int(t) != (tokenizer.pad_token_id or 0)]
+        fallback_response = tokenizer.decode(ids, skip_special_tokens=True)
+    raw_prompt = non_tensor.get("raw_prompt")
+    tool_fields = non_tensor.get("tool_extra_fields")
+    stats = tool_fields.get("collabllm") if isinstance(tool_fields, Mapping) else None
+    step = non_tensor.get("global_steps")
+    session_id = non_tensor.get("session_id")
+    return build_record(
+        step=int(step) if step is not None else None,
+        uid=non_tensor.get("uid"),
+        session_id=int(session_id) if session_id is not None else None,
+        data_source=non_tensor.get("data_source"),
+        ground_truth=ground_truth,
+        reward=score.reward,
+        weights=weights,
+        means=score.means,
+        weighted=score.weighted,
+        failures=score.failures,
+        per_conversation=getattr(score, "per_conversation", None),
+        conversations=samples.conversations,
+        num_history_messages=samples.num_history_messages,
+        skipped=samples.skipped,
+        skip_reason=samples.skip_reason,
+        sampling_stats=stats if isinstance(stats, Mapping) else None,
+        fallback_history=[m for m in (_jsonable(raw_prompt) or []) if isinstance(m, Mapping)],
+        fallback_response=fallback_response,
+    )

@@ -1,0 +1,253 @@
+"""End to end on a CPU: `DEVICE=cpu bash train_rl_collabllm.sh` runs GRPO with the CollabLLM agent loop and
+reward manager on real MATH level-5 problems (tiny model, hf rollout, local simulator/judge server).
+
+Checks what CI must prove: exit status 0, finite rewards for every step, the per-metric reward breakdown
+logged, forward-sampled conversations in the JSONL dump, and a saved checkpoint that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from collabllm_verl.recipe.conversation_dump import latest_step_file, read_records
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, BATCH, N, S = 2, 2, 2, 2
+METRICS = {"accuracy", "interactivity", "token_amount"}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """Process the bundled MATH level-5 problems, then run the CPU preset once for all checks."""
+    root = tmp_path_factory.mktemp("grpo_cpu")
+    data = root / "data"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "process_dataset.py"),
+            "--dataset",
+            str(REPO / "data/math/math500_level5.jsonl"),
+            "--local_dir",
+            str(data),
+            "--dataset_type",
+            "rl",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    out = root / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "COLLABLLM_", "RAY_ADDRESS"))}
+    env.update(
+        DEVICE="cpu",
+        PYTHON=sys.executable,
+        DATA_DIR=str(data),
+        OUTPUT_DIR=str(out),
+        TOTAL_STEPS=str(STEPS),
+        TRAIN_BATCH_SIZE=str(BATCH),
+        ROLLOUT_N=str(N),
+        NUM_REPEAT_ROLLOUTS=str(S),
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "train_rl_collabllm.sh")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    return proc, out
+
+
+def _step_metrics(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {row["step"]: row["data"] for row in rows}
+
+
+@pytest.mark.slow
+def test_cpu_grpo_run_exits_cleanly_with_finite_rewards(cpu_run):
+    proc, out = cpu_run
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    metrics = _step_metrics(out)
+    assert sorted(metrics) == list(range(1, STEPS + 1))
+    for step, values in metrics.items():
+        for key in ("critic/score/mean", "critic/rewards/mean", "actor/pg_loss", "actor/grad_norm"):
+            assert _finite(values[key]), (step, key, values.get(key))
+    # the offline stand-in server was stopped by the script's trap: its port no longer answers
+    url = (out / "llm_server.url").read_text().strip()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/models", timeout=5).close()
+
+
+@pytest.mark.slow
+def test_reward_breakdown_is_logged_for_every_step(cpu_run):
+    proc, out = cpu_run
+    console = proc.stdout + proc.stderr
+    summaries = [
+        json.loads(line)
+        for line in (out / "checkpoints/conversations/summary.jsonl").read_text().splitlines()
+    ]
+    assert [s["step"] for s in summaries] == list(range(1, STEPS + 1))
+    for summary in summaries:
+        assert f"[collabllm reward] step {summary['step']}: {BATCH * N} responses" in console
+        assert summary["responses"] == BATCH * N
+        assert set(summary["metrics"]) == METRICS
+        assert _finite(summary["reward"]["mean"])
+        # the breakdown agrees with the reward the trainer used
+        assert math.isclose(
+            summary["reward"]["mean"],
+            _step_metrics(out)[summary["step"]]["critic/score/mean"],
+            rel_tol=1e-4,
+            abs_tol=1e-5,
+        )
+
+
+@pytest.mark.slow
+def test_sampled_conversations_are_dumped_with_their_scores(cpu_run):
+    _, out = cpu_run
+    dump = out / "checkpoints" / "conversations"
+    last = latest_step_file(dump)
+    assert last is not None and last.name == f"step_{STEPS:06d}.jsonl"
+    all_records = [r for step in range(1, STEPS + 1) for r in read_records(dump / f"step_{step:06d}.jsonl")]
+    last_records = read_records(last)
+    assert len(last_records) == BATCH * N
+    for record in all_records:
+        assert _finite(record["reward"]) and set(record["metrics"]) == METRICS
+        assert record["history"] and record["history"][-1]["role"] == "user"
+        assert record["ground_truth"]
+        sampling = record["forward_sampling"]
+        if sampling["skipped"]:
+            assert record["reward"] == -1.0 and sampling["skip_reason"]
+            continue
+        assert sampling["num_conversations"] == S == len(record["future_conversations"])
+        weighted = sum(m["weighted"] for m in record["metrics"].values())
+        assert math.isclose(record["reward"], weighted, abs_tol=1e-6)
+        for future in record["future_conversations"]:
+            assert set(future["scores"]) == METRICS
+            roles = [m["role"] for m in future["messages"]]
+            assert roles == ["user", "assistant"] * (len(roles) // 2)  # user simulator, then the policy
+    # at least one response was followed by real forward-sampled turns
+    assert any(f["messages"] for r in all_records for f in r["future_conversations"])
+
+
+@pytest.mark.slow
+def test_checkpoint_is_saved_and_loads(cpu_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, out = cpu_run
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(STEPS)
+    actor = checkpoints / f"global_step_{STEPS}" / "actor"
+    shard = torch.load(actor / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
+    hf_dir = actor / "huggingface"
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    initial = AutoModelForCausalLM.from_pretrained(out / "tiny_model", dtype=torch.float32)
+    trained_state, initial_state = model.state_dict(), initial.state_dict()
+    assert trained_state.keys() == initial_state.keys()
+    assert {k for k in shard} >= {k for k in trained_state if k != "lm_head.weight"}
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True
+    )
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([list(ids)])).logits
+    assert torch.isfinite(logits).all()
+    if any(values["actor/grad_norm"] > 0 for values in _step_metrics(out).values()):
+        changed = any(not torch.equal(trained_state[k], initial_state[k]) for k in trained_state)
+        assert changed, "the trainer reported gradients but the saved weights equal the initial model"
+
+
+# ----------------------------------------------------------------------------- the dump, without a trainer
+
+
+def _record(step: int, reward: float, accuracy: float) -> dict:
+    from collabllm_verl.recipe.conversation_dump import build_record
+
+    history = [{"role": "user", "content": "What is 2 + 2?"}]
+    conversations = [
+        history
+        + [
+            {"role": "assistant", "content": "Do you mean in base 10?"},
+            {"role": "user", "content": "Yes."},
+            {"role": "assistant", "content": "4"},
+        ],
+        history + [{"role": "assistant", "content": "Do you mean in base 10?"}],
+    ]
+    return build_record(
+        step=step,
+        uid="u",
+        session_id=0,
+        data_source="math",
+        ground_truth="4",
+        reward=reward,
+        weights={"accuracy": 1.0, "token_amount": -0.5},
+        means={"accuracy": accuracy, "token_amount": 2.0},
+        weighted={"accuracy": accuracy, "token_amount": -1.0},
+        failures={"accuracy": 1},
+        per_conversation={"accuracy": [accuracy, None], "token_amount": [3.0, 1.0]},
+        conversations=conversations,
+        num_history_messages=1,
+    )
+
+
+def _write_records(directory: str, step: int, rewards: list[float]) -> None:
+    from collabllm_verl.recipe.conversation_dump import ConversationDumpWriter, DumpSettings
+
+    writer = ConversationDumpWriter(DumpSettings(directory, responses_per_step=8))
+    for reward in rewards:
+        writer.write(_record(step, reward, accuracy=1.0))
+
+
+def test_step_summary_is_written_once_when_the_step_is_complete(tmp_path):
+    import multiprocessing
+
+    rewards = [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_records, args=(str(tmp_path), 3, r)) for r in rewards]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    summaries = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
+    assert len(summaries) == 1 and summaries[0]["step"] == 3 and summaries[0]["responses"] == 8
+    assert math.isclose(summaries[0]["reward"]["mean"], 0.45)
+    assert summaries[0]["metrics"]["token_amount"] == {"mean": 2.0, "weighted": -1.0}
+    records = read_records(tmp_path / "step_000003.jsonl")
+    assert len(records) == 8
+    futures = records[0]["future_conversations"]
+    assert [len(f["messages"]) for f in futures] == [2, 0]  # the messages after the trained response
+    assert futures[0]["scores"] == {"accuracy": 1.0, "token_amount": 3.0}
+    assert futures[1]["scores"] == {"accuracy": None, "token_amount": 1.0}  # the judge failed there
+    assert records[0]["response"] == "Do you mean in base 10?"
+
+
+def test_dump_settings_are_validated_and_old_steps_pruned(tmp_path):
+    from collabllm_verl.recipe.conversation_dump import ConversationDumpWriter, DumpSettings
+
+    assert DumpSettings.from_mapping(None) is None
+    assert DumpSettings.from_mapping({"dir": ""}) is None
+    with pytest.raises(ValueError, match="unknown"):
+        DumpSettings.from_mapping({"dir": "x", "keep": 2})
+    with pytest.raises(ValueError, match="keep_last_steps"):
+        DumpSettings.from_mapping({"dir": "x", "keep_last_steps": 0})
+    writer = ConversationDumpWriter(DumpSettings.from_mapping({"dir": str(tmp_path), "keep_last_steps": 2}))
+    for step in range(1, 5):
+        writer.write(_record(step, 0.5, accuracy=0.0))
+    assert sorted(p.name for p in tmp_path.glob("step_*.jsonl")) == ["step_000003.jsonl", "step_000004.jsonl"]
+    assert latest_step_file(tmp_path).name == "step_000004.jsonl"

@@ -1,0 +1,217 @@
+"""train_rl_collabllm.sh composes valid verl 0.9.1 configs, and the `gpu` extra resolves with the pinned verl.
+
+The GPU command cannot run here, so its configuration is proven on the CPU: the script is run with Hydra's
+``--cfg job`` (verl's ``main_ppo`` composes and prints the config, then exits), every override must be a key
+of verl's config (Hydra rejects unknown keys without ``+``), and the composed config is then checked against
+verl's dataclasses and our plug-ins (agent loop, reward manager, metrics, conversation dump).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_rl_collabllm.sh"
+
+
+def _compose(tmp_path: Path, *args: str, **env_overrides: str) -> tuple[list[str], OmegaConf]:
+    """Run the script with ``--cfg job``; return its ``+ ...`` echo lines and the composed config."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for name in ("rl_train.parquet", "rl_validation.parquet"):
+        (data / name).touch()  # existence is all --cfg job needs
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "COLLABLLM_"))}
+    env.update(PYTHON=sys.executable, DATA_DIR=str(data), HOME=str(tmp_path), **env_overrides)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), *args, "--cfg", "job"],
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    echo = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    body = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("+ "))
+    return echo, OmegaConf.create(yaml.safe_load(body))
+
+
+def _check_plugins_resolve(cfg) -> None:
+    """The composed config is accepted by verl's dataclasses and by every plug-in it names."""
+    from hydra.utils import get_class
+    from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config import RolloutConfig
+
+    import collabllm_verl.recipe.plugins  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES imports)
+    from collabllm_verl.recipe.conversation_dump import writer_from_trainer_config
+    from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager, RewardSettings, resolve_settings
+
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)  # as verl's workers do
+    assert isinstance(rollout, RolloutConfig)
+    assert (
+        rollout.multi_turn.num_repeat_rollouts == cfg.actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts
+    )
+
+    agent_yaml = Path(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path)
+    assert agent_yaml.is_file()
+    entries = {entry["name"]: entry for entry in OmegaConf.to_container(OmegaConf.load(agent_yaml))}
+    assert "collabllm_agent" in entries
+    get_class(entries["collabllm_agent"]["_target_"])  # importable
+
+    assert get_reward_manager_cls(cfg.reward.reward_manager.name) is CollabLLMRewardManager
+    settings = RewardSettings.from_trainer_config(cfg)
+    assert set(resolve_settings(settings)) == {"accuracy", "interactivity", "token_amount"}
+    writer = writer_from_trainer_config(cfg)
+    assert writer is not None
+    assert writer.settings.responses_per_step == cfg.data.train_batch_size * cfg.actor_rollout_ref.rollout.n
+
+
+def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
+    echo, cfg = _compose(tmp_path)
+    rollout = cfg.actor_rollout_ref.rollout
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen2.5-7B-Instruct"
+    assert rollout.name == "vllm" and rollout.n == 8
+    assert cfg.data.train_batch_size == 16
+    assert (rollout.multi_turn.num_repeat_rollouts, rollout.multi_turn.max_user_turns) == (3, 2)
+    assert rollout.multi_turn.max_assistant_turns == 3
+    assert Path(rollout.agent.agent_loop_config_path) == REPO / "config" / "agent.yaml"
+    assert cfg.reward.reward_manager.name == "collabllm"
+    kwargs = OmegaConf.to_container(cfg.reward.reward_kwargs)
+    assert kwargs["metric_weights"] == {"accuracy": 1, "interactivity": 1, "token_amount": -0.0001}
+    assert kwargs["llm_judge_kwargs"] == {"model": "gpt-4o-mini"}  # no api_base/api_key: provider defaults
+    assert cfg.actor_rollout_ref.actor.use_kl_loss is True
+    assert cfg.trainer.device == "cuda" and cfg.trainer.n_gpus_per_node == 8
+    assert cfg.trainer.resume_mode == "auto"
+    assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
+    assert "VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.plugins" in echo[0]
+    assert "COLLABLLM_USER_MODEL=gpt-4o-mini" in echo[0]
+    _check_plugins_resolve(cfg)
+
+
+def test_resume_path_and_command_line_overrides_take_precedence(tmp_path):
+    checkpoint = tmp_path / "ckpt" / "global_step_7"
+    checkpoint.mkdir(parents=True)
+    echo, cfg = _compose(
+        tmp_path,
+        str(checkpoint),
+        "actor_rollout_ref.rollout.n=4",
+        "+reward.reward_kwargs.llm_judge_kwargs.model=hosted_vllm/my-judge",
+        "+reward.reward_kwargs.metric_weights.accuracy=2",
+        NUM_REPEAT_ROLLOUTS="5",
+        LLM_API_BASE="http://127.0.0.1:8000/v1",
+    )
+    assert cfg.trainer.resume_mode == "resume_path"
+    assert cfg.trainer.resume_from_path == str(checkpoint)
+    assert cfg.actor_rollout_ref.rollout.n == 4
+    assert cfg.actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts == 5
+    judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
+    assert judge == {"model": "hosted_vllm/my-judge", "api_base": "http://127.0.0.1:8000/v1"}
+    assert cfg.reward.reward_kwargs.metric_weights.accuracy == 2
+    command = echo[-1]
+    assert command.count("actor_rollout_ref.rollout.n=") == 1  # the script's default was dropped
+    assert command.count("llm_judge_kwargs.model=") == 1
+
+
+def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
+    echo, cfg = _compose(
+        tmp_path,
+        DEVICE="cpu",
+        LOCAL_LLM_SERVER="0",
+        MODEL_PATH=str(tmp_path / "tiny"),
+        OUTPUT_DIR=str(tmp_path / "out"),
+    )
+    rollout = cfg.actor_rollout_ref.rollout
+    assert rollout.name == "hf" and rollout.tensor_model_parallel_size == 1
+    assert rollout.engine_kwargs.hf.eos_logit_bias == 3.5
+    assert OmegaConf.to_container(rollout.engine_kwargs.hf.logit_bias) == [["?", 5.0]]
+    assert cfg.trainer.device == "cpu" and cfg.trainer.total_training_steps == 2
+    assert cfg.ray_kwargs.ray_init.num_gpus == 1
+    assert cfg.reward.reward_kwargs.llm_judge_kwargs.model == "openai/scripted-judge"
+    assert cfg.reward.reward_kwargs.conversation_dump.dir == str(
+        tmp_path / "out" / "checkpoints" / "conversations"
+    )
+    assert (
+        "collabllm_verl.recipe.cpu,collabllm_verl.recipe.plugins" in echo[0]
+        and "VERL_PLATFORM=cpu" in echo[0]
+    )
+    _check_plugins_resolve(cfg)
+
+    from verl.workers.rollout.replica import get_rollout_replica_class
+
+    import collabllm_verl.recipe.cpu  # noqa: F401
+    from collabllm_verl.recipe.cpu.hf_rollout import HFReplica
+
+    assert get_rollout_replica_class(rollout.name) is HFReplica
+
+
+def test_missing_data_is_reported_before_anything_starts(tmp_path):
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "nowhere"), PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 1
+    assert "missing data file" in proc.stderr and "process_dataset.py" in proc.stderr
+
+
+def _index_url() -> str:
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        url = (
+            proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "https://pypi.org/simple"
+        )
+    return url.rstrip("/")
+
+
+@pytest.mark.slow
+def test_gpu_extra_resolves_together_with_the_pinned_verl(tmp_path):
+    index = _index_url()
+    try:
+        urllib.request.urlopen(f"{index}/vllm/", timeout=10).close()
+    except OSError as exc:
+        pytest.skip(f"package index {index} unreachable ({exc}); the gpu extra's resolution needs it")
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            f"{REPO}[gpu]",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    versions = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert versions["verl"] == "0.9.1"
+    assert versions["vllm"] == "0.24.0"
+    assert versions["torch"] == "2.11.0"
+    assert versions["transformers"] == "5.9.0"
