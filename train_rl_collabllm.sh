@@ -258,6 +258,11 @@ add "actor_rollout_ref.rollout.agent.agent_loop_config_path=$SCRIPT_DIR/config/a
 add "actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts=$NUM_REPEAT_ROLLOUTS"
 add "actor_rollout_ref.rollout.multi_turn.max_user_turns=$MAX_USER_TURNS"
 add "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=$MAX_ASSISTANT_TURNS"
+# KL loss against the frozen reference model (verl then builds the reference model), on GPU and CPU alike.
+# On CPU the reference model's FSDP2 offload runs without pinned memory (recipe/cpu/platform.py).
+add "actor_rollout_ref.actor.use_kl_loss=True"
+add "actor_rollout_ref.actor.kl_loss_coef=0.001"
+add "actor_rollout_ref.actor.kl_loss_type=low_var_kl"
 # Reward: the multiturn-aware reward of the collabllm reward manager
 add "reward.reward_manager.name=collabllm"
 add "+reward.reward_kwargs.metric_weights.accuracy=1"
@@ -298,9 +303,6 @@ if [[ "$DEVICE" == cpu ]]; then
   add "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4"
   add "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"
   add "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"
-  # verl builds the reference model with pinned-memory CPU offload, which needs an accelerator:
-  # the CPU preset trains without the KL term (GRPO's reference model is then not built).
-  add "actor_rollout_ref.actor.use_kl_loss=False"
   add "actor_rollout_ref.actor.use_torch_compile=False"
   add "actor_rollout_ref.ref.use_torch_compile=False"
   add "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"
@@ -321,9 +323,6 @@ else
   add "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8"
   add "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8"
   add "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"
-  add "actor_rollout_ref.actor.use_kl_loss=True"
-  add "actor_rollout_ref.actor.kl_loss_coef=0.001"
-  add "actor_rollout_ref.actor.kl_loss_type=low_var_kl"
   add "actor_rollout_ref.model.enable_gradient_checkpointing=True"
 fi
 

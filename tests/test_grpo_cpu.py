@@ -1,8 +1,9 @@
 """End to end on a CPU: `DEVICE=cpu bash train_rl_collabllm.sh` runs GRPO with the CollabLLM agent loop and
 reward manager on real MATH level-5 problems (tiny model, hf rollout, local simulator/judge server).
 
-Checks what CI must prove: exit status 0, finite rewards for every step, the per-metric reward breakdown
-logged, forward-sampled conversations in the JSONL dump, and a saved checkpoint that loads.
+Checks what CI must prove: exit status 0, finite rewards for every step, the KL loss against the reference
+model logged (the same KL setup as the GPU recipe), the per-metric reward breakdown logged, forward-sampled
+conversations in the JSONL dump, and a saved checkpoint that loads.
 """
 
 from __future__ import annotations
@@ -91,6 +92,21 @@ def test_cpu_grpo_run_exits_cleanly_with_finite_rewards(cpu_run):
     url = (out / "llm_server.url").read_text().strip()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/models", timeout=5).close()
+
+
+@pytest.mark.slow
+def test_kl_loss_against_the_reference_model_is_logged(cpu_run):
+    """The preset trains with use_kl_loss (low_var_kl, coefficient 0.001), so verl builds the reference model."""
+    proc, out = cpu_run
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    metrics = _step_metrics(out)
+    for step, values in metrics.items():
+        assert _finite(values.get("actor/kl_loss")) and values["actor/kl_loss"] >= 0.0, (step, values)
+        assert values.get("actor/kl_coef") == pytest.approx(0.001), (step, values.get("actor/kl_coef"))
+        # the reference model's log-probs were computed this step
+        assert _finite(values.get("timing_s/ref")), (step, sorted(values))
+    # before the first update the policy equals the reference model (both load the same weights)
+    assert metrics[1]["actor/kl_loss"] < 1e-3, metrics[1]["actor/kl_loss"]
 
 
 @pytest.mark.slow

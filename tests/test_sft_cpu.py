@@ -95,8 +95,25 @@ def cpu_probe() -> dict:
             "ray_fn_patched": getattr(ew.initialize_global_process_group_ray, "_collabllm_cpu_patched", False),
             "wrapped_once": not getattr(initialize_global_process_group.__wrapped__, "_collabllm_cpu_patched", False),
         }
+
+        # the offload policy verl's FSDP engine gives the reference model: CPUOffloadPolicy(pin_memory=True)
+        import verl.workers.engine.fsdp.transformer_impl as engine_impl
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+        plat._patch_fsdp2_offload_policy()  # idempotent
+        policy = engine_impl.CPUOffloadPolicy(pin_memory=True)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        x = torch.randn(3, 4)
+        with torch.no_grad():
+            expected = model(x)
+            fully_shard(model, mesh=init_device_mesh("cpu", (1,)), offload_policy=policy)
+            got = model(x)
+        offload_facts = {
+            "is_torch_policy": isinstance(policy, CPUOffloadPolicy), "pin_memory": policy.pin_memory,
+            "same_output": torch.allclose(expected, got), "pin_memory_available": plat.pin_memory_available(),
+        }
         dist.destroy_process_group()
-        print(json.dumps({"platform": platform_facts, "group": group_facts}))
+        print(json.dumps({"platform": platform_facts, "group": group_facts, "offload": offload_facts}))
         """,
         _env(**cpu_env()),
     )
@@ -131,19 +148,31 @@ def test_process_group_uses_plain_gloo(cpu_probe: dict):
     }
 
 
+def test_fsdp2_cpu_offload_does_not_pin_memory(cpu_probe: dict):
+    """verl offloads the reference model with CPUOffloadPolicy(pin_memory=True); a CPU-only torch cannot pin."""
+    assert cpu_probe["offload"] == {
+        "is_torch_policy": True,
+        "pin_memory": False,
+        "same_output": True,
+        "pin_memory_available": False,
+    }
+
+
 def test_cpu_platform_is_opt_in():
     """Importing the plug-in without VERL_PLATFORM=cpu must not switch a machine to the CPU platform."""
     result = _run_python(
         """
         import json
         from verl.plugin.platform import get_platform, PlatformRegistry
+        from verl.utils.fsdp_utils import CPUOffloadPolicy
         print(json.dumps({"registered": "cpu" in PlatformRegistry.registered_names(),
-                          "device": get_platform().device_name}))
+                          "device": get_platform().device_name, "pin": CPUOffloadPolicy().pin_memory}))
         """,
         _env(VERL_USE_EXTERNAL_MODULES="collabllm_verl.recipe.cpu"),
     )
     assert result["registered"] is True
     assert result["device"] != "cpu"
+    assert result["pin"] is True  # other platforms keep verl's pinned offload
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ What the platform reports (DESIGN.md section 4):
 * The Ray resource is ``"GPU"``: verl's resource pools count only GPU/NPU resources, so start Ray with
   a *logical* GPU count, e.g. ``+ray_kwargs.ray_init.num_gpus=1`` (no CUDA device is touched).
 
-One unavoidable patch of verl (applied idempotently on import, active only while the current platform
-is this CPU platform; on any other platform the original functions run unchanged):
+Two unavoidable patches of verl (applied idempotently on import, active only while the current platform
+is this CPU platform; on any other platform the original code runs unchanged):
 
-* ``verl/utils/distributed.py``: ``initialize_global_process_group`` and
+1. ``verl/utils/distributed.py``: ``initialize_global_process_group`` and
   ``initialize_global_process_group_ray`` build the backend string
   ``f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"``. With device ``cpu`` that is
   ``"cpu:gloo,cpu:gloo"``, which ``torch.distributed`` rejects ("Duplicate device type cpu"); no platform
@@ -33,6 +33,17 @@ is this CPU platform; on any other platform the original functions run unchanged
   The module attribute is replaced, and so is the copy bound by name in
   ``verl.workers.engine_workers`` when that module is already imported (it is normally imported later,
   after this plug-in).
+2. ``verl/workers/engine/fsdp/transformer_impl.py``: ``FSDPEngine._build_fsdp_module`` gives every
+   forward-only FSDP2 model (the GRPO *reference model* that the KL loss needs) and every model with
+   ``fsdp_config.offload_policy=True`` a hard-coded ``CPUOffloadPolicy(pin_memory=True)``. FSDP2 then
+   calls ``Tensor.pin_memory()`` on each parameter shard, and a CPU-only torch raises "Cannot access
+   accelerator device when none is available": page-locked host memory only exists for DMA to an
+   accelerator. verl 0.9.1 has no platform method or setting for pinning, so the patch replaces the
+   name ``CPUOffloadPolicy`` that ``verl.utils.fsdp_utils`` exports (and the copy bound by name in
+   ``transformer_impl`` when that module is already imported) with :class:`PlatformCPUOffloadPolicy`, a
+   subclass that asks :meth:`CPUPlatform.is_pin_memory_available` and pins only where the platform can.
+   Offloading itself is kept: with the CPU as the compute device the shards stay in ordinary host
+   memory and FSDP2's host-to-device copies are no-ops.
 """
 
 from __future__ import annotations
@@ -43,10 +54,12 @@ import os
 import platform as _py_platform
 import types
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import CPUOffloadPolicy
 from verl.plugin.platform import PlatformBase, PlatformRegistry, get_platform
 
 logger = logging.getLogger(__name__)
@@ -228,6 +241,14 @@ class CPUPlatform(PlatformBase):
     def cudart(self) -> Any:
         return None
 
+    def is_pin_memory_available(self) -> bool:
+        """Whether tensors can be page-locked (``Tensor.pin_memory()``): never without an accelerator.
+
+        Not a verl 0.9.1 platform method; read by :class:`PlatformCPUOffloadPolicy` (module docstring,
+        patch 2). Platforms without this method are taken to support pinning, as verl assumes.
+        """
+        return False
+
 
 def is_cpu_platform_active() -> bool:
     """Return ``True`` if verl's current platform (``get_platform()``) is the CPU platform."""
@@ -297,3 +318,57 @@ def _patch_process_group_backend() -> None:
 
 
 _patch_process_group_backend()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Patch of the FSDP2 offload policy verl hard-codes (see the module docstring, patch 2)
+# ---------------------------------------------------------------------------------------------------
+
+
+def pin_memory_available() -> bool:
+    """Whether verl's current platform can pin host memory.
+
+    Returns ``get_platform().is_pin_memory_available()`` where the platform defines that method (this
+    CPU platform answers ``False``), else ``True`` (CUDA, ROCm and NPU platforms all support pinning).
+    """
+    check = getattr(get_platform(), "is_pin_memory_available", None)
+    return True if check is None else bool(check())
+
+
+@dataclass
+class PlatformCPUOffloadPolicy(CPUOffloadPolicy):
+    """FSDP2 ``CPUOffloadPolicy`` that pins host memory only where the platform supports it.
+
+    Same field as ``torch.distributed.fsdp.CPUOffloadPolicy`` (``pin_memory: bool = True``); a subclass,
+    so FSDP2's ``isinstance`` checks still see a CPU offload policy. A requested ``pin_memory=True``
+    becomes ``False`` when :func:`pin_memory_available` is ``False`` (module docstring, patch 2).
+    """
+
+    def __post_init__(self) -> None:
+        if self.pin_memory and not pin_memory_available():
+            self.pin_memory = False
+
+
+def _patch_fsdp2_offload_policy() -> None:
+    import sys
+
+    from verl.utils import fsdp_utils
+
+    original = fsdp_utils.CPUOffloadPolicy
+    if getattr(original, _PATCH_MARK, False):
+        return
+    if original is not CPUOffloadPolicy:  # verl resolved another class (older torch): leave it alone
+        logger.warning(
+            "verl's CPUOffloadPolicy is %r; FSDP2 offload may try to pin memory on the CPU", original
+        )
+        return
+    setattr(PlatformCPUOffloadPolicy, _PATCH_MARK, True)
+    fsdp_utils.CPUOffloadPolicy = PlatformCPUOffloadPolicy
+
+    # transformer_impl binds the name at its own import, normally after this plug-in has run.
+    engine_impl = sys.modules.get("verl.workers.engine.fsdp.transformer_impl")
+    if getattr(engine_impl, "CPUOffloadPolicy", None) is original:
+        engine_impl.CPUOffloadPolicy = PlatformCPUOffloadPolicy
+
+
+_patch_fsdp2_offload_policy()
