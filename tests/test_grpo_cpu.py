@@ -1,4 +1,5 @@
-"""End to end on a CPU: `DEVICE=cpu bash train_rl_collabllm.sh` runs GRPO with the CollabLLM agent loop and
+"""End to end on a CPU: the README's quick start (`quickstart_cpu.sh`: processing, SFT, then
+`DEVICE=cpu bash train_rl_collabllm.sh` from the SFT checkpoint) runs GRPO with the CollabLLM agent loop and
 reward manager on real MATH level-5 problems (tiny model, hf rollout, local simulator/judge server).
 
 Checks what CI must prove: exit status 0, finite rewards for every step, the KL loss against the reference
@@ -32,38 +33,20 @@ def _finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
-    """Process the bundled MATH level-5 problems, then run the CPU preset once for all checks."""
-    root = tmp_path_factory.mktemp("grpo_cpu")
-    data = root / "data"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "process_dataset.py"),
-            "--dataset",
-            str(REPO / "data/math/math500_level5.jsonl"),
-            "--local_dir",
-            str(data),
-            "--dataset_type",
-            "rl",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    out = root / "out"
+    """Run the README's CPU quick start once for all checks: `bash quickstart_cpu.sh OUT` processes the bundled
+    MATH level-5 problems, runs SFT of a tiny model, then `DEVICE=cpu train_rl_collabllm.sh` from the SFT
+    checkpoint. Returns the finished process and the GRPO output folder (OUT/rl)."""
+    root = tmp_path_factory.mktemp("quickstart")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "COLLABLLM_", "RAY_ADDRESS"))}
     env.update(
-        DEVICE="cpu",
         PYTHON=sys.executable,
-        DATA_DIR=str(data),
-        OUTPUT_DIR=str(out),
         TOTAL_STEPS=str(STEPS),
         TRAIN_BATCH_SIZE=str(BATCH),
         ROLLOUT_N=str(N),
         NUM_REPEAT_ROLLOUTS=str(S),
     )
     proc = subprocess.run(
-        ["bash", str(REPO / "train_rl_collabllm.sh")],
+        ["bash", str(REPO / "quickstart_cpu.sh"), str(root / "qs")],
         cwd=root,
         env=env,
         capture_output=True,
@@ -71,7 +54,13 @@ def cpu_run(tmp_path_factory):
         timeout=900,
         check=False,
     )
-    return proc, out
+    return proc, root / "qs" / "rl"
+
+
+def _sft_model(out: Path) -> Path:
+    """The Hugging Face model the quick start's SFT stage saved last (GRPO's initial policy)."""
+    steps = sorted((out.parent / "sft" / "checkpoints").glob("global_step_*"), key=lambda p: int(p.name.split("_")[-1]))
+    return steps[-1] / "huggingface"
 
 
 def _step_metrics(out: Path) -> dict[int, dict]:
@@ -88,6 +77,8 @@ def test_cpu_grpo_run_exits_cleanly_with_finite_rewards(cpu_run):
     for step, values in metrics.items():
         for key in ("critic/score/mean", "critic/rewards/mean", "actor/pg_loss", "actor/grad_norm"):
             assert _finite(values[key]), (step, key, values.get(key))
+    # the quick start names the last step's conversations
+    assert f"checkpoints/conversations/step_{STEPS:06d}.jsonl" in proc.stdout
     # the offline stand-in server was stopped by the script's trap: its port no longer answers
     url = (out / "llm_server.url").read_text().strip()
     with pytest.raises(OSError):
@@ -172,7 +163,7 @@ def test_checkpoint_is_saved_and_loads(cpu_run):
     hf_dir = actor / "huggingface"
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    initial = AutoModelForCausalLM.from_pretrained(out / "tiny_model", dtype=torch.float32)
+    initial = AutoModelForCausalLM.from_pretrained(_sft_model(out), dtype=torch.float32)
     trained_state, initial_state = model.state_dict(), initial.state_dict()
     assert trained_state.keys() == initial_state.keys()
     assert {k for k in shard} >= {k for k in trained_state if k != "lm_head.weight"}
