@@ -1,0 +1,39 @@
+"""Conversation-level metrics for the multiturn-aware reward (see :mod:`.registry`).
+
+Importing this package imports every module in it, so each built-in metric registers itself:
+``accuracy``, ``interactivity``, ``token_amount``, ``bleu_score``, ``pass_rate`` and ``math_accuracy``.
+Optional dependencies (``bigcodebench`` for ``pass_rate``) are imported only when a metric runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .registry import (
+    MetricContext,
+    MetricError,
+    MetricSpec,
+    UnknownMetricError,
+    available_metrics,
+    get_metric,
+    register_metric,
+    resolve_metrics,
+)
+
+__all__ = [
+    "MetricContext",
+    "MetricError",
+    "MetricSpec",
+    "UnknownMetricError",
+    "available_metrics",
+    "get_metric",
+    "register_metric",
+    "resolve_metrics",
+]
+
+# Helper modules that register no metric (the sandbox runner is also run as ``python -m``).
+_NOT_METRICS = {"registry", "bigcodebench_sandbox"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_METRICS:
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -284,7 +284,9 @@ class LocalLLMServer:
         if self._thread is not None:
             raise RuntimeError("LocalLLMServer is already started")
         _load_builtin_responders()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio enables TCP_NODELAY only on sockets whose proto is TCP; with proto 0
+        # Nagle's algorithm delays each response body by ~40 ms (delayed ACK) after its headers.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self._requested_port))
         self._socket = sock

@@ -1,0 +1,383 @@
+"""The ``collabllm`` reward manager on DataProto batches built the way verl 0.9.1 builds them.
+
+The manager is created through verl's own ``load_reward_manager`` from verl's composed ``ppo_trainer``
+config with Hydra overrides, exactly as a reward-loop worker does, and ``run_single`` is called on
+single-trajectory DataProto objects shaped like ``AgentLoopWorker._compute_score`` makes them
+(``verl/experimental/agent_loop/agent_loop.py``). The metrics here are test metrics registered below,
+whose values are read from the conversations, so every expected number is computed by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+import verl
+from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
+from verl import DataProto
+from verl.trainer.ppo.reward import load_reward_manager
+
+from collabllm_verl.metrics import MetricContext, MetricError, UnknownMetricError, register_metric
+from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager, aggregate_metric
+
+VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+
+
+# ---------------------------------------------------------------- test metrics
+@register_metric(
+    "test_value", value_range=(-10.0, 10.0), unit="number", description="v=<x> in the last message"
+)
+async def _test_value(ctx: MetricContext) -> float:
+    """The number after ``v=`` in the last message; fails on request (JUDGE_FAIL / SANDBOX_FAIL)."""
+    await asyncio.sleep(0)  # a real await, like a judge call
+    text = ctx.messages[-1]["content"]
+    if "JUDGE_FAIL" in text:
+        raise MetricError("test_value", "judge unusable (test)", judge_failure=True)
+    if "SANDBOX_FAIL" in text:
+        raise MetricError("test_value", "sandbox crashed (test)")
+    return float(re.search(r"v=(-?[\d.]+)", text).group(1))
+
+
+@register_metric(
+    "test_future_len", value_range=(0.0, float("inf")), unit="messages", description="future messages"
+)
+async def _test_future_len(ctx: MetricContext) -> float:
+    return float(len(ctx.future_messages))
+
+
+# ---------------------------------------------------------------- builders
+def verl_config(*overrides: str):
+    """verl's ppo_trainer config with ``reward.reward_manager.name=collabllm`` plus ``overrides``."""
+    with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
+        return compose(
+            config_name="ppo_trainer", overrides=["reward.reward_manager.name=collabllm", *overrides]
+        )
+
+
+def make_manager(*overrides: str) -> CollabLLMRewardManager:
+    return load_reward_manager(verl_config(*overrides), tokenizer=None)
+
+
+HISTORY = [{"role": "user", "content": "help me with a thing"}]
+
+
+def conversation(*future_contents: str) -> list[dict]:
+    """History + trained response + forward-sampled turns (alternating assistant/user)."""
+    roles = ["assistant", "user"]
+    return HISTORY + [{"role": roles[i % 2], "content": c} for i, c in enumerate(future_contents)]
+
+
+def collab_fields(conversations, *, skipped=False, skip_reason=None) -> dict:
+    return {
+        "future_conversations": conversations,
+        "num_history_messages": len(HISTORY),
+        "forward_sampling_skipped": skipped,
+        "skip_reason": skip_reason,
+        "simulator_failures": 0,
+        "future_turns": [len(c) - len(HISTORY) - 1 for c in conversations],
+        "early_terminations": 0,
+        "forward_sampling_seconds": 0.1,
+    }
+
+
+def reward_input(collab: dict, ground_truth="42", prompt_len=5, response_len=7) -> DataProto:
+    """One trajectory as ``AgentLoopWorker._compute_score`` passes it to the reward loop."""
+    row = {
+        "data_source": "collabllm/test",
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {"index": 0, "interaction_kwargs": {"name": "collabllm", "single_turn_prompt": "goal"}},
+        "raw_prompt": [{"role": "user", "content": "help me with a thing"}],
+        "agent_name": "collabllm_agent",
+    }
+    prompts = torch.arange(1, prompt_len + 1)
+    responses = torch.arange(100, 100 + response_len)
+    input_ids = torch.cat([prompts, responses])
+    n = 1
+    batch = TensorDict(
+        {
+            "prompts": prompts.unsqueeze(0),
+            "responses": responses.unsqueeze(0),
+            "attention_mask": torch.ones_like(input_ids).unsqueeze(0),
+            "input_ids": input_ids.unsqueeze(0),
+            "position_ids": torch.arange(len(input_ids)).unsqueeze(0),
+        },
+        batch_size=n,
+    )
+    non_tensor_batch = {
+        **{k: np.array([v] * n) for k, v in row.items()},
+        "__num_turns__": np.array([2]),
+        "tool_extra_fields": np.array([{"collabllm": collab, "min_global_steps": 0}], dtype=object),
+        "prompt_len": np.array([prompt_len]),
+        "response_len": np.array([response_len]),
+    }
+    return DataProto(batch=batch, non_tensor_batch=non_tensor_batch)
+
+
+WEIGHTS = (
+    "+reward.reward_kwargs.metric_weights.test_value=2",
+    "+reward.reward_kwargs.metric_weights.test_future_len=-0.1",
+)
+
+
+@pytest.fixture(scope="module")
+def manager() -> CollabLLMRewardManager:
+    return make_manager(*WEIGHTS)
+
+
+# ---------------------------------------------------------------- aggregation
+async def test_exact_aggregation(manager):
+    convs = [
+        conversation("answer", "thanks", "v=0.1"),  # 3 future messages
+        conversation("q?", "details", "answer", "ok", "v=0.2"),  # 5
+        conversation("v=0.3"),  # 1
+    ]
+    out = await manager.run_single(reward_input(collab_fields(convs)))
+    info = out["reward_extra_info"]
+    # test_value: mean 0.2 * 2 = 0.4 ; test_future_len: mean 3 * -0.1 = -0.3
+    assert out["reward_score"] == pytest.approx(0.4 - 0.3)
+    assert info["mr/test_value"] == pytest.approx(0.2)
+    assert info["mr/test_value_weighted"] == pytest.approx(0.4)
+    assert info["mr/test_future_len"] == pytest.approx(3.0)
+    assert info["mr/test_future_len_weighted"] == pytest.approx(-0.3)
+    assert info["mr/num_conversations"] == 3.0
+    assert info["mr/skipped"] == 0.0
+    assert info["mr/test_value_failures"] == 0.0 and info["mr/judge_failures"] == 0.0
+    assert all(isinstance(v, float) for v in info.values())
+
+
+async def test_clamping_per_metric(manager):
+    # test_value mean 3 * 2 = 6 -> clamped to 1; test_future_len mean 25 * -0.1 = -2.5 -> clamped to -1
+    long_future = ["x"] * 24 + ["v=3"]
+    out = await manager.run_single(reward_input(collab_fields([conversation(*long_future)])))
+    info = out["reward_extra_info"]
+    assert info["mr/test_value"] == pytest.approx(3.0)
+    assert info["mr/test_value_weighted"] == 1.0
+    assert info["mr/test_future_len"] == pytest.approx(25.0)
+    assert info["mr/test_future_len_weighted"] == -1.0
+    assert out["reward_score"] == pytest.approx(0.0)
+
+
+def test_aggregate_metric_bounds():
+    assert aggregate_metric([], 5.0) == (0.0, 0.0)
+    assert aggregate_metric([0.5, 1.5], 0.5) == (1.0, 0.5)
+    assert aggregate_metric([-4.0], 1.0) == (-4.0, -1.0)
+
+
+async def test_skipped_sample_gets_penalty(manager):
+    normal = await manager.run_single(reward_input(collab_fields([conversation("v=0.5")])))
+    skipped = await manager.run_single(reward_input(collab_fields([], skipped=True, skip_reason="truncated")))
+    assert skipped["reward_score"] == -1.0
+    assert skipped["reward_extra_info"]["mr/skipped"] == 1.0
+    # verl stacks reward_extra_info per key over the batch: every sample must carry the same keys
+    assert set(skipped["reward_extra_info"]) == set(normal["reward_extra_info"])
+
+    custom = make_manager(*WEIGHTS, "+reward.reward_kwargs.skip_penalty=-0.25")
+    out = await custom.run_single(reward_input(collab_fields([], skipped=True, skip_reason="empty")))
+    assert out["reward_score"] == -0.25
+
+
+async def test_unequal_conversation_counts_in_one_batch(manager):
+    """Samples with 3, 1 and 0 conversations, concurrently, as RewardLoopWorker.compute_score_batch."""
+    inputs = [
+        reward_input(collab_fields([conversation("v=1"), conversation("v=0"), conversation("v=0.5")])),
+        reward_input(collab_fields([conversation("a", "b", "v=-0.5")])),
+        reward_input(collab_fields([])),  # all user-simulator calls failed: nothing to score
+    ]
+    batch = DataProto.concat(inputs)
+    outputs = await asyncio.gather(*(manager.run_single(batch[i : i + 1]) for i in range(len(batch))))
+    assert [o["reward_score"] for o in outputs] == pytest.approx([1.0 - 0.1, -1.0 - 0.3, 0.0])
+    assert [o["reward_extra_info"]["mr/num_conversations"] for o in outputs] == [3.0, 1.0, 0.0]
+    # the reward loop manager builds one numpy column per key from the first sample's keys
+    keys = list(outputs[0]["reward_extra_info"])
+    columns = {k: np.array([o["reward_extra_info"][k] for o in outputs]) for k in keys}
+    assert columns["mr/test_value"].tolist() == pytest.approx([0.5, -0.5, 0.0])
+
+
+async def test_multi_sequence_trajectory_uses_last_sequence(manager):
+    first = reward_input(collab_fields([conversation("v=9")]))
+    last = reward_input(collab_fields([conversation("v=0.25")]))
+    out = await manager.run_single(DataProto.concat([first, last]))
+    assert out["reward_extra_info"]["mr/test_value"] == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- failure policies
+FAILING = [
+    conversation("v=0.2"),
+    conversation("v=0.4"),
+    conversation("JUDGE_FAIL"),
+    conversation("SANDBOX_FAIL"),
+]
+
+
+async def test_failure_policy_drop_is_default(manager):
+    out = await manager.run_single(reward_input(collab_fields(FAILING)))
+    info = out["reward_extra_info"]
+    assert info["mr/test_value"] == pytest.approx(0.3)  # mean of the two scored conversations
+    assert info["mr/test_value_failures"] == 2.0
+    assert info["mr/judge_failures"] == 1.0  # the sandbox failure is not a judge failure
+    assert info["mr/test_future_len_failures"] == 0.0
+    assert out["reward_score"] == pytest.approx(2 * 0.3 - 0.1)
+
+
+async def test_failure_policy_zero():
+    zero = make_manager(*WEIGHTS, "+reward.reward_kwargs.failure_policy=zero")
+    out = await zero.run_single(reward_input(collab_fields(FAILING)))
+    info = out["reward_extra_info"]
+    assert info["mr/test_value"] == pytest.approx(0.15)  # (0.2 + 0.4 + 0 + 0) / 4
+    assert info["mr/test_value_failures"] == 2.0
+    assert out["reward_score"] == pytest.approx(2 * 0.15 - 0.1)
+
+
+async def test_all_conversations_failing_contribute_nothing(manager):
+    out = await manager.run_single(reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)))
+    info = out["reward_extra_info"]
+    assert info["mr/test_value_weighted"] == 0.0 and info["mr/test_value_failures"] == 3.0
+    assert out["reward_score"] == pytest.approx(-0.1)
+
+
+async def test_other_metric_errors_propagate():
+    """A data/config error is not a judge failure: it surfaces instead of becoming a score."""
+    m = make_manager("+reward.reward_kwargs.metric_weights.math_accuracy=1")
+    with pytest.raises(ValueError, match="ground_truth"):
+        await m.run_single(reward_input(collab_fields([conversation("\\boxed{1}")]), ground_truth=""))
+
+
+# ---------------------------------------------------------------- configuration
+async def test_legacy_reward_model_form_is_accepted_with_warning(caplog):
+    legacy = (
+        "+reward_model.reward_kwargs.metric_weights.test_value=2",
+        "+reward_model.reward_kwargs.metric_weights.test_future_len=-0.1",
+    )
+    with caplog.at_level(logging.WARNING, logger="collabllm_verl.recipe.reward_manager"):
+        m = make_manager(*legacy)
+    assert any("+reward.reward_kwargs" in r.getMessage() for r in caplog.records)
+    assert m.settings.metric_weights == {"test_value": 2.0, "test_future_len": -0.1}
+    out = await m.run_single(reward_input(collab_fields([conversation("v=0.5")])))
+    assert out["reward_score"] == pytest.approx(1.0 - 0.1)
+
+
+def test_new_form_wins_over_legacy_form():
+    m = make_manager(
+        "+reward_model.reward_kwargs.metric_weights.test_value=2",
+        "+reward_model.reward_kwargs.failure_policy=zero",
+        "+reward.reward_kwargs.metric_weights.test_value=3",
+    )
+    assert m.settings.metric_weights == {"test_value": 3.0}
+    assert m.settings.failure_policy == "zero"
+
+
+def test_unknown_metric_fails_at_start_up_with_the_list():
+    with pytest.raises(UnknownMetricError) as err:
+        make_manager("+reward.reward_kwargs.metric_weights.acuracy=1")
+    message = str(err.value)
+    assert "acuracy" in message
+    for name in ("accuracy", "interactivity", "token_amount", "bleu_score", "pass_rate", "math_accuracy"):
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ((), "needs reward_kwargs"),
+        (("+reward.reward_kwargs.metric_weights.accuracy=1",), "needs an LLM judge"),
+        ((*WEIGHTS, "+reward.reward_kwargs.failure_policy=ignore"), "failure_policy"),
+        ((*WEIGHTS, "+reward.reward_kwargs.metric_wieghts.x=1"), "unknown reward_kwargs key"),
+        (("+reward.reward_kwargs.metric_weights.test_value=abc",), "finite number"),
+        ((*WEIGHTS, "+reward.reward_kwargs.metric_kwargs.token_amount.unit=chars"), "unit"),
+        ((*WEIGHTS, "+reward.reward_kwargs.metric_kwargs.test_value.foo=1"), "no option"),
+        (
+            (
+                *WEIGHTS,
+                "+reward.reward_kwargs.llm_judge_kwargs.model=m",
+                "+reward.reward_kwargs.llm_judge_kwargs.temprature=0",
+            ),
+            "temprature",
+        ),
+    ],
+)
+def test_bad_settings_fail_at_start_up(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        make_manager(*overrides)
+
+
+async def test_sample_without_forward_sampling_result_is_rejected(manager):
+    data = reward_input(collab_fields([]))
+    data.non_tensor_batch["tool_extra_fields"] = np.array([{"min_global_steps": 0}], dtype=object)
+    with pytest.raises(ValueError, match="collabllm_agent"):
+        await manager.run_single(data)
+
+
+def test_api_key_is_not_logged(caplog):
+    secret = "sk-test-0123456789abcdef"
+    with caplog.at_level(logging.INFO, logger="collabllm_verl.recipe.reward_manager"):
+        make_manager(
+            *WEIGHTS,
+            "+reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini",
+            f"+reward.reward_kwargs.llm_judge_kwargs.api_key={secret}",
+        )
+    assert caplog.records and all(secret not in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- with real judge calls
+def judge_overrides(base_url: str) -> tuple[str, ...]:
+    k = "+reward.reward_kwargs.llm_judge_kwargs"
+    return (
+        "+reward.reward_kwargs.metric_weights.accuracy=1",
+        "+reward.reward_kwargs.metric_weights.interactivity=0.5",
+        "+reward.reward_kwargs.metric_weights.token_amount=-0.01",
+        f"{k}.model=openai/scripted-judge",
+        f"{k}.api_base={base_url}",
+        f"{k}.api_key=local",
+        f"{k}.num_retries=1",
+        f"{k}.backoff_initial=0.01",
+        # litellm prices the stand-in like a paid model, so cost accounting is exercised
+        f"{k}.completion_kwargs.input_cost_per_token=0.000001",
+        f"{k}.completion_kwargs.output_cost_per_token=0.000002",
+    )
+
+
+async def test_end_to_end_with_judges_over_http(llm_server):
+    from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+    from collabllm_verl.recipe.scripted_judges import MALFORMED_MARKER
+
+    m = make_manager(*judge_overrides(llm_server.base_url))
+    convs = [
+        conversation(
+            "Do you want the steps?", "yes", "It is 42. I suggest double-checking."
+        ),  # acc 1, inter 1, 12 words
+        conversation("It is 41."),  # acc 0, inter 1/3, 3 words
+        conversation(f"It is 42 {MALFORMED_MARKER}"),  # both judges fail (after 1 retry); 4 words
+    ]
+    reset_llm_stats()
+    out = await m.run_single(reward_input(collab_fields(convs), ground_truth="42"))
+    info = out["reward_extra_info"]
+    assert info["mr/accuracy"] == pytest.approx(0.5)  # the failed conversation is dropped
+    assert info["mr/interactivity"] == pytest.approx((1 + 1 / 3) / 2)
+    assert info["mr/token_amount"] == pytest.approx((12 + 3 + 4) / 3)
+    assert info["mr/accuracy_failures"] == 1 and info["mr/interactivity_failures"] == 1
+    assert info["mr/judge_failures"] == 2
+    expected = 0.5 + 0.5 * (1 + 1 / 3) / 2 - 0.01 * 19 / 3
+    assert out["reward_score"] == pytest.approx(expected)
+    # 2 judges x 3 conversations, 2 of them retried once
+    assert llm_server.stats()["model:scripted-judge"] == 8
+    assert info["mr/judge_cost_usd"] > 0
+    assert info["mr/judge_cost_usd"] == pytest.approx(llm_stats()["cost_usd"])
+
+
+async def test_judge_cost_is_attributed_per_sample(llm_server):
+    from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+
+    m = make_manager(*judge_overrides(llm_server.base_url))
+    short = reward_input(collab_fields([conversation("42")]))
+    long = reward_input(collab_fields([conversation("It is 42. " * 50)] * 3))
+    reset_llm_stats()
+    outs = await asyncio.gather(m.run_single(short), m.run_single(long))
+    costs = [o["reward_extra_info"]["mr/judge_cost_usd"] for o in outs]
+    assert costs[1] > 3 * costs[0] > 0  # three long conversations vs one short one
+    assert sum(costs) == pytest.approx(llm_stats()["cost_usd"])
