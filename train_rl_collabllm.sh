@@ -270,7 +270,11 @@ add "+reward.reward_kwargs.metric_weights.interactivity=1"
 add "+reward.reward_kwargs.metric_weights.token_amount=-0.0001"
 add "+reward.reward_kwargs.llm_judge_kwargs.model=$JUDGE_MODEL"
 if [[ -n "${LLM_API_BASE:-}" ]]; then add "+reward.reward_kwargs.llm_judge_kwargs.api_base=$LLM_API_BASE"; fi
-if [[ -n "${LLM_API_KEY:-}" ]]; then add "+reward.reward_kwargs.llm_judge_kwargs.api_key=$LLM_API_KEY"; fi
+# The judges' key travels in the environment, never in the config (verl prints the resolved config).
+if [[ -n "${LLM_API_KEY:-}" ]]; then
+  export COLLABLLM_JUDGE_API_KEY=${COLLABLLM_JUDGE_API_KEY:-$LLM_API_KEY}
+  add "+reward.reward_kwargs.llm_judge_kwargs.api_key_env=COLLABLLM_JUDGE_API_KEY"
+fi
 add "+reward.reward_kwargs.conversation_dump.dir=$CONVERSATION_DIR"
 # Trainer
 add "trainer.project_name=$PROJECT_NAME"

@@ -36,6 +36,7 @@ import contextvars
 import email.utils
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -97,7 +98,7 @@ _SETTINGS_FIELD_KEYS = frozenset(
 )
 # Every key :meth:`LLMSettings.from_config` understands (besides the model key); callers use it to
 # validate their own configs.
-LLM_SETTINGS_KEYS = LITELLM_PASSTHROUGH_KEYS | _SETTINGS_FIELD_KEYS | {"completion_kwargs", "base_url"}
+LLM_SETTINGS_KEYS = LITELLM_PASSTHROUGH_KEYS | _SETTINGS_FIELD_KEYS | {"completion_kwargs", "base_url", "api_key_env"}
 
 # Keys the layer sets itself; a config must not override them.
 _RESERVED_KWARGS = frozenset({"model", "messages", "stream", "num_retries", "max_retries", "timeout"})
@@ -234,11 +235,14 @@ class LLMSettings:
         an alias of ``api_base``), a nested ``completion_kwargs`` mapping is merged on top, and
         ``timeout``, ``num_retries``, ``max_concurrency``, ``requests_per_minute``, ``backoff_initial``,
         ``backoff_max`` set the fields. Values that are None (e.g. ``${oc.env:OPENAI_API_KEY,null}``
-        with the variable unset) are dropped. Other keys are ignored: the caller validates its own keys
-        (see :data:`LLM_SETTINGS_KEYS`).
+        with the variable unset) are dropped. ``api_key_env`` names an environment variable that holds the
+        API key: the key is read from the process environment here, so it never sits in a config that a
+        trainer prints (verl's ``main_ppo`` prints its whole resolved config). Other keys are ignored: the
+        caller validates its own keys (see :data:`LLM_SETTINGS_KEYS`).
 
         Raises:
-            ValueError: the model key is missing/empty or a value is out of range (message names the key).
+            ValueError: the model key is missing/empty, a value is out of range, or ``api_key_env`` names
+                a variable that is not set (message names the key or variable).
         """
         cfg = _to_plain_dict(cfg)
         model = cfg.get(model_key)
@@ -250,6 +254,11 @@ class LLMSettings:
                 kwargs[key] = cfg[key]
         if cfg.get("base_url") is not None and "api_base" not in kwargs:
             kwargs["api_base"] = cfg["base_url"]
+        key_env = cfg.get("api_key_env")
+        if key_env is not None and "api_key" not in kwargs:
+            if not os.environ.get(str(key_env)):
+                raise ValueError(f"LLM config key 'api_key_env' names {key_env!r}, which is not set in the environment")
+            kwargs["api_key"] = os.environ[str(key_env)]
         extra = cfg.get("completion_kwargs") or {}
         if not isinstance(extra, Mapping):
             raise ValueError(f"LLM config key 'completion_kwargs' must be a mapping, got {type(extra).__name__}")

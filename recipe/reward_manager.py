@@ -134,6 +134,11 @@ class RewardSettings:
                     f"unknown reward_kwargs.llm_judge_kwargs key(s) {bad}; "
                     f"known: {sorted(LLM_SETTINGS_KEYS | {'model'})}"
                 )
+            if judge_cfg.get("api_key"):
+                logger.warning(
+                    "reward_kwargs.llm_judge_kwargs.api_key is part of the trainer config, which verl prints; "
+                    "put the key in an environment variable and set llm_judge_kwargs.api_key_env=<VAR> instead"
+                )
             judge = LLMSettings.from_config({**JUDGE_DEFAULTS, **judge_cfg})
 
         metric_kwargs = kwargs.get("metric_kwargs") or {}

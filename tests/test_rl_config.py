@@ -124,6 +124,24 @@ def test_resume_path_and_command_line_overrides_take_precedence(tmp_path):
     assert command.count("llm_judge_kwargs.model=") == 1
 
 
+def test_api_key_is_never_printed_and_reaches_the_judge_through_the_environment(tmp_path, monkeypatch):
+    secret = "sk-test-DoNotPrint0123456789"
+    echo, cfg = _compose(tmp_path, LLM_API_KEY=secret, LLM_API_BASE="http://127.0.0.1:8000/v1")
+    # neither the script's command line nor the config verl prints holds the key
+    assert secret not in "\n".join(echo) and secret not in OmegaConf.to_yaml(cfg)
+    judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
+    assert judge["api_key_env"] == "COLLABLLM_JUDGE_API_KEY"
+
+    from collabllm_verl.recipe.llm_client import LLMSettings
+
+    monkeypatch.setenv("COLLABLLM_JUDGE_API_KEY", secret)
+    settings = LLMSettings.from_config(judge)
+    assert settings.completion_kwargs["api_key"] == secret and secret not in repr(settings)
+    monkeypatch.delenv("COLLABLLM_JUDGE_API_KEY")
+    with pytest.raises(ValueError, match="COLLABLLM_JUDGE_API_KEY"):
+        LLMSettings.from_config(judge)
+
+
 def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
     echo, cfg = _compose(
         tmp_path,
