@@ -51,10 +51,12 @@ PROGRESS_MIN_ROWS = 1000
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, help="hub name, local dataset folder, or .jsonl/.json/.parquet/.csv file")
+    p.add_argument("--dataset", required=True,
+                   help="hub name, local dataset folder, or .jsonl/.json/.parquet/.csv file")
     p.add_argument("--local_dir", required=True, help="output folder")
     p.add_argument("--dataset_type", required=True, choices=["rl", "sft"], help="verl RL rows or multi-turn SFT rows")
-    p.add_argument("--task_desc", default=None, help="task description for the user simulator (default: by dataset name)")
+    p.add_argument("--task_desc", default=None,
+                   help="task description for the user simulator (default: by dataset name)")
     p.add_argument("--validation_size", type=float, default=0.1,
                    help="fraction (< 1) or number (>= 1) of conversations held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")

@@ -55,11 +55,10 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/scripts/common.sh"
 
-usage() {
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-  echo "See the header of $0 for the environment variables."
-}
+usage() { print_usage 5; }
 
 RESUME_PATH=""
 if [[ $# -gt 0 ]]; then
@@ -106,7 +105,7 @@ case "$DEVICE" in
     SAVE_FREQ=${SAVE_FREQ:-50}
     TEST_FREQ=${TEST_FREQ:-10}
     LOGGER=${LOGGER:-[console]}
-    MODULES=collabllm_verl.recipe.plugins
+    MODULES=(collabllm_verl.recipe.plugins)
     ;;
   cpu)
     OUTPUT_DIR=${OUTPUT_DIR:-outputs/rl_cpu}
@@ -131,20 +130,9 @@ case "$DEVICE" in
     TEST_FREQ=${TEST_FREQ:--1}
     LOGGER=${LOGGER:-[console,file]}
     # The CPU platform and the hf rollout backend (collabllm_verl.recipe.cpu), then the recipe's plug-ins.
-    MODULES=collabllm_verl.recipe.cpu,collabllm_verl.recipe.plugins
-    export VERL_PLATFORM=cpu
-    # verl registers its FSDP engine for cuda/npu only; this selects it while the platform is the CPU.
-    export VERL_ENGINE_DEVICE=cuda
-    export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUTPUT_DIR/metrics.jsonl}
+    MODULES=(collabllm_verl.recipe.cpu collabllm_verl.recipe.plugins)
     export RAY_DEDUP_LOGS=${RAY_DEDUP_LOGS:-0}
-    mkdir -p "$OUTPUT_DIR" "$(dirname "$VERL_FILE_LOGGER_PATH")"
-    if [[ -z "${MODEL_PATH:-}" ]]; then
-      MODEL_PATH=$OUTPUT_DIR/tiny_model
-      if [[ ! -f "$MODEL_PATH/config.json" ]]; then
-        echo "+ building tiny model in $MODEL_PATH"
-        "$PYTHON" -m collabllm_verl.recipe.tiny_model --out "$MODEL_PATH"
-      fi
-    fi
+    prepare_cpu_run
     ;;
   *)
     echo "DEVICE must be gpu or cpu, got '$DEVICE'" >&2
@@ -155,22 +143,11 @@ CONVERSATION_DIR=${CONVERSATION_DIR:-$SAVE_DIR/conversations}
 
 # verl imports these modules in every process (driver and Ray workers): they register the agent loop,
 # the reward manager and, on a CPU, the platform and the hf rollout backend.
-for module in ${MODULES//,/ }; do
-  case ",${VERL_USE_EXTERNAL_MODULES:-}," in
-    *,"$module",*) ;;
-    *) VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:+$VERL_USE_EXTERNAL_MODULES,}$module" ;;
-  esac
-done
-export VERL_USE_EXTERNAL_MODULES
+add_external_modules back "${MODULES[@]}"
 # litellm must not download its price map at import (offline machines); the bundled copy is used.
 export LITELLM_LOCAL_MODEL_COST_MAP=${LITELLM_LOCAL_MODEL_COST_MAP:-True}
 
-for f in "$TRAIN_FILE" "$VAL_FILE"; do
-  if [[ "$f" != hdfs://* && ! -f "$f" ]]; then
-    echo "missing data file: $f (create it with: python process_dataset.py --dataset_type rl --local_dir ...)" >&2
-    exit 1
-  fi
-done
+require_data_files rl "$TRAIN_FILE" "$VAL_FILE"
 
 # The offline stand-in for the user simulator and the judges (CPU default): started here, stopped on exit.
 LLM_SERVER_PID=""
@@ -214,19 +191,8 @@ export COLLABLLM_USER_MODEL=${COLLABLLM_USER_MODEL:-$USER_MODEL}
 if [[ -n "${LLM_API_BASE:-}" ]]; then export COLLABLLM_USER_API_BASE=${COLLABLLM_USER_API_BASE:-$LLM_API_BASE}; fi
 if [[ -n "${LLM_API_KEY:-}" ]]; then export COLLABLLM_USER_API_KEY=${COLLABLLM_USER_API_KEY:-$LLM_API_KEY}; fi
 
-# Keys the caller overrides; our default for such a key is left out.
-declare -A USER_KEYS=()
-for arg in "$@"; do
-  key=${arg%%=*}
-  key=${key#"${key%%[!+~]*}"}
-  USER_KEYS[$key]=1
-done
-ARGS=()
-add() {  # add <key>=<value> unless the caller set <key>; a leading '+'/'++' is kept in the argument
-  local arg=$1 key=${1%%=*}
-  key=${key#"${key%%[!+~]*}"}
-  [[ -n "${USER_KEYS[$key]:-}" ]] || ARGS+=("$arg")
-}
+# Keys the caller overrides; `add` leaves our default for such a key out (scripts/common.sh).
+collect_user_keys "$@"
 
 # Algorithm and data
 add "algorithm.adv_estimator=grpo"
@@ -333,9 +299,7 @@ fi
 CMD=("$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" "$@")
 echo "+ VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES${VERL_PLATFORM:+ VERL_PLATFORM=$VERL_PLATFORM}" \
   "COLLABLLM_USER_MODEL=$COLLABLLM_USER_MODEL"
-printf '+'
-printf ' %q' "${CMD[@]}"
-printf '\n'
+print_command "${CMD[@]}"
 if [[ -n "$LLM_SERVER_PID" ]]; then
   "${CMD[@]}"  # not exec: the EXIT trap stops the local LLM server afterwards
 else

@@ -34,10 +34,11 @@
 # set here (a default is dropped when you override the same key).
 set -euo pipefail
 
-usage() {
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-  echo "See the header of $0 for the environment variables."
-}
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/scripts/common.sh"
+
+usage() { print_usage 6; }
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   usage >&2
@@ -79,23 +80,8 @@ case "$DEVICE" in
     MAX_LENGTH=${MAX_LENGTH:-4096}
     LOGGER=${LOGGER:-[console,file]}
     # verl plug-in that registers the CPU platform in every process (DESIGN.md section 4).
-    case ",${VERL_USE_EXTERNAL_MODULES:-}," in
-      *,collabllm_verl.recipe.cpu,*) ;;
-      *) VERL_USE_EXTERNAL_MODULES="collabllm_verl.recipe.cpu${VERL_USE_EXTERNAL_MODULES:+,$VERL_USE_EXTERNAL_MODULES}" ;;
-    esac
-    export VERL_USE_EXTERNAL_MODULES
-    export VERL_PLATFORM=cpu
-    # verl registers its FSDP engine for cuda/npu only; this selects it while the platform is the CPU.
-    export VERL_ENGINE_DEVICE=cuda
-    export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUTPUT_DIR/metrics.jsonl}
-    mkdir -p "$OUTPUT_DIR" "$(dirname "$VERL_FILE_LOGGER_PATH")"
-    if [[ -z "${MODEL_PATH:-}" ]]; then
-      MODEL_PATH=$OUTPUT_DIR/tiny_model
-      if [[ ! -f "$MODEL_PATH/config.json" ]]; then
-        echo "+ building tiny model in $MODEL_PATH"
-        "$PYTHON" -m collabllm_verl.recipe.tiny_model --out "$MODEL_PATH"
-      fi
-    fi
+    add_external_modules front collabllm_verl.recipe.cpu
+    prepare_cpu_run
     ;;
   *)
     echo "DEVICE must be gpu or cpu, got '$DEVICE'" >&2
@@ -103,26 +89,10 @@ case "$DEVICE" in
     ;;
 esac
 
-for f in "$TRAIN_FILE" "$VAL_FILE"; do
-  if [[ "$f" != hdfs://* && ! -f "$f" ]]; then
-    echo "missing data file: $f (create it with: python process_dataset.py --dataset_type sft --local_dir ...)" >&2
-    exit 1
-  fi
-done
+require_data_files sft "$TRAIN_FILE" "$VAL_FILE"
 
-# Keys the caller overrides; our default for such a key is left out (works with bash 3.2 too).
-USER_KEYS=" "
-for arg in "$@"; do
-  key=${arg%%=*}
-  key=${key#"${key%%[!+~]*}"}
-  USER_KEYS="$USER_KEYS$key "
-done
-ARGS=()
-add() {  # add <key>=<value> unless the caller set <key>; a leading '+'/'++' is kept in the argument
-  local arg=$1 key=${1%%=*}
-  key=${key#"${key%%[!+~]*}"}
-  [[ "$USER_KEYS" == *" $key "* ]] || ARGS+=("$arg")
-}
+# Keys the caller overrides; `add` leaves our default for such a key out (scripts/common.sh).
+collect_user_keys "$@"
 
 add "data.train_files=$TRAIN_FILE"
 add "data.val_files=$VAL_FILE"
@@ -163,7 +133,5 @@ if [[ "$DEVICE" == cpu ]]; then
   echo "+ VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES VERL_PLATFORM=$VERL_PLATFORM" \
     "VERL_ENGINE_DEVICE=$VERL_ENGINE_DEVICE VERL_FILE_LOGGER_PATH=$VERL_FILE_LOGGER_PATH"
 fi
-printf '+'
-printf ' %q' "${CMD[@]}"
-printf '\n'
+print_command "${CMD[@]}"
 exec "${CMD[@]}"

@@ -19,7 +19,7 @@ from collabllm_verl.interactions.base import BaseInteraction
 from collabllm_verl.interactions.simulator_prompt import SIMULATOR_REQUIRED_KEYS, build_simulator_messages
 from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMCallError, LLMSettings, acomplete_json
 
-__all__ = ["CollabLLMInteraction", "DEFAULT_CONFIG", "PURPOSE"]
+__all__ = ["DEFAULT_CONFIG", "PURPOSE", "CollabLLMInteraction"]
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,13 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from collabllm_verl.interactions.base import BaseInteraction
 from collabllm_verl.recipe.llm_client import redact_secrets
 
-__all__ = ["load_interactions", "interaction_entries"]
+__all__ = ["interaction_entries", "load_interactions"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ __all__ = [
     "SIMULATOR_REQUIRED_KEYS",
     "build_simulator_messages",
     "clean_history",
-    "strip_reasoning",
     "parse_simulator_prompt",
+    "strip_reasoning",
 ]
 
 # Keys the simulator must return (value types checked by the LLM-call layer). Only "response" is used;

@@ -10,30 +10,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .registry import (
-    MetricContext,
-    MetricError,
-    MetricSpec,
-    UnknownMetricError,
-    available_metrics,
-    get_metric,
-    register_metric,
-    resolve_metrics,
-)
-
-__all__ = [
-    "MetricContext",
-    "MetricError",
-    "MetricSpec",
-    "UnknownMetricError",
-    "available_metrics",
-    "get_metric",
-    "register_metric",
-    "resolve_metrics",
-]
+# The package's public API is the registry's (the names in its __all__), re-exported here.
+from .registry import *  # noqa: F403
+from .registry import __all__ as __all__
 
 # Helper modules that register no metric (the sandbox runner is also run as ``python -m``).
 _NOT_METRICS = {"registry", "bigcodebench_sandbox"}
-for _module in pkgutil.iter_modules(__path__):
+for _module in pkgutil.iter_modules(__path__):  # noqa: F405  (the package's own path, not a star import)
     if _module.name not in _NOT_METRICS:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -10,6 +10,7 @@ is killed, orphans included. This module registers no metric; ``pass_rate`` uses
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,10 +68,9 @@ def run_in_session(
             except subprocess.TimeoutExpired:
                 return "timeout", {"ALL": f"runner exceeded {timeout_s + _GRACE_S:.0f} s"}
             finally:
-                try:  # the session's process group: the runner and anything it orphaned
+                # the session's process group: the runner and anything it orphaned
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
                 proc.wait()
             if os.path.exists(result_path):
                 with open(result_path) as fh:

@@ -70,7 +70,7 @@ class ScriptedPolicy:
         """Token ids of a scripted reply (text gets the end-of-turn token appended)."""
         if isinstance(reply, list):
             return list(reply)
-        return self.tokenizer.encode(reply, add_special_tokens=False) + [self.end_id]
+        return [*self.tokenizer.encode(reply, add_special_tokens=False), self.end_id]
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: Mapping[str, Any],
                        **kwargs: Any) -> TokenOutput:

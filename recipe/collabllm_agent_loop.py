@@ -377,7 +377,7 @@ class CollabLLMAgentLoop(AgentLoopBase):
                         history=history,
                         response=response_text,
                         policy=_PolicyChat(
-                            self, messages + [{"role": "assistant", "content": response_text}],
+                            self, [*messages, {"role": "assistant", "content": response_text}],
                             prompt_ids + response_ids, future_params,
                         ),
                         interaction=interaction,

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 AGENT_NAME = "collabllm_agent"
 INTERACTION_NAME = "collabllm"
@@ -250,7 +251,7 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
             best[row.group] = row
     out = []
     for group, row in best.items():
-        messages = _with_system(spec, row.history) + [{"role": "assistant", "content": row.completion}]
+        messages = [*_with_system(spec, row.history), {"role": "assistant", "content": row.completion}]
         info = row.rl["extra_info"]
         out.append(
             (
@@ -287,7 +288,7 @@ def split_by_group(
     if validation_size < 0:
         raise ValueError(f"--validation_size must be >= 0, got {validation_size}")
     if validation_size < 1:
-        n_val = int(round(len(groups) * validation_size))
+        n_val = round(len(groups) * validation_size)
         if validation_size > 0 and len(groups) > 1:
             n_val = max(n_val, 1)
     elif float(validation_size).is_integer():

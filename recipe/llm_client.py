@@ -52,17 +52,17 @@ import litellm
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 __all__ = [
-    "LLMSettings",
-    "LLMCallError",
-    "LLM_SETTINGS_KEYS",
     "LITELLM_PASSTHROUGH_KEYS",
-    "acomplete_text",
+    "LLM_SETTINGS_KEYS",
+    "LLMCallError",
+    "LLMSettings",
     "acomplete_json",
+    "acomplete_text",
     "extract_json",
     "llm_stats",
+    "redact_secrets",
     "reset_llm_stats",
     "usage_scope",
-    "redact_secrets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ _RESERVED_KWARGS = frozenset({"model", "messages", "stream", "num_retries", "max
 # --------------------------------------------------------------------------------------------------
 
 _SECRET_KEY_RE = re.compile(r"(api[_-]?key|secret|password|passwd|authorization|access[_-]?token|bearer)", re.I)
-_SECRET_VALUE_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|sk_[A-Za-z0-9_\-]{6,}|hf_[A-Za-z0-9]{10,}|AIza[0-9A-Za-z_\-]{20,})")
+_SECRET_VALUE_RE = re.compile(
+    r"\b(sk-[A-Za-z0-9_\-]{6,}|sk_[A-Za-z0-9_\-]{6,}|hf_[A-Za-z0-9]{10,}|AIza[0-9A-Za-z_\-]{20,})"
+)
 _MASK = "***"
 
 
@@ -143,7 +145,7 @@ def redact_secrets(obj: Any) -> Any:
     return obj
 
 
-def _scrub(text: str, settings: "LLMSettings | None" = None) -> str:
+def _scrub(text: str, settings: LLMSettings | None = None) -> str:
     """Mask key-like substrings and the settings' own API key in a log/error message."""
     text = _SECRET_VALUE_RE.sub(_MASK, str(text))
     if settings is not None:
@@ -227,7 +229,7 @@ class LLMSettings:
         return self.completion_kwargs.get("api_base")
 
     @classmethod
-    def from_config(cls, cfg: Mapping, *, model_key: str = "model") -> "LLMSettings":
+    def from_config(cls, cfg: Mapping, *, model_key: str = "model") -> LLMSettings:
         """Build settings from a flat config mapping (plain dict or OmegaConf ``DictConfig``).
 
         ``cfg[model_key]`` is the litellm model string (e.g. ``user_model`` for the user simulator).
@@ -362,7 +364,7 @@ def usage_scope():
     samples are scored concurrently (per-process totals can not be split by sample).
     """
     sink = dict.fromkeys(_COUNTER_NAMES, 0.0)
-    token = _usage_sinks.set(_usage_sinks.get() + (sink,))
+    token = _usage_sinks.set((*_usage_sinks.get(), sink))
     try:
         yield sink
     finally:
@@ -432,7 +434,7 @@ class _Limiter:
 
     def __init__(self, max_concurrency: int, requests_per_minute: float | None) -> None:
         self.max_concurrency = max_concurrency
-        self._semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -534,7 +536,7 @@ def _retry_after_seconds(exc: BaseException | None) -> float:
         except ValueError:
             parsed = email.utils.parsedate_tz(value)
             return max(0.0, email.utils.mktime_tz(parsed) - time.time()) if parsed else 0.0
-    except Exception:  # malformed header: fall back to exponential back-off
+    except Exception:  # noqa: BLE001  (a malformed header: fall back to exponential back-off)
         return 0.0
 
 
@@ -571,7 +573,7 @@ def _response_cost(response: Any, model: str) -> float | None:
         return None
     try:
         return float(litellm.completion_cost(completion_response=response))
-    except Exception:  # model not in litellm's price map (local servers, scripted responders)
+    except Exception:  # noqa: BLE001  (model not in litellm's price map: local servers, scripted responders)
         _UNPRICED_MODELS.add(model)
         return None
 
@@ -654,7 +656,7 @@ async def _call_with_retries(messages: list[dict], settings: LLMSettings, purpos
                 result = parse(text)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (counted, logged and raised again as LLMCallError)
         _count(purpose, failures=1)
         reason = _describe(exc, settings)
         logger.error(
@@ -721,7 +723,7 @@ def extract_json(text: str) -> dict:
     """
     try:
         obj = json_repair.loads(text)
-    except Exception as exc:  # json-repair is lenient; guard anyway
+    except Exception as exc:  # noqa: BLE001  (json-repair is lenient; any failure is an unusable answer)
         raise _UnusableAnswer(f"answer is not JSON ({exc})") from None
     if isinstance(obj, list):  # e.g. text before the object parsed as a list of fragments
         dicts = [o for o in obj if isinstance(o, dict)]

@@ -53,13 +53,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-__all__ = ["FAULT_MODES", "LocalLLMServer", "register_responder", "registered_responders", "main"]
+__all__ = ["FAULT_MODES", "LocalLLMServer", "main", "register_responder", "registered_responders"]
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class LocalLLMServer:
             raise RuntimeError("LocalLLMServer is not started")
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self, timeout_s: float = 30.0) -> "LocalLLMServer":
+    def start(self, timeout_s: float = 30.0) -> LocalLLMServer:
         """Bind the port and start serving in a daemon thread; returns once the server accepts requests."""
         import uvicorn
 
@@ -331,7 +331,7 @@ class LocalLLMServer:
         self._thread = None
         self._socket = None
 
-    def __enter__(self) -> "LocalLLMServer":
+    def __enter__(self) -> LocalLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -403,10 +403,8 @@ class LocalLLMServer:
         with _RESPONDERS_LOCK:
             responder = _RESPONDERS.get(name)
         if responder is None:
-            return JSONResponse(
-                _error_body(f"model {name!r} not served here; known: {sorted(_RESPONDERS)}", "invalid_request_error", "model_not_found"),
-                404,
-            )
+            message = f"model {name!r} not served here; known: {sorted(_RESPONDERS)}"
+            return JSONResponse(_error_body(message, "invalid_request_error", "model_not_found"), 404)
         try:
             content = responder(body["messages"], body)
             if inspect.isawaitable(content):
@@ -417,7 +415,9 @@ class LocalLLMServer:
             logger.exception("responder %s failed", name)
             return JSONResponse(_error_body(f"{name} failed: {exc}", "server_error", 500), 500)
         content = self._apply_content_fault(fault, str(content))
-        prompt_tokens = sum(_count_tokens(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str))
+        prompt_tokens = sum(
+            _count_tokens(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str)
+        )
         completion_tokens = _count_tokens(content)
         payload = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",

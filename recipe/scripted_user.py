@@ -57,7 +57,8 @@ def scripted_user_reply(goal: str, history: list[dict], termination_signal: str,
     elif user_turns >= max_turns:
         thought, response = f"Reached {max_turns} user turns; ending the chat.", termination_signal
     elif not last_assistant.strip() or "?" in last_assistant:
-        thought, response = "The assistant asked for details; give the full goal.", f"Sure, here is exactly what I need: {goal}"
+        thought = "The assistant asked for details; give the full goal."
+        response = f"Sure, here is exactly what I need: {goal}"
     else:
         thought, response = "The assistant gave an answer; I am done.", termination_signal
     return {"current_answer": summary, "thought": thought, "response": response}

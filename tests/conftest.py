@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 # litellm downloads its price map at import unless told otherwise (no internet in CI); set before import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import pytest  # noqa: E402
+import pytest
 
-from collabllm_verl.recipe.local_llm_server import LocalLLMServer  # noqa: E402
+from collabllm_verl.recipe.local_llm_server import LocalLLMServer
+
+if TYPE_CHECKING:
+    from collabllm_verl.recipe.llm_client import LLMSettings
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +46,18 @@ def user_simulator_config(llm_server: LocalLLMServer) -> dict:
         "backoff_initial": 0.01,
         "backoff_max": 0.2,
     }
+
+
+@pytest.fixture
+def judge(llm_server: LocalLLMServer) -> LLMSettings:
+    """LLM settings of a judge served by the ``scripted-judge`` responder of ``llm_server`` (temperature 0,
+    one retry with millisecond back-off so that fault tests stay quick)."""
+    from collabllm_verl.recipe.llm_client import LLMSettings  # litellm loads in seconds: only when used
+
+    return LLMSettings(
+        model="openai/scripted-judge",
+        completion_kwargs={"api_base": llm_server.base_url, "api_key": "local", "temperature": 0},
+        num_retries=1,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+    )

@@ -203,7 +203,11 @@ async def test_early_termination_when_the_policy_answers(tmp_path, llm_server, m
     assert payload["early_terminations"] == 3
     assert payload["future_turns"] == [2, 2, 2]
     for conversation in payload["future_conversations"]:
-        assert [m["content"] for m in conversation[1:]] == [QUESTION, f"Sure, here is exactly what I need: {goal_of(0)}", ANSWER]
+        assert [m["content"] for m in conversation[1:]] == [
+            QUESTION,
+            f"Sure, here is exactly what I need: {goal_of(0)}",
+            ANSWER,
+        ]
 
     # an answer as the trained response: the user ends the chat at once
     llm_server.reset()
@@ -347,7 +351,8 @@ async def test_future_sampling_params_override_and_context_limit(tmp_path, llm_s
     # a context window with room for one future exchange (reply of <= 20 tokens), not for two
     one_exchange = [*make_batch(1).non_tensor_batch["raw_prompt"][0], {"role": "assistant", "content": QUESTION},
                     {"role": "user", "content": f"Sure, here is exactly what I need: {goal_of(0)}"}]
-    window = len(tokenizer.apply_chat_template(one_exchange, tokenize=True, add_generation_prompt=True)["input_ids"]) + 20
+    prompt = tokenizer.apply_chat_template(one_exchange, tokenize=True, add_generation_prompt=True)
+    window = len(prompt["input_ids"]) + 20
     config = trainer_config(model_dir, agent_yaml, s=1, max_user_turns=3, max_assistant_turns=None,
                             extra=[f"actor_rollout_ref.rollout.max_model_len={window}"])
     policy = ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION)
@@ -489,7 +494,7 @@ def test_resolve_interaction_config_path(tmp_path, monkeypatch):
     assert resolve_interaction_config_path(str(tmp_path / "cfg" / "sim.yaml")) == str(tmp_path / "cfg" / "sim.yaml")
     (other_dir / "local.yaml").write_text("interaction: []\n")
     assert resolve_interaction_config_path("local.yaml", str(agent_yaml)) == str(other_dir / "local.yaml")
-    with pytest.raises(FileNotFoundError, match="missing.yaml") as info:
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml") as info:
         resolve_interaction_config_path("missing.yaml", str(agent_yaml))
     assert str(tmp_path / "cfg") in str(info.value)
     with pytest.raises(FileNotFoundError, match="no_such_package"):

@@ -166,7 +166,7 @@ def test_checkpoint_is_saved_and_loads(cpu_run):
     initial = AutoModelForCausalLM.from_pretrained(_sft_model(out), dtype=torch.float32)
     trained_state, initial_state = model.state_dict(), initial.state_dict()
     assert trained_state.keys() == initial_state.keys()
-    assert {k for k in shard} >= {k for k in trained_state if k != "lm_head.weight"}
+    assert set(shard) >= {k for k in trained_state if k != "lm_head.weight"}
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True
     )
@@ -187,13 +187,13 @@ def _record(step: int, reward: float, accuracy: float) -> dict:
 
     history = [{"role": "user", "content": "What is 2 + 2?"}]
     conversations = [
-        history
-        + [
+        [
+            *history,
             {"role": "assistant", "content": "Do you mean in base 10?"},
             {"role": "user", "content": "Yes."},
             {"role": "assistant", "content": "4"},
         ],
-        history + [{"role": "assistant", "content": "Do you mean in base 10?"}],
+        [*history, {"role": "assistant", "content": "Do you mean in base 10?"}],
     ]
     return build_record(
         step=step,

@@ -62,6 +62,20 @@ def _load_reference(model_dir: str):
     ).eval()
 
 
+def _reference_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """The greedy continuation of ``prompt`` by a plain transformers model, EOS ignored (``ignore_eos``)."""
+    return model.generate(
+        torch.tensor([prompt]),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )[0, len(prompt) :].tolist()
+
+
 async def test_batched_sampling_log_probs_match_a_forward_pass(model_dirs):
     server = _server(model_dirs[0])
     base = _prompt(model_dirs[0], "Find the sum of all x with x^2 = 4.")
@@ -77,7 +91,7 @@ async def test_batched_sampling_log_probs_match_a_forward_pass(model_dirs):
 
     reference = _load_reference(model_dirs[0])
     eos = set(server.eos_token_ids)
-    for prompt, out in zip(prompts, outputs):
+    for prompt, out in zip(prompts, outputs, strict=True):
         assert 1 <= len(out.token_ids) <= 16
         assert len(out.log_probs) == len(out.token_ids)
         if out.stop_reason == "completed":
@@ -172,17 +186,7 @@ async def test_weight_update_changes_outputs_to_the_new_model(model_dirs):
     old_scores = _reference_log_probs(_load_reference(model_dirs[0]), prompt, after.token_ids)
     assert (torch.tensor(after.log_probs) - old_scores).abs().max() > 1e-2
     assert before.log_probs != after.log_probs or before.token_ids != after.token_ids
-    expected_tokens = trained.generate(
-        torch.tensor([prompt]),
-        do_sample=False,
-        max_new_tokens=20,
-        top_k=None,
-        top_p=None,
-        temperature=None,
-        eos_token_id=None,
-        pad_token_id=0,
-    )[0, len(prompt) :].tolist()
-    assert after.token_ids == expected_tokens
+    assert after.token_ids == _reference_greedy(trained, prompt, max_new_tokens=20)
     assert torch.allclose(
         torch.tensor(after.log_probs), _reference_log_probs(trained, prompt, after.token_ids), atol=1e-4
     )
@@ -235,7 +239,7 @@ async def test_invalid_requests_raise_clear_errors(model_dirs):
         await server.generate(prompt_ids=[5, 6], sampling_params={"top_p": 0.0}, request_id="p")
     with pytest.raises(ValueError, match="rollout dtype"):
         _server(model_dirs[0], dtype="float8")
-    with pytest.raises(ValueError, match="unknown rollout.engine_kwargs.hf"):
+    with pytest.raises(ValueError, match=r"unknown rollout\.engine_kwargs\.hf"):
         _server(model_dirs[0], engine_kwargs={"hf": {"threads": 2}})
     with pytest.raises(ValueError, match="encodes to"):
         _server(model_dirs[0], engine_kwargs={"hf": {"logit_bias": [["Hello world, friends", 1.0]]}})
@@ -289,17 +293,7 @@ async def test_replica_and_adapter_sync_weights_over_ray(model_dirs, ray_cluster
         prompt_ids=prompt,
         sampling_params={"temperature": 0, "ignore_eos": True, "max_tokens": 8},
     )
-    expected = trained.generate(
-        torch.tensor([prompt]),
-        do_sample=False,
-        max_new_tokens=8,
-        top_k=None,
-        top_p=None,
-        temperature=None,
-        eos_token_id=None,
-        pad_token_id=0,
-    )[0, len(prompt) :].tolist()
-    assert out.token_ids == expected
+    assert out.token_ids == _reference_greedy(trained, prompt, max_new_tokens=8)
     assert out.extra_fields["global_steps"] == 5
     with pytest.raises(NotImplementedError, match="LoRA"):
         await adapter.update_weights(iter(()), peft_config={"r": 8})

@@ -25,7 +25,7 @@ SECRET = "sk-test-DO-NOT-LOG-0123456789abcdef"
 
 
 def _settings(server, model="openai/echo", **kw) -> LLMSettings:
-    fields = dict(timeout=5.0, num_retries=3, backoff_initial=0.01, backoff_max=0.2)
+    fields = {"timeout": 5.0, "num_retries": 3, "backoff_initial": 0.01, "backoff_max": 0.2}
     fields.update(kw)
     return LLMSettings(model=model, completion_kwargs={"api_base": server.base_url, "api_key": "local"}, **fields)
 
@@ -121,7 +121,9 @@ async def test_text_and_json_happy_path_counts_usage(llm_server):
     llm_client.reset_llm_stats()
     s = _settings(llm_server)
     assert await acomplete_text(_msg("hello there"), s, purpose="t:text") == "hello there"
-    obj = await acomplete_json(_msg('{"score": 0.5, "why": "ok"}'), s, required={"score": (int, float)}, purpose="t:json")
+    obj = await acomplete_json(
+        _msg('{"score": 0.5, "why": "ok"}'), s, required={"score": (int, float)}, purpose="t:json"
+    )
     assert obj == {"score": 0.5, "why": "ok"}
     stats = llm_stats()
     assert stats["calls"] == 2 and stats["requests"] == 2 and stats["retries"] == 0 and stats["failures"] == 0
@@ -154,7 +156,9 @@ async def test_truncated_json_is_repaired_or_retried(llm_server):
         "response"
     ] == "fine"
     # Here the cut falls before "response": the answer is unusable, so the layer retries.
-    obj = await acomplete_json(_msg('{"thought": "long thought ...", "response": "x"}'), s, required={"response": str}, purpose="t")
+    obj = await acomplete_json(
+        _msg('{"thought": "long thought ...", "response": "x"}'), s, required={"response": str}, purpose="t"
+    )
     assert obj["response"] == "x" and llm_stats()["retries"] == 1
 
 
@@ -202,7 +206,7 @@ async def test_concurrency_limit_is_shared_across_callers(llm_server):
     llm_server.configure(latency_ms=60)
     s = _settings(llm_server, max_concurrency=3)
     # Separate settings objects with equal limits share one limiter (e.g. one per agent-loop object).
-    copies = [LLMSettings(**{**s.__dict__}) for _ in range(12)]
+    copies = [LLMSettings(**s.__dict__) for _ in range(12)]
     await asyncio.gather(*(acomplete_text(_msg(f"m{i}"), c, purpose="t") for i, c in enumerate(copies)))
     assert llm_server.stats()["max_in_flight"] == 3
 

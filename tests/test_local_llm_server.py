@@ -77,13 +77,19 @@ def test_scripted_user_is_vague_first_then_reveals_then_terminates(llm_server):
     assert GOAL not in first["response"] and GOAL.split()[0] in first["response"]
     assert set(first) == {"current_answer", "thought", "response"}
 
-    history = [{"role": "user", "content": first["response"]}, {"role": "assistant", "content": "Happy to! What topic?"}]
+    history = [
+        {"role": "user", "content": first["response"]},
+        {"role": "assistant", "content": "Happy to! What topic?"},
+    ]
     second = _user_reply(llm_server, history)
     assert GOAL in second["response"]
 
     history += [
         {"role": "user", "content": second["response"]},
-        {"role": "assistant", "content": "Leaves drift down slowly / amber light on still water / the pond keeps its hush"},
+        {
+            "role": "assistant",
+            "content": "Leaves drift down slowly / amber light on still water / the pond keeps its hush",
+        },
     ]
     third = _user_reply(llm_server, history)
     assert third["response"] == SIGNAL

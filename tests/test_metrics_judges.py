@@ -13,21 +13,10 @@ import pytest
 import sacrebleu
 
 from collabllm_verl.metrics import MetricContext, MetricError, get_metric
-from collabllm_verl.recipe.llm_client import LLMSettings, llm_stats, reset_llm_stats
+from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
 from collabllm_verl.recipe.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
 
 GOAL = "Compute 7 * 6 and explain the steps briefly."
-
-
-@pytest.fixture
-def judge(llm_server) -> LLMSettings:
-    return LLMSettings(
-        model="openai/scripted-judge",
-        completion_kwargs={"api_base": llm_server.base_url, "api_key": "local", "temperature": 0},
-        num_retries=1,
-        backoff_initial=0.01,
-        backoff_max=0.05,
-    )
 
 
 def ctx(judge, *assistant_and_user: str, ground_truth="42", system=True) -> MetricContext:
@@ -99,7 +88,7 @@ async def test_malformed_judge_answer_fails_after_retries(judge, llm_server):
 
 @pytest.mark.parametrize("metric", ["accuracy", "interactivity"])
 async def test_out_of_range_judge_answer_is_a_judge_failure(judge, llm_server, metric):
-    with pytest.raises(MetricError, match="outside|expected 0 or 1") as err:
+    with pytest.raises(MetricError, match=r"outside|expected 0 or 1") as err:
         await get_metric(metric).score(ctx(judge, f"42 {OUT_OF_RANGE_MARKER}"))
     assert err.value.judge_failure
     assert llm_server.stats()["requests"] == 1

@@ -87,8 +87,8 @@ async def test_which_answer_counts():
             ctx(
                 ["Let me ask first: which part?"],
                 gt,
-                history=HISTORY
-                + [
+                history=[
+                    *HISTORY,
                     {"role": "assistant", "content": "\\boxed{\\frac{14}{3}}"},
                     {"role": "user", "content": "why?"},
                 ],

@@ -16,25 +16,14 @@ import pytest
 
 pytest.importorskip("bigcodebench.eval", reason="pass_rate needs the optional 'code' extra (bigcodebench)")
 
-from collabllm_verl.metrics import MetricContext, MetricError, get_metric  # noqa: E402
-from collabllm_verl.metrics.pass_rate import find_task  # noqa: E402
-from collabllm_verl.recipe.llm_client import LLMSettings  # noqa: E402
+from collabllm_verl.metrics import MetricContext, MetricError, get_metric
+from collabllm_verl.metrics.pass_rate import find_task
+from collabllm_verl.recipe.llm_client import LLMSettings
 
 TASKS_FILE = Path(__file__).resolve().parents[1] / "data" / "bigcodebench" / "bigcodebench_tasks.jsonl"
 TASKS = {row["task_id"]: row for row in map(json.loads, TASKS_FILE.read_text().splitlines())}
 # Standard-library tasks whose tests run in well under a second.
 FAST_TASKS = ("BigCodeBench/19", "BigCodeBench/147", "BigCodeBench/720")
-
-
-@pytest.fixture
-def judge(llm_server) -> LLMSettings:
-    return LLMSettings(
-        model="openai/scripted-judge",
-        completion_kwargs={"api_base": llm_server.base_url, "api_key": "local", "temperature": 0},
-        num_retries=1,
-        backoff_initial=0.01,
-        backoff_max=0.05,
-    )
 
 
 def coding_conversation(task: dict, final_code: str | None) -> list[dict]:
@@ -123,7 +112,7 @@ async def test_time_limit_option_and_no_leftover_processes(judge, tmp_path):
     assert pid_file.exists()
     # SIGKILL has been sent to the whole session; give the kernel a moment to finish the kills
     deadline = time.monotonic() + 5.0
-    while _processes_in_session_of(pid_file) and time.monotonic() < deadline:
+    while _processes_in_session_of(pid_file) and time.monotonic() < deadline:  # noqa: ASYNC110  (polls the OS)
         await asyncio.sleep(0.05)
     assert _processes_in_session_of(pid_file) == []
 

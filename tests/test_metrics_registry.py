@@ -99,7 +99,7 @@ async def test_other_exceptions_propagate():
 
 
 def test_unknown_names_list_the_available_metrics():
-    with pytest.raises(UnknownMetricError, match="available metrics: .*accuracy.*math_accuracy"):
+    with pytest.raises(UnknownMetricError, match=r"available metrics: .*accuracy.*math_accuracy"):
         get_metric("acc")
     with pytest.raises(UnknownMetricError) as err:
         resolve_metrics(["accuracy", "blue_score", "passrate"])

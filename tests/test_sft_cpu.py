@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from collabllm_verl.recipe.cpu.platform import cpu_env
 from collabllm_verl.recipe.tiny_model import build_tiny_model
 
@@ -34,16 +35,18 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run_python(code: str, env: dict[str, str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+def _run_checked(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` with text output captured and a 300 s timeout unless ``timeout=`` is given; the
+    test fails (showing the end of stderr) unless the command exits with 0."""
+    kwargs.setdefault("timeout", 300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _run_python(code: str, env: dict[str, str]) -> dict:
+    """Run ``code`` in a fresh interpreter; return the JSON object its last output line prints."""
+    proc = _run_checked([sys.executable, "-c", textwrap.dedent(code)], env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -184,7 +187,7 @@ def test_cpu_platform_is_opt_in():
 def sft_data(tmp_path_factory) -> Path:
     """SFT parquet files written by the real process_dataset.py CLI."""
     out = tmp_path_factory.mktemp("sft_data")
-    proc = subprocess.run(
+    _run_checked(
         [
             sys.executable,
             str(REPO / "process_dataset.py"),
@@ -200,12 +203,7 @@ def sft_data(tmp_path_factory) -> Path:
             "42",
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "sft_train.parquet").is_file() and (out / "sft_validation.parquet").is_file()
     return out
 
@@ -229,14 +227,7 @@ def test_script_usage_errors(tmp_path: Path):
 
 def _echo_command(data_dir: Path, *overrides: str) -> list[str]:
     """With TORCHRUN=echo the script prints the launch command instead of running it."""
-    proc = subprocess.run(
-        ["bash", str(SCRIPT), "8", *overrides],
-        env=_env(DATA_DIR=str(data_dir), TORCHRUN="echo"),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_checked(["bash", str(SCRIPT), "8", *overrides], env=_env(DATA_DIR=str(data_dir), TORCHRUN="echo"))
     return shlex.split(proc.stdout.strip().splitlines()[-1])
 
 

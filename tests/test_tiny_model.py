@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from collabllm_verl.recipe.tiny_model import build_tiny_model, default_corpus_path
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from collabllm_verl.recipe.tiny_model import build_tiny_model, default_corpus_path
 
 CONVERSATION = [
     {"role": "system", "content": "You are a careful collaborator."},
@@ -63,7 +64,7 @@ def test_chat_template_is_chatml_with_assistant_mask(tiny_dir: Path):
 
     enc = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = enc["input_ids"], enc["assistant_masks"]
-    masked = tok.decode([i for i, m in zip(ids, mask) if m])
+    masked = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
     assert masked == "".join(m["content"] + "<|im_end|>" for m in CONVERSATION if m["role"] == "assistant")
 
 

@@ -13,7 +13,11 @@ import pytest
 from collabllm_verl.interactions.base import BaseInteraction
 from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
 from collabllm_verl.interactions.loader import load_interactions
-from collabllm_verl.interactions.simulator_prompt import clean_history, parse_simulator_prompt, strip_reasoning
+from collabllm_verl.interactions.simulator_prompt import (
+    clean_history,
+    parse_simulator_prompt,
+    strip_reasoning,
+)
 from collabllm_verl.recipe import llm_client
 from collabllm_verl.recipe.scripted_user import vague_opener
 
@@ -84,9 +88,8 @@ def test_reasoning_stripping_rules():
     assert strip_reasoning("<think>a</think> answer <THINK>b</THINK>!") == "answer !"
     assert strip_reasoning("reasoning without opening tag</think>final") == "final"
     assert strip_reasoning("visible <think>truncated") == "visible"
-    assert clean_history([{"role": "tool", "content": "t"}, {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}]) == [
-        {"role": "assistant", "content": "hi"}
-    ]
+    mixed = [{"role": "tool", "content": "t"}, {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}]
+    assert clean_history(mixed) == [{"role": "assistant", "content": "hi"}]
     with pytest.raises(ValueError, match="chat message 0"):
         clean_history([{"content": "no role"}])
 
@@ -98,7 +101,10 @@ async def test_many_concurrent_conversations_do_not_share_goals(user_simulator_c
     llm_server.configure(latency_ms=20)
     goals = [f"Goal number {i}: compute {i} times {i + 7} (marker GOAL-{i:04d}-END)" for i in range(n)]
     ids = await asyncio.gather(*(sim.start_interaction(f"conv-{i}", single_turn_prompt=g) for i, g in enumerate(goals)))
-    chat = [{"role": "user", "content": "can you help me compute something"}, {"role": "assistant", "content": "Sure, what exactly?"}]
+    chat = [
+        {"role": "user", "content": "can you help me compute something"},
+        {"role": "assistant", "content": "Sure, what exactly?"},
+    ]
     results = await asyncio.gather(*(sim.generate_response(iid, chat) for iid in ids))
     for i, (done, response, _, meta) in enumerate(results):
         assert not done and not meta["simulator_failed"]
@@ -186,7 +192,7 @@ def test_loader_errors_name_the_entry(tmp_path):
     """))
     with pytest.raises(ValueError, match=r"bad.yaml: interaction entry 1: duplicate interaction name 'a'"):
         load_interactions(bad)
-    with pytest.raises(TypeError, match="entry 0: collections.OrderedDict is not a subclass"):
+    with pytest.raises(TypeError, match=r"entry 0: collections\.OrderedDict is not a subclass"):
         load_interactions([{"class_name": "collections.OrderedDict"}])
     with pytest.raises(ImportError, match="entry 0: cannot import module"):
         load_interactions([{"class_name": "no_such_pkg.Thing"}])
