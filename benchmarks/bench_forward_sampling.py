@@ -32,18 +32,18 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from transformers import AutoTokenizer  # noqa: E402
-from verl.experimental.agent_loop.agent_loop import AgentLoopWorker  # noqa: E402
+from transformers import AutoTokenizer
+from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 
-from collabllm_verl.recipe.agent_loop_harness import (  # noqa: E402
+from collabllm_verl.recipe.agent_loop_harness import (
     ScriptedPolicy,
     compose_trainer_config,
     rows_to_batch,
 )
-from collabllm_verl.recipe.tiny_model import build_tiny_model  # noqa: E402
+from collabllm_verl.recipe.tiny_model import build_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_user_simulator import start_server  # noqa: E402
+from bench_user_simulator import start_server
 
 QUESTION = "Could you tell me a bit more about what you need?"
 
@@ -132,7 +132,8 @@ async def main_async(args) -> dict:
                          "max_user_turns": args.max_user_turns, "rounds": args.rounds,
                          "batch": args.batch, "simulator_max_concurrency": args.max_concurrency,
                          "cpu_count": os.cpu_count()},
-            "single": {"S=1_median_s": round(s1, 4), "S=3_median_s": round(s3, 4), "ratio_S3_over_S1": round(s3 / s1, 3),
+            "single": {"S=1_median_s": round(s1, 4), "S=3_median_s": round(s3, 4),
+                       "ratio_S3_over_S1": round(s3 / s1, 3),
                        "sequential_estimate_ratio": 3.0},
             "batch": batch,
         }

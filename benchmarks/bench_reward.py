@@ -24,16 +24,16 @@ import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
-import numpy as np  # noqa: E402
-from bench_user_simulator import start_server  # noqa: E402  (same folder)
-from omegaconf import OmegaConf  # noqa: E402
-from verl import DataProto  # noqa: E402
+import litellm
+import numpy as np
+from bench_user_simulator import start_server
+from omegaconf import OmegaConf
+from verl import DataProto
 
-from collabllm_verl.metrics import MetricContext  # noqa: E402
-from collabllm_verl.metrics.judge import build_judge_messages  # noqa: E402
-from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats  # noqa: E402
-from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager  # noqa: E402
+from collabllm_verl.metrics import MetricContext
+from collabllm_verl.metrics.judge import build_judge_messages
+from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager
 
 METRICS = ("accuracy", "interactivity")
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
+import litellm
 
-from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction  # noqa: E402
-from collabllm_verl.interactions.simulator_prompt import build_simulator_messages  # noqa: E402
-from collabllm_verl.recipe import llm_client  # noqa: E402
+from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
+from collabllm_verl.interactions.simulator_prompt import build_simulator_messages
+from collabllm_verl.recipe import llm_client
 
 SIGNAL = "[[TERMINATE CHAT]]"
 CHAT = [
