@@ -24,8 +24,10 @@ conversation or null where the metric failed), ``forward_sampling`` (``skipped``
 Per-step reward breakdown: verl 0.9.1 logs ``reward_extra_info`` only for validation, so the writer also
 summarises each training step once its ``data.train_batch_size * rollout.n`` responses are in the file:
 the process that writes the last of them prints one line (reward and, per metric, the mean raw value and
-the mean weighted contribution) to stdout, which Ray forwards to the trainer's console, and appends the
-same numbers as one JSON object to ``<dir>/summary.jsonl``.
+the mean weighted contribution, then the forward-sampling totals: skipped responses, future conversations,
+mean future turns, early terminations, simulator failures, mean seconds per response) to stdout, which Ray
+forwards to the trainer's console, and appends the same numbers as one JSON object to
+``<dir>/summary.jsonl``.
 """
 
 from __future__ import annotations
@@ -260,9 +262,14 @@ def summarize_step(step: int, records: Sequence[Mapping[str, Any]]) -> dict[str,
 
     Returns:
         ``{"step", "responses", "reward": {mean, min, max}, "metrics": {name: {"mean", "weighted"}},
-        "skipped", "conversations"}``: ``metrics.<name>.mean`` averages the per-response means (raw metric
-        values), ``weighted`` the per-response clamped weighted contributions; ``skipped`` counts responses
-        whose forward sampling was skipped, ``conversations`` the forward-sampled conversations.
+        "skipped", "conversations", "future_turns_mean", "early_terminations", "simulator_failures",
+        "forward_sampling_seconds": {mean, max}}``: ``metrics.<name>.mean`` averages the per-response means
+        (raw metric values), ``weighted`` the per-response clamped weighted contributions; ``skipped`` counts
+        responses whose forward sampling was skipped, ``conversations`` the forward-sampled conversations.
+        From the agent loop's counters of the responses that were not skipped: ``future_turns_mean``
+        averages the messages added per conversation (None when there is none), ``early_terminations``
+        and ``simulator_failures`` are summed over conversations, ``forward_sampling_seconds`` is the mean
+        and max wall-clock seconds per response (None when no record has them).
     """
     rewards = [r.get("reward") for r in records if r.get("reward") is not None]
     names: list[str] = []
@@ -279,6 +286,13 @@ def summarize_step(step: int, records: Sequence[Mapping[str, Any]]) -> dict[str,
             "mean": _mean([e.get("mean") for e in entries]),
             "weighted": _mean([e.get("weighted") for e in entries]),
         }
+    sampled = [r["forward_sampling"] for r in records if not r["forward_sampling"]["skipped"]]
+    turns = [t for f in sampled for t in (f.get("future_turns") or ()) if _number(t) is not None]
+    seconds = [
+        _number(f.get("forward_sampling_seconds"))
+        for f in sampled
+        if _number(f.get("forward_sampling_seconds")) is not None
+    ]
     return {
         "step": step,
         "responses": len(records),
@@ -290,6 +304,10 @@ def summarize_step(step: int, records: Sequence[Mapping[str, Any]]) -> dict[str,
         "metrics": metrics,
         "skipped": sum(1 for r in records if r["forward_sampling"]["skipped"]),
         "conversations": sum(r["forward_sampling"]["num_conversations"] for r in records),
+        "future_turns_mean": _mean([float(t) for t in turns]),
+        "early_terminations": sum(int(f.get("early_terminations") or 0) for f in sampled),
+        "simulator_failures": sum(int(f.get("simulator_failures") or 0) for f in sampled),
+        "forward_sampling_seconds": {"mean": _mean(seconds), "max": max(seconds) if seconds else None},
     }
 
 
@@ -309,6 +327,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     parts.append(
         f"| forward sampling skipped for {summary['skipped']}, {summary['conversations']} future conversations"
     )
+    if "future_turns_mean" in summary:  # summaries written before these counters existed lack them
+        seconds = summary["forward_sampling_seconds"]
+        parts.append(
+            f"(future turns mean {num(summary['future_turns_mean'])}, "
+            f"{summary['early_terminations']} early terminations, "
+            f"{summary['simulator_failures']} simulator failures, "
+            f"{num(seconds['mean'])} s per response, max {num(seconds['max'])} s)"
+        )
     return " ".join(parts)
 
 
@@ -375,10 +401,7 @@ class ConversationDumpWriter:
         for path in directory.iterdir():
             match = _FILE_RE.match(path.name)
             if match and int(match.group(1)) < oldest_kept:
-                try:
-                    path.unlink()
-                except FileNotFoundError:  # another process pruned it first
-                    pass
+                path.unlink(missing_ok=True)  # another process may have pruned it first
         self._pruned_up_to = oldest_kept
 
 

@@ -10,7 +10,9 @@ A response whose forward sampling was skipped (truncated, empty, malformed reaso
 ``skip_penalty`` (default -1). A conversation on which a metric fails (a judge call that failed after the
 LLM layer's retries, an unusable judge answer, a sandbox crash) is dropped from that metric's mean
 (``failure_policy: drop``, default) or scored 0 (``failure_policy: zero``, the original code's
-behaviour); both are counted in ``reward_extra_info``.
+behaviour); both are counted in ``reward_extra_info``. The agent loop's forward-sampling counters (future
+turns, early terminations, simulator failures, seconds) are passed through to ``reward_extra_info`` too,
+under ``fs/``, so verl logs them next to the reward breakdown (``mr/``).
 
 Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +50,7 @@ from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMSettings, usa
 
 __all__ = [
     "EXTRA_INFO_PREFIX",
+    "FORWARD_SAMPLING_PREFIX",
     "CollabLLMRewardManager",
     "ForwardSamples",
     "RewardSettings",
@@ -58,6 +62,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EXTRA_INFO_PREFIX = "mr/"
+FORWARD_SAMPLING_PREFIX = "fs/"
+# end_reasons values counted in their own ``fs/`` columns (recipe/forward_sampling.py END_*); "terminated"
+# and "simulator_failure" are the ``early_terminations`` / ``simulator_failures`` counters already.
+_COUNTED_END_REASONS = {"turn_limit": "turn_limits", "context_limit": "context_limits"}
 FAILURE_POLICIES = ("drop", "zero")
 REWARD_KWARGS_KEYS = ("metric_weights", "llm_judge_kwargs", "metric_kwargs", "failure_policy", "skip_penalty")
 # Read by collabllm_verl.recipe.conversation_dump (JSONL of scored responses), not by RewardSettings.
@@ -96,13 +104,14 @@ class RewardSettings:
         """Validate a ``reward_kwargs`` mapping (plain dict or ``DictConfig``).
 
         Raises:
+            TypeError: ``reward_kwargs`` is not a mapping.
             ValueError: an unknown key, an empty or non-numeric ``metric_weights``, an unknown
                 ``failure_policy``, bad ``llm_judge_kwargs`` (unknown keys, no ``model``) or a malformed
                 ``metric_kwargs``. Messages name the offending ``reward_kwargs`` key.
         """
         kwargs = _plain(reward_kwargs) or {}
         if not isinstance(kwargs, Mapping):
-            raise ValueError(f"reward_kwargs must be a mapping, got {type(kwargs).__name__}")
+            raise TypeError(f"reward_kwargs must be a mapping, got {type(kwargs).__name__}")
         unknown = sorted(set(kwargs) - set(REWARD_KWARGS_KEYS) - set(DUMP_KWARGS_KEYS))
         if unknown:
             raise ValueError(
@@ -170,7 +179,8 @@ class RewardSettings:
         """Read ``reward.reward_kwargs`` (and the legacy ``reward_model.reward_kwargs``) of verl's config.
 
         Raises:
-            ValueError: as :meth:`from_reward_kwargs`, or when neither location holds any setting.
+            TypeError, ValueError: as :meth:`from_reward_kwargs`; ValueError also when neither location
+                holds any setting.
         """
         current = (
             _plain(OmegaConf.select(config, "reward.reward_kwargs", default=None))
@@ -234,6 +244,33 @@ def resolve_settings(settings: RewardSettings) -> dict[str, MetricSpec]:
     return specs
 
 
+def _count(fields: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer counter of the ``collabllm`` extra fields (0 when absent)."""
+    value = fields.get(key, 0)
+    if value is None:
+        return 0
+    if not _is_count(value):
+        raise ValueError(f"extra_fields['collabllm'][{key!r}] must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def _is_count(value: Any) -> bool:
+    """An integer >= 0 (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+def _sequence(fields: Mapping[str, Any], key: str) -> list:
+    """A list field of the ``collabllm`` extra fields (empty when absent); numpy arrays are accepted."""
+    value = fields.get(key)
+    if value is None:
+        return []
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"extra_fields['collabllm'][{key!r}] must be a list, got {type(value).__name__}")
+    return list(value)
+
+
 @dataclass(frozen=True)
 class ForwardSamples:
     """One response's forward-sampling result, read from ``extra_fields["collabllm"]``.
@@ -243,22 +280,37 @@ class ForwardSamples:
         num_history_messages: messages before the trained response in each conversation.
         skipped: forward sampling was skipped; the response gets ``skip_penalty``.
         skip_reason: why (``"truncated"``, ``"empty"``, ``"malformed_think"``), or None.
+        future_turns: per conversation, the assistant + user messages added after the trained response.
+        end_reasons: per conversation, why it ended (``"terminated"``, ``"turn_limit"``,
+            ``"simulator_failure"``, ``"context_limit"``); may be empty (optional for producers).
+        early_terminations: conversations the user simulator ended with its termination signal.
+        simulator_failures: conversations ended by a user-simulator failure.
+        seconds: wall-clock seconds the agent loop spent on forward sampling for this response.
     """
 
     conversations: list[list[dict[str, Any]]]
     num_history_messages: int = 0
     skipped: bool = False
     skip_reason: str | None = None
+    future_turns: list[int] = field(default_factory=list)
+    end_reasons: list[str] = field(default_factory=list)
+    early_terminations: int = 0
+    simulator_failures: int = 0
+    seconds: float = 0.0
 
     @classmethod
     def from_extra_fields(cls, fields: Mapping[str, Any]) -> ForwardSamples:
         """Validate the agent loop's ``collabllm`` dict (docs/architecture.md, extra_fields contract).
 
+        The counters (``future_turns``, ``end_reasons``, ``early_terminations``, ``simulator_failures``,
+        ``forward_sampling_seconds``) default to empty / 0 when absent.
+
         Raises:
-            ValueError: a field is missing or has the wrong type (the message names it).
+            TypeError: ``fields`` is not a mapping, or ``future_turns`` / ``end_reasons`` is not a list.
+            ValueError: any other field has the wrong type or a negative value (the message names it).
         """
         if not isinstance(fields, Mapping):
-            raise ValueError(f"extra_fields['collabllm'] must be a mapping, got {type(fields).__name__}")
+            raise TypeError(f"extra_fields['collabllm'] must be a mapping, got {type(fields).__name__}")
         skipped = bool(fields.get("forward_sampling_skipped", False))
         conversations = fields.get("future_conversations")
         if conversations is None:
@@ -274,12 +326,70 @@ class ForwardSamples:
             raise ValueError(
                 f"extra_fields['collabllm']['num_history_messages'] must be an int >= 0, got {num_history!r}"
             )
+        future_turns = _sequence(fields, "future_turns")
+        if not all(_is_count(t) for t in future_turns):
+            raise ValueError(
+                f"extra_fields['collabllm']['future_turns'] must be a list of ints >= 0, got {future_turns!r}"
+            )
+        end_reasons = [str(r) for r in _sequence(fields, "end_reasons")]
+        seconds = fields.get("forward_sampling_seconds", 0.0)
+        seconds = 0.0 if seconds is None else seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, numbers.Real)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise ValueError(
+                f"extra_fields['collabllm']['forward_sampling_seconds'] must be a number >= 0, got {seconds!r}"
+            )
         return cls(
             conversations=[[dict(m) for m in c] for c in conversations],
             num_history_messages=num_history,
             skipped=skipped,
             skip_reason=fields.get("skip_reason"),
+            future_turns=[int(t) for t in future_turns],
+            end_reasons=end_reasons,
+            early_terminations=_count(fields, "early_terminations"),
+            simulator_failures=_count(fields, "simulator_failures"),
+            seconds=float(seconds),
         )
+
+    def extra_info(self) -> dict[str, float]:
+        """Forward-sampling columns of ``reward_extra_info`` (prefix ``fs/``; the same keys for every
+        response, all floats, all 0 when forward sampling was skipped; see docs/metrics_and_reward.md)::
+
+            fs/future_turns_mean   mean of future_turns over the conversations (messages, not pairs)
+            fs/future_turns_max    the longest conversation's future_turns
+            fs/early_terminations  conversations ended by the simulator's termination signal
+            fs/turn_limits         conversations that reached the turn limit (from end_reasons)
+            fs/context_limits      conversations stopped by the policy's context window (end_reasons)
+            fs/simulator_failures  conversations ended by a simulator failure
+            fs/seconds             wall-clock seconds of forward sampling
+        """
+        p = FORWARD_SAMPLING_PREFIX
+        info = dict.fromkeys(
+            (
+                f"{p}future_turns_mean",
+                f"{p}future_turns_max",
+                f"{p}early_terminations",
+                *(f"{p}{column}" for column in _COUNTED_END_REASONS.values()),
+                f"{p}simulator_failures",
+                f"{p}seconds",
+            ),
+            0.0,
+        )
+        if self.skipped:
+            return info
+        if self.future_turns:
+            info[f"{p}future_turns_mean"] = sum(self.future_turns) / len(self.future_turns)
+            info[f"{p}future_turns_max"] = float(max(self.future_turns))
+        info[f"{p}early_terminations"] = float(self.early_terminations)
+        for reason, column in _COUNTED_END_REASONS.items():
+            info[f"{p}{column}"] = float(sum(r == reason for r in self.end_reasons))
+        info[f"{p}simulator_failures"] = float(self.simulator_failures)
+        info[f"{p}seconds"] = float(self.seconds)
+        return info
 
 
 @dataclass
@@ -453,7 +563,8 @@ class CollabLLMRewardManager(RewardManagerBase):
         reward_router_address, reward_model_tokenizer: passed by verl; unused.
 
     Raises:
-        ValueError, UnknownMetricError, ImportError: see :func:`resolve_settings`.
+        TypeError, ValueError, UnknownMetricError, ImportError: see :func:`resolve_settings` and
+            :meth:`RewardSettings.from_reward_kwargs`.
     """
 
     def __init__(
@@ -481,7 +592,9 @@ class CollabLLMRewardManager(RewardManagerBase):
         """Reward of the last sequence of ``data`` (one trajectory), as verl's reward loop expects.
 
         Returns:
-            ``{"reward_score": float, "reward_extra_info": dict[str, float]}``.
+            ``{"reward_score": float, "reward_extra_info": dict[str, float]}``; the extra info holds the
+            reward breakdown (:meth:`SampleScore.extra_info`, ``mr/``) and the forward-sampling counters
+            (:meth:`ForwardSamples.extra_info`, ``fs/``).
         """
         item = data[len(data) - 1]
         non_tensor = item.non_tensor_batch
@@ -503,4 +616,7 @@ class CollabLLMRewardManager(RewardManagerBase):
             await self.conversation_dump.awrite(
                 sample_record(item, samples, score, self.settings.metric_weights, self.tokenizer)
             )
-        return {"reward_score": float(score.reward), "reward_extra_info": score.extra_info()}
+        return {
+            "reward_score": float(score.reward),
+            "reward_extra_info": {**score.extra_info(), **samples.extra_info()},
+        }

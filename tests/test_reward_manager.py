@@ -10,6 +10,7 @@ whose values are read from the conversations, so every expected number is comput
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -73,16 +74,20 @@ def conversation(*future_contents: str) -> list[dict]:
     return HISTORY + [{"role": roles[i % 2], "content": c} for i, c in enumerate(future_contents)]
 
 
-def collab_fields(conversations, *, skipped=False, skip_reason=None) -> dict:
+def collab_fields(conversations, *, skipped=False, skip_reason=None, end_reasons=None, seconds=0.1) -> dict:
+    """The agent loop's ``extra_fields["collabllm"]``; the counters are derived from ``end_reasons``
+    (default: every conversation reached the turn limit), as ``summarize_forward_sampling`` does."""
+    end_reasons = ["turn_limit"] * len(conversations) if end_reasons is None else end_reasons
     return {
         "future_conversations": conversations,
         "num_history_messages": len(HISTORY),
         "forward_sampling_skipped": skipped,
         "skip_reason": skip_reason,
-        "simulator_failures": 0,
+        "simulator_failures": end_reasons.count("simulator_failure"),
         "future_turns": [len(c) - len(HISTORY) - 1 for c in conversations],
-        "early_terminations": 0,
-        "forward_sampling_seconds": 0.1,
+        "end_reasons": end_reasons,
+        "early_terminations": end_reasons.count("terminated"),
+        "forward_sampling_seconds": 0.0 if skipped else seconds,
     }
 
 
@@ -204,6 +209,132 @@ async def test_multi_sequence_trajectory_uses_last_sequence(manager):
     last = reward_input(collab_fields([conversation("v=0.25")]))
     out = await manager.run_single(DataProto.concat([first, last]))
     assert out["reward_extra_info"]["mr/test_value"] == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------- forward-sampling counters
+FS_KEYS = {
+    "fs/future_turns_mean",
+    "fs/future_turns_max",
+    "fs/early_terminations",
+    "fs/turn_limits",
+    "fs/context_limits",
+    "fs/simulator_failures",
+    "fs/seconds",
+}
+
+
+async def test_forward_sampling_counters_are_reported(manager):
+    """The agent loop's counters become ``fs/`` columns: same keys for every sample, 0 when skipped."""
+    inputs = [
+        reward_input(
+            collab_fields(
+                [  # the first message after the history is the trained response, not a future turn
+                    conversation("answer", "thanks", "v=0.1"),  # 2 future turns
+                    conversation("q?", "details", "answer", "ok", "v=0.2"),  # 4
+                    conversation("v=0.3"),  # 0
+                ],
+                end_reasons=["terminated", "turn_limit", "context_limit"],
+                seconds=2.5,
+            )
+        ),
+        reward_input(
+            collab_fields(
+                [conversation("a", "b", "v=1"), conversation("v=0")],  # 2 and 0 future turns
+                end_reasons=["simulator_failure", "terminated"],
+                seconds=0.75,
+            )
+        ),
+        reward_input(collab_fields([], skipped=True, skip_reason="truncated")),
+    ]
+    outputs = await asyncio.gather(*(manager.run_single(data) for data in inputs))
+    infos = [o["reward_extra_info"] for o in outputs]
+    for info in infos:
+        assert FS_KEYS <= set(info) and set(info) == set(infos[0])
+        assert all(isinstance(v, float) for v in info.values())
+    assert infos[0]["fs/future_turns_mean"] == pytest.approx(2.0)
+    assert infos[0]["fs/future_turns_max"] == 4.0
+    assert infos[0]["fs/early_terminations"] == 1.0
+    assert infos[0]["fs/turn_limits"] == 1.0 and infos[0]["fs/context_limits"] == 1.0
+    assert infos[0]["fs/simulator_failures"] == 0.0
+    assert infos[0]["fs/seconds"] == pytest.approx(2.5)
+    assert infos[1]["fs/future_turns_mean"] == pytest.approx(1.0)
+    assert infos[1]["fs/future_turns_max"] == 2.0
+    assert infos[1]["fs/simulator_failures"] == 1.0 and infos[1]["fs/early_terminations"] == 1.0
+    assert infos[1]["fs/turn_limits"] == 0.0
+    assert infos[1]["fs/seconds"] == pytest.approx(0.75)
+    # the skipped sample: every counter 0
+    assert {k: infos[2][k] for k in FS_KEYS} == dict.fromkeys(FS_KEYS, 0.0)
+    # the reward itself is untouched by the counters
+    assert outputs[0]["reward_score"] == pytest.approx(0.4 - 0.3)
+    # verl stacks each key into a batch column
+    column = np.array([info["fs/future_turns_mean"] for info in infos])
+    assert column.tolist() == pytest.approx([2.0, 1.0, 0.0])
+
+
+async def test_forward_sampling_counters_without_end_reasons(manager):
+    """``end_reasons`` is optional for producers: its columns are then 0, the other counters still hold."""
+    fields = collab_fields([conversation("q?", "a", "v=0.5")], seconds=1.25)  # 2 future turns
+    del fields["end_reasons"]
+    info = (await manager.run_single(reward_input(fields)))["reward_extra_info"]
+    assert info["fs/turn_limits"] == 0.0 and info["fs/context_limits"] == 0.0
+    assert info["fs/future_turns_mean"] == 2.0 and info["fs/seconds"] == pytest.approx(1.25)
+
+
+async def test_step_summary_reports_forward_sampling_totals(tmp_path, capsys):
+    """With the conversation dump on, the per-step summary adds up the same counters (training steps do
+    not log reward_extra_info in verl 0.9.1, so this line is where they are seen during training)."""
+    m = make_manager(
+        *WEIGHTS,
+        f"+reward.reward_kwargs.conversation_dump.dir={tmp_path}",
+        "data.train_batch_size=1",
+        "actor_rollout_ref.rollout.n=3",
+    )
+    inputs = [
+        reward_input(
+            collab_fields(
+                [conversation("a", "b", "v=1"), conversation("v=0")],  # 2 and 0 future turns
+                end_reasons=["terminated", "simulator_failure"],
+                seconds=0.5,
+            )
+        ),
+        reward_input(
+            collab_fields(
+                [conversation("q?", "x", "y", "z", "v=0.5")],  # 4 future turns
+                end_reasons=["terminated"],
+                seconds=1.5,
+            )
+        ),
+        reward_input(collab_fields([], skipped=True, skip_reason="empty")),
+    ]
+    for data in inputs:
+        data.non_tensor_batch["global_steps"] = np.array([7])
+        await m.run_single(data)
+    (summary,) = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
+    assert summary["step"] == 7 and summary["responses"] == 3 and summary["skipped"] == 1
+    assert summary["conversations"] == 3
+    assert summary["future_turns_mean"] == pytest.approx(2.0)  # (2 + 0 + 4) / 3; the skipped one has none
+    assert summary["early_terminations"] == 2 and summary["simulator_failures"] == 1
+    assert summary["forward_sampling_seconds"] == {"mean": pytest.approx(1.0), "max": pytest.approx(1.5)}
+    line = capsys.readouterr().out
+    assert "[collabllm reward] step 7: 3 responses" in line
+    assert "future turns mean 2, 2 early terminations, 1 simulator failures, 1 s per response" in line
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("early_terminations", -1, ValueError),
+        ("simulator_failures", 1.5, ValueError),
+        ("future_turns", [2, "three"], ValueError),
+        ("future_turns", 3, TypeError),
+        ("forward_sampling_seconds", "fast", ValueError),
+    ],
+)
+async def test_malformed_forward_sampling_counter_is_named(manager, field, value, error):
+    fields = collab_fields([conversation("v=0.5")])
+    fields[field] = value
+    with pytest.raises(error, match=field):
+        await manager.run_single(reward_input(fields))
 
 
 # ---------------------------------------------------------------- failure policies
