@@ -65,6 +65,7 @@ def make_batch(batch: int, samples: int) -> DataProto:
 
 
 def make_manager(base_url: str, cap: int) -> CollabLLMRewardManager:
+    os.environ.setdefault("COLLABLLM_JUDGE_API_KEY", "local")  # the local server accepts any key
     config = OmegaConf.create(
         {
             "reward": {
@@ -73,7 +74,7 @@ def make_manager(base_url: str, cap: int) -> CollabLLMRewardManager:
                     "llm_judge_kwargs": {
                         "model": "openai/scripted-judge",
                         "api_base": base_url,
-                        "api_key": "local",
+                        "api_key_env": "COLLABLLM_JUDGE_API_KEY",
                         "max_concurrency": cap,
                     },
                 }
