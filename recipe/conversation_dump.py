@@ -331,8 +331,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         seconds = summary["forward_sampling_seconds"]
         parts.append(
             f"(future turns mean {num(summary['future_turns_mean'])}, "
-            f"{summary['early_terminations']} early terminations, "
-            f"{summary['simulator_failures']} simulator failures, "
+            f"early terminations {summary['early_terminations']}, "
+            f"simulator failures {summary['simulator_failures']}, "
             f"{num(seconds['mean'])} s per response, max {num(seconds['max'])} s)"
         )
     return " ".join(parts)

@@ -317,7 +317,7 @@ async def test_step_summary_reports_forward_sampling_totals(tmp_path, capsys):
     assert summary["forward_sampling_seconds"] == {"mean": pytest.approx(1.0), "max": pytest.approx(1.5)}
     line = capsys.readouterr().out
     assert "[collabllm reward] step 7: 3 responses" in line
-    assert "future turns mean 2, 2 early terminations, 1 simulator failures, 1 s per response" in line
+    assert "future turns mean 2, early terminations 2, simulator failures 1, 1 s per response" in line
 
 
 @pytest.mark.parametrize(
