@@ -1,7 +1,7 @@
 """``pass_rate``: an LLM extracts the final code; BigCodeBench's sandboxed runner executes the task's tests.
 
-Needs the optional ``code`` extra (``bigcodebench==0.2.5``; its test runner needs only ``numpy`` and
-``matplotlib``, so ``pip install --no-deps bigcodebench==0.2.5 matplotlib`` is enough). The code and the
+Needs BigCodeBench's runner: the optional ``code`` extra (``numpy``, ``matplotlib``: what the runner imports)
+plus ``pip install --no-deps bigcodebench==0.2.5`` (its declared dependencies are not needed). The code and the
 task's ``unittest`` tests run through ``bigcodebench.eval.untrusted_check``: a separate process with
 BigCodeBench's reliability guard (memory and stack limits, destructive OS calls disabled, kill/exec
 intercepted, temporary working directory, time limit), started in a fresh process session that is
@@ -52,9 +52,9 @@ def require_bigcodebench():
         import bigcodebench.eval as bcb_eval
     except ImportError as exc:
         raise BigCodeBenchNotInstalled(
-            "the pass_rate metric needs BigCodeBench's test runner: install the 'code' extra "
-            "(pip install 'collabllm-verl[code]') or just the runner with "
-            f"'pip install --no-deps bigcodebench==0.2.5 matplotlib' ({exc})"
+            "the pass_rate metric needs BigCodeBench's test runner: "
+            "pip install 'collabllm-verl[code]' && pip install --no-deps bigcodebench==0.2.5 "
+            f"(the extra installs what the runner imports; bigcodebench's own dependencies are not needed) ({exc})"
         ) from exc
     return bcb_eval
 
