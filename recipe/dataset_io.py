@@ -33,8 +33,8 @@ def load_source_dataset(spec: str, split: str = "train", num_proc: int | None = 
         A ``datasets.Dataset``.
 
     Raises:
-        FileNotFoundError: ``spec`` looks like a path (has a file suffix or a path separator) and does
-            not exist.
+        FileNotFoundError: ``spec`` looks like a path and does not exist: it has a data-file suffix,
+            starts with ``.`` or ``/``, or has more than one ``/`` (a hub id is ``owner/name``).
         ValueError: an unsupported file suffix, or a missing split.
     """
     import datasets

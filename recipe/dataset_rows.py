@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -282,8 +283,6 @@ def split_by_group(
     Raises:
         ValueError: a negative size, a size that leaves no training group, or a non-integer size >= 1.
     """
-    import random
-
     groups = list(dict.fromkeys(group for group, _ in items))
     if validation_size < 0:
         raise ValueError(f"--validation_size must be >= 0, got {validation_size}")
