@@ -10,7 +10,6 @@ its own conversation's goal. Every LLM call goes through :mod:`collabllm_verl.re
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,6 @@ class _Conversation:
     goal: str
     task_desc: str
     turns: int = 0  # simulator answers produced so far
-    finished: bool = False
 
 
 class CollabLLMInteraction(BaseInteraction):
@@ -105,7 +103,7 @@ class CollabLLMInteraction(BaseInteraction):
         task_desc = interaction_kwargs.get("task_desc") or ""
         if not isinstance(task_desc, str):
             raise ValueError(f"interaction_kwargs['task_desc'] must be a string, got {type(task_desc).__name__}")
-        instance_id = instance_id if instance_id is not None else str(uuid.uuid4())
+        instance_id = await super().start_interaction(instance_id)
         if instance_id in self._conversations:
             raise ValueError(f"CollabLLMInteraction: instance_id {instance_id!r} is already active")
         self._conversations[instance_id] = _Conversation(goal=goal, task_desc=task_desc)
@@ -144,7 +142,6 @@ class CollabLLMInteraction(BaseInteraction):
                 prompt, self.llm, required=SIMULATOR_REQUIRED_KEYS, purpose=PURPOSE, validate=self._validate
             )
         except LLMCallError as exc:
-            conv.finished = True
             logger.warning("user simulator failed for %s (turn %d): %s", instance_id, conv.turns + 1, exc.reason)
             return True, "", 0.0, {
                 "simulator_failed": True,
@@ -156,7 +153,6 @@ class CollabLLMInteraction(BaseInteraction):
         conv.turns += 1
         response = answer["response"].strip()
         terminated = self.termination_signal in response
-        conv.finished = terminated
         if self.enable_log:
             logger.info("user simulator %s turn %d%s: %.300s", instance_id, conv.turns,
                         " (terminate)" if terminated else "", response)
@@ -165,10 +161,6 @@ class CollabLLMInteraction(BaseInteraction):
             "terminated_by_user": terminated,
             "turn": conv.turns,
         }
-
-    async def calculate_score(self, instance_id: str, **kwargs: Any) -> float:
-        """Always 0.0: CollabLLM scores conversations with the metrics, not the interaction."""
-        return 0.0
 
     async def finalize_interaction(self, instance_id: str, **kwargs: Any) -> None:
         """Forget the conversation (idempotent)."""

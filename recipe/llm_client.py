@@ -345,7 +345,7 @@ _usage_sinks: contextvars.ContextVar[tuple[dict[str, float], ...]] = contextvars
 
 def _count(purpose: str, **values: float) -> None:
     with _stats_lock:
-        for scope in ("", purpose):
+        for scope in ("", purpose) if purpose else ("",):  # an empty purpose must not count twice
             bucket = _stats[scope]
             for key, value in values.items():
                 bucket[key] += value

@@ -362,13 +362,12 @@ class LocalLLMServer:
             model = str(body.get("model", ""))
             name = model.rsplit("/", 1)[-1]
             fault = self._next_fault()
+            self.received.append(body)
             with self._lock:
                 self._counts["requests"] += 1
                 self._counts[f"model:{name}"] += 1
                 if fault:
                     self._counts[f"fault:{fault}"] += 1
-            self.received.append(body)
-            with self._lock:
                 self._in_flight += 1
                 self._counts["max_in_flight"] = max(self._counts["max_in_flight"], self._in_flight)
             try:
