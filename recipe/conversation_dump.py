@@ -444,7 +444,8 @@ def sample_record(
         item: verl ``DataProtoItem`` of the response (``non_tensor_batch`` with ``global_steps``, ``uid``,
             ``session_id``, ``data_source``, ``reward_model``, ``raw_prompt``; ``batch["responses"]``).
         samples: the forward-sampling result (attributes ``conversations``, ``num_history_messages``,
-            ``skipped``, ``skip_reason``).
+            ``skipped``, ``skip_reason`` and the counters ``simulator_failures``, ``early_terminations``,
+            ``future_turns``, ``seconds``; see ``reward_manager.ForwardSamples``).
         score: the reward breakdown (attributes ``reward``, ``means``, ``weighted``, ``failures`` and,
             optionally, ``per_conversation``).
         weights: metric name -> weight.
@@ -463,8 +464,6 @@ def sample_record(
         ids = [int(t) for t in item.batch["responses"].tolist() if int(t) != (tokenizer.pad_token_id or 0)]
         fallback_response = tokenizer.decode(ids, skip_special_tokens=True)
     raw_prompt = non_tensor.get("raw_prompt")
-    tool_fields = non_tensor.get("tool_extra_fields")
-    stats = tool_fields.get("collabllm") if isinstance(tool_fields, Mapping) else None
     step = non_tensor.get("global_steps")
     session_id = non_tensor.get("session_id")
     return build_record(
@@ -483,7 +482,12 @@ def sample_record(
         num_history_messages=samples.num_history_messages,
         skipped=samples.skipped,
         skip_reason=samples.skip_reason,
-        sampling_stats=stats if isinstance(stats, Mapping) else None,
+        sampling_stats={
+            "simulator_failures": samples.simulator_failures,
+            "early_terminations": samples.early_terminations,
+            "future_turns": samples.future_turns,
+            "forward_sampling_seconds": samples.seconds,
+        },
         fallback_history=[m for m in (_jsonable(raw_prompt) or []) if isinstance(m, Mapping)],
         fallback_response=fallback_response,
     )

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
@@ -76,7 +76,7 @@ JUDGE_DEFAULTS = {"temperature": 0.0}
 
 def _plain(value: Any) -> Any:
     """OmegaConf containers -> plain Python containers (interpolations resolved)."""
-    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+    if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
     return value
 
@@ -115,7 +115,7 @@ class RewardSettings:
         unknown = sorted(set(kwargs) - set(REWARD_KWARGS_KEYS) - set(DUMP_KWARGS_KEYS))
         if unknown:
             raise ValueError(
-                f"unknown reward_kwargs key(s) {unknown}; known keys: {list(REWARD_KWARGS_KEYS)}"
+                f"unknown reward_kwargs key(s) {unknown}; known keys: {[*REWARD_KWARGS_KEYS, *DUMP_KWARGS_KEYS]}"
             )
 
         raw_weights = kwargs.get("metric_weights")
@@ -182,19 +182,14 @@ class RewardSettings:
             TypeError, ValueError: as :meth:`from_reward_kwargs`; ValueError also when neither location
                 holds any setting.
         """
-        current = (
-            _plain(OmegaConf.select(config, "reward.reward_kwargs", default=None))
-            if _is_cfg(config)
-            else None
-        )
-        legacy = (
-            _plain(OmegaConf.select(config, "reward_model.reward_kwargs", default=None))
-            if _is_cfg(config)
-            else None
-        )
-        if not _is_cfg(config) and isinstance(config, Mapping):
+        if OmegaConf.is_config(config):
+            current = _plain(OmegaConf.select(config, "reward.reward_kwargs", default=None))
+            legacy = _plain(OmegaConf.select(config, "reward_model.reward_kwargs", default=None))
+        elif isinstance(config, Mapping):
             current = (config.get("reward") or {}).get("reward_kwargs")
             legacy = (config.get("reward_model") or {}).get("reward_kwargs")
+        else:
+            current = legacy = None
         if legacy:
             logger.warning(
                 "collabllm reward manager: reading the legacy '+reward_model.reward_kwargs.*' settings; "
@@ -208,10 +203,6 @@ class RewardSettings:
             )
         merged = OmegaConf.to_container(OmegaConf.merge(legacy or {}, current or {}), resolve=True)
         return cls.from_reward_kwargs(merged)
-
-
-def _is_cfg(config: Any) -> bool:
-    return OmegaConf.is_config(config)
 
 
 def resolve_settings(settings: RewardSettings) -> dict[str, MetricSpec]:
@@ -474,6 +465,7 @@ async def score_sample(
             skipped=True,
         )
 
+    jobs = [(name, conversation) for conversation in samples.conversations for name in names]
     contexts = [
         MetricContext(
             messages=conversation,
@@ -485,13 +477,12 @@ async def score_sample(
             options=settings.metric_kwargs.get(name, {}),
             tokenizer=tokenizer,
         )
-        for conversation in samples.conversations
-        for name in names
+        for name, conversation in jobs
     ]
-    jobs = [(name, specs[name]) for _ in samples.conversations for name in names]
     with usage_scope() as usage:
         results = await asyncio.gather(
-            *(spec.score(ctx) for (_, spec), ctx in zip(jobs, contexts, strict=True)), return_exceptions=True
+            *(specs[name].score(ctx) for (name, _), ctx in zip(jobs, contexts, strict=True)),
+            return_exceptions=True,
         )
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, MetricError):
