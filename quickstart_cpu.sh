@@ -11,7 +11,7 @@
 #
 # Each GRPO step prints a "[collabllm reward] step N: ..." line with the per-metric reward breakdown; the
 # sampled conversations of the last step, with their metric scores, are written to
-# OUTPUT_DIR/rl/checkpoints/conversations/step_<N>.jsonl. Environment variables of the two training
+# OUTPUT_DIR/rl/checkpoints/conversations/step_<NNNNNN>.jsonl. Environment variables of the two training
 # scripts (e.g. TOTAL_STEPS, NUM_REPEAT_ROLLOUTS) are passed through to them.
 set -euo pipefail
 

@@ -11,7 +11,7 @@ downloading anything (the Hugging Face hub is not reachable from many CI machine
 
 The resulting directory loads with ``AutoTokenizer.from_pretrained(dir)`` and
 ``AutoModelForCausalLM.from_pretrained(dir)``. The output is deterministic for a given set of
-arguments (same tokenizer files, same weights). Building takes well under a second on a laptop CPU.
+arguments (same tokenizer files, same weights). Building takes a few seconds on a CPU.
 
 CLI::
 

@@ -431,8 +431,8 @@ def score_tokens(
         return results
     device = next(model.parameters()).device
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    warpers = _processed_warpers(settings) if logprobs_mode == "processed_logprobs" else []
     processed = logprobs_mode == "processed_logprobs"
+    warpers = _processed_warpers(settings) if processed else []
     temperature = settings.temperature if (processed and not settings.greedy) else 1.0
     bias = None
     if processed and logit_bias:

@@ -8,7 +8,7 @@ This module registers :class:`CPUPlatform` under the name ``cpu`` in
     VERL_PLATFORM=cpu                                     # pick the registered "cpu" platform
     VERL_ENGINE_DEVICE=cuda                               # verl registers its FSDP engine for cuda/npu only
 
-:func:`cpu_env` returns exactly these variables (plus quiet defaults) for scripts and tests.
+:func:`cpu_env` returns exactly these variables for Python launchers and tests.
 Ray workers inherit the driver's environment on a single node, so the plug-in reaches them too.
 
 What the platform reports (DESIGN.md section 4):
@@ -255,19 +255,14 @@ def is_cpu_platform_active() -> bool:
     return get_platform().device_name == "cpu"
 
 
-def cpu_env(extra_modules: tuple[str, ...] = ()) -> dict[str, str]:
+def cpu_env() -> dict[str, str]:
     """Environment variables that make verl (driver, torchrun ranks and Ray workers) run on the CPU.
-
-    Args:
-        extra_modules: further modules for ``VERL_USE_EXTERNAL_MODULES`` (e.g. the recipe's plug-ins),
-            placed after this CPU plug-in.
 
     Returns:
         A dict to merge into ``os.environ`` or a subprocess environment.
     """
-    modules = [PLUGIN_MODULE, *[m for m in extra_modules if m and m != PLUGIN_MODULE]]
     return {
-        "VERL_USE_EXTERNAL_MODULES": ",".join(modules),
+        "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE,
         "VERL_PLATFORM": PLATFORM_NAME,
         "VERL_ENGINE_DEVICE": "cuda",
     }
