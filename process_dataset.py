@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from collabllm_verl.recipe.dataset_io import load_source_dataset, write_outputs_atomically
-from collabllm_verl.recipe.dataset_rows import (
+from collabllm_verl.recipe.dataset.io import load_source_dataset, write_outputs_atomically
+from collabllm_verl.recipe.dataset.rows import (
     DatasetFormatError,
     SourceSpec,
     best_sft_rows,
@@ -34,7 +34,7 @@ from collabllm_verl.recipe.dataset_rows import (
     row_matches,
     split_by_group,
 )
-from collabllm_verl.recipe.system_prompt import COLLABORATOR_SYSTEM_PROMPT
+from collabllm_verl.recipe.dataset.system_prompt import COLLABORATOR_SYSTEM_PROMPT
 
 logger = logging.getLogger("process_dataset")
 

@@ -162,7 +162,7 @@ if [[ "$LOCAL_LLM_SERVER" == 1 ]]; then
   mkdir -p "$LOG_DIR"
   READY_FILE=$LOG_DIR/llm_server.url
   rm -f "$READY_FILE"
-  "$PYTHON" -m collabllm_verl.recipe.local_llm_server --port 0 --ready-file "$READY_FILE" \
+  "$PYTHON" -m collabllm_verl.recipe.offline.server --port 0 --ready-file "$READY_FILE" \
     >"$LOG_DIR/llm_server.log" 2>&1 &
   LLM_SERVER_PID=$!
   trap stop_llm_server EXIT
@@ -262,7 +262,7 @@ if [[ -n "$RESUME_PATH" ]]; then
 fi
 
 if [[ "$DEVICE" == cpu ]]; then
-  # DESIGN.md section 4: the hf rollout backend, FSDP2 with gloo, no compilation, one logical "GPU".
+  # docs/design.md §4: the hf rollout backend, FSDP2 with gloo, no compilation, one logical "GPU".
   add "actor_rollout_ref.rollout.name=hf"
   add "actor_rollout_ref.rollout.tensor_model_parallel_size=1"
   add "actor_rollout_ref.rollout.dtype=float32"

@@ -79,7 +79,7 @@ case "$DEVICE" in
     TOTAL_STEPS=${TOTAL_STEPS:-3}
     MAX_LENGTH=${MAX_LENGTH:-4096}
     LOGGER=${LOGGER:-[console,file]}
-    # verl plug-in that registers the CPU platform in every process (DESIGN.md section 4).
+    # verl plug-in that registers the CPU platform in every process (docs/design.md §4).
     add_external_modules front collabllm_verl.recipe.cpu
     prepare_cpu_run
     ;;

@@ -1,7 +1,7 @@
 """Wall time of forward sampling in the CollabLLM agent loop: S=3 vs. S=1, and a batch of 64 samples.
 
 The agent loop runs in-process through verl's ``AgentLoopWorker.generate_sequences`` (the same per-sample
-path as in training) with a scripted policy (``recipe/agent_loop_harness.py``; ``--policy-latency-ms`` per
+path as in training) with a scripted policy (``recipe/testing/agent_loop_harness.py``; ``--policy-latency-ms`` per
 policy call) and the real user simulator (``CollabLLMInteraction`` through litellm) talking to the local
 OpenAI-compatible server's scripted user, started in a separate process with ``--latency-ms`` per request.
 The policy always asks a clarifying question, so every future conversation runs to the turn limit:
@@ -35,12 +35,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from transformers import AutoTokenizer
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 
-from collabllm_verl.recipe.agent_loop_harness import (
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
+from collabllm_verl.recipe.testing.agent_loop_harness import (
     ScriptedPolicy,
     compose_trainer_config,
     rows_to_batch,
 )
-from collabllm_verl.recipe.tiny_model import build_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_user_simulator import start_server

@@ -45,7 +45,7 @@ CHAT = [
 def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
     ready = Path(tempfile.mkdtemp()) / "url"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collabllm_verl.recipe.local_llm_server", "--latency-ms", str(latency_ms),
+        [sys.executable, "-m", "collabllm_verl.recipe.offline.server", "--latency-ms", str(latency_ms),
          "--ready-file", str(ready)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -1,6 +1,6 @@
 """The interaction API: an environment that answers the policy's turns in a multi-turn rollout.
 
-verl 0.9.1 no longer ships ``verl.interactions`` (DESIGN.md section 3), so the API lives in this project
+verl 0.9.1 no longer ships ``verl.interactions`` (docs/design.md §3), so the API lives in this project
 with the same contract verl's interactions had: one interaction object serves many conversations at once,
 each identified by an ``instance_id``, and all per-conversation state is keyed by that id.
 """

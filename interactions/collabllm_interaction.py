@@ -1,6 +1,6 @@
 """CollabLLM's user simulator as an interaction: an LLM role-playing the user who knows the hidden goal.
 
-Used for forward sampling (CollabLLM paper, section 3.2; DESIGN.md section 1): after the trained response,
+Used for forward sampling (CollabLLM paper, section 3.2; docs/design.md §1): after the trained response,
 the simulator writes the user's next turns until it sends the termination signal or the agent loop's
 turn budget ends. One object serves every conversation of a worker process concurrently; the hidden goal
 and all other per-conversation state are keyed by ``instance_id``, so a simulator request contains only
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 PURPOSE = "user_simulator"  # label of this module's calls in llm_stats() and logs
 
-# Defaults of the verl CollabLLM recipe (DESIGN.md section 1); any key can be overridden in the YAML.
+# Defaults of the verl CollabLLM recipe (docs/design.md §1); any key can be overridden in the YAML.
 DEFAULT_CONFIG: dict[str, Any] = {
     "user_model": "gpt-4o-mini",
     "temperature": 1.0,

@@ -1,13 +1,13 @@
 """The user simulator's prompt: how the hidden goal, the task and the chat history are shown to the LLM.
 
-Contract (DESIGN.md section 1, CollabLLM paper section 3.2 "collaborative simulation"): the simulator
+Contract (docs/design.md §1, CollabLLM paper section 3.2 "collaborative simulation"): the simulator
 sees a task description, the hidden goal (the single-turn prompt, possibly with the reference answer)
 and the chat so far without system messages and without ``<think>...</think>`` reasoning. It answers
 with a JSON object ``{"current_answer", "thought", "response"}``; only ``response`` is sent to the
 assistant, and a response equal to the termination signal ends the conversation.
 
 The markers used here (``<goal>``, ``<chat>``, ``<turn role=...>``, ``End signal:``) are also read by the
-offline scripted user (:mod:`collabllm_verl.recipe.scripted_user`), so keep both in sync.
+offline scripted user (:mod:`collabllm_verl.recipe.offline.scripted_user`), so keep both in sync.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every judge call goes through :mod:`collabllm_verl.recipe.llm_client` (JSON repair, bounded retries,
 per-process limits, counters) with ``purpose="judge:<metric>"``. The prompts are written for this
 project. Each asks for one JSON object; :data:`JUDGE_TASKS` lists the keys each task must return (the
-offline stand-in judges of :mod:`collabllm_verl.recipe.scripted_judges` recognise a task by them).
+offline stand-in judges of :mod:`collabllm_verl.recipe.offline.scripted_judges` recognise a task by them).
 
 The conversation is shown to the judge as ``[user]`` / ``[assistant]`` blocks between ``<conversation>``
 tags (system messages dropped), the user's goal between ``<task>`` tags and the reference between

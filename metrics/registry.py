@@ -1,7 +1,7 @@
 """The metric registry: named conversation-level metrics that the ``collabllm`` reward manager combines.
 
 A metric scores ONE finished conversation (the trained response plus its forward-sampled future turns,
-DESIGN.md §1) and returns a float in its documented range. The reward manager averages a metric over the
+docs/design.md §1) and returns a float in its documented range. The reward manager averages a metric over the
 S forward-sampled conversations of a response, multiplies by the metric's weight and clamps to [-1, 1]
 (see :mod:`collabllm_verl.recipe.reward_manager`).
 

@@ -1,8 +1,8 @@
 """Readable JSONL files of scored rollouts: each trained response, its forward-sampled conversations and
 the metric scores that made its multiturn-aware reward.
 
-verl 0.9.1's own ``trainer.rollout_data_dir`` dump holds only the decoded prompt, the response and the
-scalar score; the future conversations and the per-metric breakdown live inside the reward manager. The
+verl 0.9.1's own ``trainer.rollout_data_dir`` dump holds only the decoded prompt, the response, the ground
+truth and the scalar score; the future conversations and the per-metric breakdown live inside the reward manager. The
 ``collabllm`` reward manager therefore writes them here, one JSON object per trained response, appended to
 ``<dir>/step_<NNNNNN>.jsonl`` where ``NNNNNN`` is the trainer's step (``global_steps`` of the batch). The
 highest-numbered file holds the last step. Several reward-loop processes may append to one file: each
@@ -445,7 +445,7 @@ def sample_record(
             ``session_id``, ``data_source``, ``reward_model``, ``raw_prompt``; ``batch["responses"]``).
         samples: the forward-sampling result (attributes ``conversations``, ``num_history_messages``,
             ``skipped``, ``skip_reason`` and the counters ``simulator_failures``, ``early_terminations``,
-            ``future_turns``, ``seconds``; see ``reward_manager.ForwardSamples``).
+            ``future_turns``, ``seconds``; see ``multiturn_reward.ForwardSamples``).
         score: the reward breakdown (attributes ``reward``, ``means``, ``weighted``, ``failures`` and,
             optionally, ``per_conversation``).
         weights: metric name -> weight.

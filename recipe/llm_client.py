@@ -5,9 +5,9 @@ What it adds on top of :func:`litellm.acompletion`:
 * **Shared limits per process.** Calls with the same ``(model, api_base, max_concurrency,
   requests_per_minute)`` share one concurrency limit and one request-rate limit in the process, however
   many agent loops / reward managers / conversations issue them (a new agent loop object is built per
-  sample in verl, so limits can not live on those objects). The concurrency semaphore is created lazily
-  for each running event loop (verl runs one loop per worker process; tests create one per test); the
-  rate limiter is a thread-safe request scheduler that works from any loop.
+  sample in verl, so limits can not live on those objects). The concurrency semaphore and the rate
+  limiter (``aiolimiter``) are created lazily for each running event loop (verl runs one loop per worker
+  process; tests create one per test).
 * **Bounded retries** (via ``tenacity``) for transient errors (HTTP 408/409/429/5xx, connection errors,
   timeouts) and for unusable answers (empty text, JSON that can not be repaired, missing keys, wrong value
   types). The delay before retry ``k`` (1-based) is ``min(backoff_max, max(retry_after,
@@ -49,6 +49,7 @@ from typing import Any
 
 import json_repair
 import litellm
+from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 __all__ = [
@@ -408,50 +409,41 @@ def reset_llm_stats() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class _RateScheduler:
-    """Thread-safe request-start scheduler: at most ``rpm`` starts per minute, evenly spaced.
-
-    Each acquire reserves the next free start time and sleeps until it; no asyncio primitive is kept, so
-    one instance serves every event loop of the process.
-    """
-
-    def __init__(self, requests_per_minute: float) -> None:
-        self._interval = 60.0 / float(requests_per_minute)
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    async def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
 class _Limiter:
-    """Concurrency semaphore (one per running event loop, created lazily) plus an optional rate limit."""
+    """Concurrency semaphore plus an optional request-rate limit, one pair per running event loop.
+
+    asyncio primitives belong to the loop that awaits them, so each loop gets its own pair (created
+    lazily); verl runs one loop per worker process, so in training this is one pair per process. The rate
+    limit is ``aiolimiter.AsyncLimiter(1, 60 / requests_per_minute)``: request starts are spaced evenly,
+    at most ``requests_per_minute`` a minute, without an initial burst.
+    """
 
     def __init__(self, max_concurrency: int, requests_per_minute: float | None) -> None:
         self.max_concurrency = max_concurrency
-        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.requests_per_minute = requests_per_minute
+        self._per_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[asyncio.Semaphore, AsyncLimiter | None]
+        ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self._rate = _RateScheduler(requests_per_minute) if requests_per_minute else None
 
-    def semaphore(self) -> asyncio.Semaphore:
+    def _primitives(self) -> tuple[asyncio.Semaphore, AsyncLimiter | None]:
         loop = asyncio.get_running_loop()
         with self._lock:
-            sem = self._semaphores.get(loop)
-            if sem is None:
-                sem = asyncio.Semaphore(self.max_concurrency)
-                self._semaphores[loop] = sem
-            return sem
+            pair = self._per_loop.get(loop)
+            if pair is None:
+                rate = (
+                    AsyncLimiter(1, 60.0 / float(self.requests_per_minute)) if self.requests_per_minute else None
+                )
+                pair = self._per_loop[loop] = (asyncio.Semaphore(self.max_concurrency), rate)
+            return pair
+
+    def semaphore(self) -> asyncio.Semaphore:
+        return self._primitives()[0]
 
     async def rate(self) -> None:
-        if self._rate is not None:
-            await self._rate.acquire()
+        rate = self._primitives()[1]
+        if rate is not None:
+            await rate.acquire()
 
 
 _limiters: dict[tuple, _Limiter] = {}

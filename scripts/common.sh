@@ -59,7 +59,7 @@ add_external_modules() {
   export VERL_USE_EXTERNAL_MODULES
 }
 
-# prepare_cpu_run: the environment of a CPU run (DESIGN.md section 4) for the verl processes, with the
+# prepare_cpu_run: the environment of a CPU run (docs/design.md §4) for the verl processes, with the
 # file logger's metrics.jsonl under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in
 # OUTPUT_DIR/tiny_model (with PYTHON) and used. Reads OUTPUT_DIR and PYTHON; may set MODEL_PATH.
 prepare_cpu_run() {
@@ -72,7 +72,7 @@ prepare_cpu_run() {
     MODEL_PATH=$OUTPUT_DIR/tiny_model
     if [[ ! -f "$MODEL_PATH/config.json" ]]; then
       echo "+ building tiny model in $MODEL_PATH"
-      "$PYTHON" -m collabllm_verl.recipe.tiny_model --out "$MODEL_PATH"
+      "$PYTHON" -m collabllm_verl.recipe.cpu.tiny_model --out "$MODEL_PATH"
     fi
   fi
 }

@@ -10,7 +10,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
 
-from collabllm_verl.recipe.local_llm_server import LocalLLMServer
+from collabllm_verl.recipe.offline.server import LocalLLMServer
 
 if TYPE_CHECKING:
     from collabllm_verl.recipe.llm_client import LLMSettings

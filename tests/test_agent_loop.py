@@ -3,7 +3,7 @@
 The loop runs in-process through verl's real ``AgentLoopWorker.generate_sequences`` (agent-loop YAML
 loading, hydra instantiation per sample, padding and batching), with
 
-* a scripted policy standing in for verl's server manager (``recipe/agent_loop_harness.py``): it returns
+* a scripted policy standing in for verl's server manager (``recipe/testing/agent_loop_harness.py``): it returns
   token ids of scripted replies (the tiny model's real tokenizer) and per-token log-probs, and records
   every request;
 * the real user simulator (``CollabLLMInteraction``) calling the local OpenAI-compatible server's
@@ -25,14 +25,18 @@ from verl.protocol import DataProto
 
 from collabllm_verl.interactions.simulator_prompt import parse_simulator_prompt
 from collabllm_verl.recipe import collabllm_agent_loop as agent_loop_module
-from collabllm_verl.recipe.agent_loop_harness import ScriptedPolicy, compose_trainer_config, rows_to_batch
 from collabllm_verl.recipe.collabllm_agent_loop import resolve_interaction_config_path
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
 from collabllm_verl.recipe.forward_sampling import (
     TurnLimits,
     reasoning_is_well_formed,
     unusable_response_reason,
 )
-from collabllm_verl.recipe.tiny_model import build_tiny_model
+from collabllm_verl.recipe.testing.agent_loop_harness import (
+    ScriptedPolicy,
+    compose_trainer_config,
+    rows_to_batch,
+)
 
 RESPONSE_LENGTH = 48
 QUESTION = "Could you tell me more about what you need?"

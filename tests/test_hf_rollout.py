@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from verl.workers.config import HFModelConfig, RolloutConfig
 
 from collabllm_verl.recipe.cpu.hf_server import HFRolloutServer
-from collabllm_verl.recipe.tiny_model import build_tiny_model
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")

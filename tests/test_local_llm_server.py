@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from collabllm_verl.interactions.simulator_prompt import build_simulator_messages
-from collabllm_verl.recipe import local_llm_server
-from collabllm_verl.recipe.local_llm_server import LocalLLMServer, register_responder
-from collabllm_verl.recipe.scripted_user import scripted_user_reply, vague_opener
+from collabllm_verl.recipe.offline import server as local_llm_server
+from collabllm_verl.recipe.offline.scripted_user import scripted_user_reply, vague_opener
+from collabllm_verl.recipe.offline.server import LocalLLMServer, register_responder
 
 GOAL = "Write a haiku about autumn leaves falling on a quiet pond, and use the word amber in the second line."
 SIGNAL = "[[TERMINATE CHAT]]"
@@ -167,7 +167,7 @@ def test_cli_runs_in_foreground_and_writes_ready_file(tmp_path):
     ready = tmp_path / "url"
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collabllm_verl.recipe.local_llm_server", "--port", "0", "--ready-file", str(ready),
+        [sys.executable, "-m", "collabllm_verl.recipe.offline.server", "--port", "0", "--ready-file", str(ready),
          "--scripted-max-turns", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )

@@ -1,7 +1,7 @@
 """LLM-judge metrics (accuracy, interactivity, bleu_score) against the local OpenAI-compatible server.
 
 Every call goes through litellm over real HTTP to the ``scripted-judge`` responder (an offline,
-rule-based stand-in, see ``recipe/scripted_judges.py``), so prompt building, JSON parsing, retries and
+rule-based stand-in, see ``recipe/offline/scripted_judges.py``), so prompt building, JSON parsing, retries and
 failure handling are exercised end to end; the scores themselves are the stand-in's rules.
 """
 
@@ -14,7 +14,7 @@ import sacrebleu
 
 from collabllm_verl.metrics import MetricContext, MetricError, get_metric
 from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
-from collabllm_verl.recipe.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
+from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
 
 GOAL = "Compute 7 * 6 and explain the steps briefly."
 

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from collabllm_verl.metrics import MetricContext, get_metric
-from collabllm_verl.recipe.tiny_model import build_tiny_model
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
 
 MESSAGES = [
     {"role": "user", "content": "please write a haiku about rain"},  # history: never counted

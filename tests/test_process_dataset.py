@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import process_dataset
-from collabllm_verl.recipe.system_prompt import COLLABORATOR_SYSTEM_PROMPT
+from collabllm_verl.recipe.dataset.system_prompt import COLLABORATOR_SYSTEM_PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_L5 = REPO / "data" / "math" / "math500_level5.jsonl"

@@ -25,7 +25,8 @@ from verl import DataProto
 from verl.trainer.ppo.reward import load_reward_manager
 
 from collabllm_verl.metrics import MetricContext, MetricError, UnknownMetricError, register_metric
-from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager, aggregate_metric
+from collabllm_verl.recipe.multiturn_reward import aggregate_metric
+from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager
 
 VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 
@@ -475,7 +476,7 @@ def judge_overrides(base_url: str) -> tuple[str, ...]:
 
 async def test_end_to_end_with_judges_over_http(llm_server):
     from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
-    from collabllm_verl.recipe.scripted_judges import MALFORMED_MARKER
+    from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER
 
     m = make_manager(*judge_overrides(llm_server.base_url))
     convs = [

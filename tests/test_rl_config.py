@@ -55,7 +55,8 @@ def _check_plugins_resolve(cfg) -> None:
 
     import collabllm_verl.recipe.plugins  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES imports)
     from collabllm_verl.recipe.conversation_dump import writer_from_trainer_config
-    from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager, RewardSettings, resolve_settings
+    from collabllm_verl.recipe.multiturn_reward import RewardSettings, resolve_settings
+    from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager
 
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)  # as verl's workers do
     assert isinstance(rollout, RolloutConfig)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from collabllm_verl.recipe.cpu.platform import cpu_env
-from collabllm_verl.recipe.tiny_model import build_tiny_model
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_sft_collabllm.sh"

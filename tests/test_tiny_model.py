@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from collabllm_verl.recipe.tiny_model import build_tiny_model, default_corpus_path
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model, default_corpus_path
 
 CONVERSATION = [
     {"role": "system", "content": "You are a careful collaborator."},
@@ -145,7 +145,7 @@ def test_bad_arguments(tmp_path: Path, kwargs, error):
 def test_cli(tmp_path: Path):
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "-m", "collabllm_verl.recipe.tiny_model", "--out", str(out), "--hidden-size", "32"],
+        [sys.executable, "-m", "collabllm_verl.recipe.cpu.tiny_model", "--out", str(out), "--hidden-size", "32"],
         capture_output=True,
         text=True,
         check=False,

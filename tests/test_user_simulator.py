@@ -19,7 +19,7 @@ from collabllm_verl.interactions.simulator_prompt import (
     strip_reasoning,
 )
 from collabllm_verl.recipe import llm_client
-from collabllm_verl.recipe.scripted_user import vague_opener
+from collabllm_verl.recipe.offline.scripted_user import vague_opener
 
 SIGNAL = "[[TERMINATE CHAT]]"
 GOAL = "What is the sum of all prime numbers below 30? Reference answer: 129."

@@ -1,4 +1,4 @@
-"""CPU backend for verl (DESIGN.md section 4): the ``cpu`` platform and the ``hf`` rollout backend.
+"""CPU backend for verl (docs/design.md §4): the ``cpu`` platform and the ``hf`` rollout backend.
 
 Loaded in every verl process with ``VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.cpu``.
 """

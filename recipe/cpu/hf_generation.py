@@ -1,6 +1,6 @@
 """Batched token-in/token-out sampling with a ``transformers`` causal LM (the ``hf`` rollout backend).
 
-This module holds the model-facing half of the ``hf`` backend (DESIGN.md section 4): turning verl's
+This module holds the model-facing half of the ``hf`` backend (docs/design.md §4): turning verl's
 per-request ``sampling_params`` into sampling settings, loading the model, sampling a batch of prompts with
 ``transformers``' ``generate`` and scoring the sampled tokens, and loading trainer weights into the model.
 It knows nothing about Ray or verl's replica machinery; :mod:`.hf_server` drives it.

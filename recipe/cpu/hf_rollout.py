@@ -1,4 +1,4 @@
-"""The ``hf`` rollout backend for CPUs: replica class and registration with verl (DESIGN.md section 4).
+"""The ``hf`` rollout backend for CPUs: replica class and registration with verl (docs/design.md §4).
 
 Importing this module registers
 

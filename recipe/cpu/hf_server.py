@@ -1,4 +1,4 @@
-"""The ``hf`` rollout server: a Ray actor that samples with ``transformers`` (DESIGN.md section 4).
+"""The ``hf`` rollout server: a Ray actor that samples with ``transformers`` (docs/design.md §4).
 
 It plays the role of verl's ``vLLMHttpServer`` for CPU machines: agent loops call its token-in/token-out
 ``generate`` through verl's ``LLMServerClient`` (``server.generate.remote(request_id=..., prompt_ids=...,

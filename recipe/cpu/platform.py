@@ -11,7 +11,7 @@ This module registers :class:`CPUPlatform` under the name ``cpu`` in
 :func:`cpu_env` returns exactly these variables for Python launchers and tests.
 Ray workers inherit the driver's environment on a single node, so the plug-in reaches them too.
 
-What the platform reports (DESIGN.md section 4):
+What the platform reports (docs/design.md §4):
 
 * ``device_name`` and ``vendor_name`` are ``"cpu"``; ``current_device()`` is ``torch.device("cpu")``
   (an integer index would be read by verl and torch as an accelerator ordinal).
@@ -160,7 +160,7 @@ cpu_device_module: types.ModuleType = _build_cpu_device_module()
 
 @PlatformRegistry.register(platform=PLATFORM_NAME)
 class CPUPlatform(PlatformBase):
-    """verl platform for running on host CPUs (DESIGN.md section 4).
+    """verl platform for running on host CPUs (docs/design.md §4).
 
     Selected with ``VERL_PLATFORM=cpu`` once this module is imported (``VERL_USE_EXTERNAL_MODULES``).
     Never auto-detected: :meth:`is_platform_available` is ``False``, so GPU machines keep their platform.

@@ -1,6 +1,6 @@
 """Offline stand-in for the user simulator: a deterministic, rule-based "user" for tests and the CPU quick start.
 
-It is NOT a language model. The local server (:mod:`collabllm_verl.recipe.local_llm_server`) routes
+It is NOT a language model. The local server (:mod:`collabllm_verl.recipe.offline.server`) routes
 requests whose model is ``scripted-user`` here. It reads the prompt written by
 :func:`collabllm_verl.interactions.simulator_prompt.build_simulator_messages` and answers in the same
 JSON format a real simulator LLM is asked for, following these rules, in order:

@@ -3,9 +3,9 @@
 It answers ``POST /v1/chat/completions`` (non-streaming) with scripted, deterministic responders chosen by
 the request's ``model`` field (a provider prefix such as ``openai/`` or ``hosted_vllm/`` is ignored):
 
-* ``scripted-user`` - offline stand-in for the user simulator (:mod:`collabllm_verl.recipe.scripted_user`);
+* ``scripted-user`` - offline stand-in for the user simulator (:mod:`collabllm_verl.recipe.offline.scripted_user`);
 * ``scripted-judge`` - offline stand-in judges, registered by the optional module
-  ``collabllm_verl.recipe.scripted_judges`` when it is installed;
+  ``collabllm_verl.recipe.offline.scripted_judges`` when it is installed;
 * ``echo`` - returns the content of the last message (for tests of the LLM-call layer).
 
 None of them is a language model: results obtained with them say nothing about model quality, and their
@@ -32,7 +32,7 @@ Use from Python::
 
 or from a shell (foreground; prints ``LOCAL_LLM_SERVER_URL=...`` when ready)::
 
-    python -m collabllm_verl.recipe.local_llm_server --port 8011 --latency-ms 50 --ready-file /tmp/url
+    python -m collabllm_verl.recipe.offline.server --port 8011 --latency-ms 50 --ready-file /tmp/url
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ FAULT_MODES = (
     "empty",
     "hang",
 )
-_OPTIONAL_RESPONDER_MODULES = ("collabllm_verl.recipe.scripted_judges",)
+_OPTIONAL_RESPONDER_MODULES = ("collabllm_verl.recipe.offline.scripted_judges",)
 
 Responder = Callable[[list, dict], Any]
 _RESPONDERS: dict[str, Responder] = {}
@@ -116,7 +116,7 @@ def _load_builtin_responders() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    from collabllm_verl.recipe.scripted_user import scripted_user_responder
+    from collabllm_verl.recipe.offline.scripted_user import scripted_user_responder
 
     with _RESPONDERS_LOCK:
         _RESPONDERS.setdefault("echo", _echo_responder)
@@ -453,7 +453,7 @@ class LocalLLMServer:
 # -------------------------------------------------------------------- CLI
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m collabllm_verl.recipe.local_llm_server",
+        prog="python -m collabllm_verl.recipe.offline.server",
         description="Local OpenAI-compatible server with scripted (offline stand-in) responders.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.scripted_max_turns is not None:
-        from collabllm_verl.recipe import scripted_user
+        from collabllm_verl.recipe.offline import scripted_user
 
         if args.scripted_max_turns < 1:
             raise SystemExit("--scripted-max-turns must be >= 1")
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # `python -m` runs this file as `__main__`, a second copy of the module: responders that other modules
-    # (scripted_judges) register through `collabllm_verl.recipe.local_llm_server` would be invisible to it.
-    from collabllm_verl.recipe.local_llm_server import main as _canonical_main
+    # (scripted_judges) register through `collabllm_verl.recipe.offline.server` would be invisible to it.
+    from collabllm_verl.recipe.offline.server import main as _canonical_main
 
     _canonical_main()

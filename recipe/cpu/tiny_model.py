@@ -4,7 +4,7 @@ Tests, CI and the CPU presets need a causal LM that verl can load like a real ch
 downloading anything (the Hugging Face hub is not reachable from many CI machines). This module:
 
 1. trains a byte-level BPE tokenizer with the ``tokenizers`` library on a small text bundled with the
-   package (``recipe/assets/tiny_corpus.txt``, optionally plus user-given files);
+   package (``recipe/cpu/assets/tiny_corpus.txt``, optionally plus user-given files);
 2. adds the ChatML special tokens ``<|endoftext|>`` (also the pad token), ``<|im_start|>`` and
    ``<|im_end|>`` (the end-of-turn / EOS token) and a ChatML chat template (see :data:`CHAT_TEMPLATE`);
 3. saves a randomly initialised ``transformers.Qwen2ForCausalLM`` next to the tokenizer.
@@ -15,7 +15,7 @@ arguments (same tokenizer files, same weights). Building takes a few seconds on 
 
 CLI::
 
-    python -m collabllm_verl.recipe.tiny_model --out /tmp/tiny-qwen2 [--hidden-size 64] [--num-layers 2]
+    python -m collabllm_verl.recipe.cpu.tiny_model --out /tmp/tiny-qwen2 [--hidden-size 64] [--num-layers 2]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ CHAT_TEMPLATE: str = (
 
 
 def default_corpus_path() -> Path:
-    """Path of the bundled tokenizer training text (``recipe/assets/tiny_corpus.txt``)."""
-    return Path(str(resources.files("collabllm_verl.recipe").joinpath("assets", "tiny_corpus.txt")))
+    """Path of the bundled tokenizer training text (``recipe/cpu/assets/tiny_corpus.txt``)."""
+    return Path(str(resources.files("collabllm_verl.recipe.cpu").joinpath("assets", "tiny_corpus.txt")))
 
 
 def _read_corpus(paths: Sequence[os.PathLike | str]) -> list[str]:
@@ -198,7 +198,7 @@ def build_tiny_model(
 
     # A small manifest that records how the directory was made (useful when a test fails).
     manifest = {
-        "builder": "collabllm_verl.recipe.tiny_model.build_tiny_model",
+        "builder": "collabllm_verl.recipe.cpu.tiny_model.build_tiny_model",
         "seed": seed,
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
@@ -210,7 +210,7 @@ def build_tiny_model(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: ``python -m collabllm_verl.recipe.tiny_model --out DIR [options]``."""
+    """CLI entry point: ``python -m collabllm_verl.recipe.cpu.tiny_model --out DIR [options]``."""
     parser = argparse.ArgumentParser(description="Build a tiny random Qwen2 chat model + tokenizer offline.")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--vocab-size", type=int, default=1024, help="max BPE vocabulary size (default 1024)")

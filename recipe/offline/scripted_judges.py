@@ -3,7 +3,7 @@
 They are NOT language models and their scores say nothing about response quality; they exist so that the
 tests, benchmarks and the CPU quick start can exercise the whole judge path (litellm over real HTTP, JSON
 repair, retries, failure accounting) without an API key. Importing this module registers the responder
-``scripted-judge`` on the local server (:mod:`collabllm_verl.recipe.local_llm_server`); use it with
+``scripted-judge`` on the local server (:mod:`collabllm_verl.recipe.offline.server`); use it with
 ``llm_judge_kwargs.model=openai/scripted-judge`` and ``api_base`` = the server's URL.
 
 The task is recognised by the JSON keys the prompt asks for
@@ -39,7 +39,7 @@ import re
 from collections.abc import Mapping
 
 from collabllm_verl.metrics.judge import JUDGE_TASKS
-from collabllm_verl.recipe.local_llm_server import register_responder
+from collabllm_verl.recipe.offline.server import register_responder
 
 __all__ = ["LOG_PREFIX", "MALFORMED_MARKER", "OUT_OF_RANGE_MARKER", "scripted_judge_responder"]
 

@@ -1,0 +1,505 @@
+"""Multiturn-aware reward (MR) scoring: the core shared by training, evaluation and data generation.
+
+Nothing here imports verl. Given the forward-sampled conversations of one response (``ForwardSamples``),
+:func:`score_sample` scores every configured metric on every conversation concurrently and aggregates as
+in the verl CollabLLM recipe (docs/design.md §1)::
+
+    reward = sum over metrics m of clamp(weight_m * mean_s(value_m,s), -1, 1)
+
+A response whose forward sampling was skipped (truncated, empty, malformed reasoning) gets
+``skip_penalty`` (default -1). A conversation on which a metric fails (a judge call that failed after the
+LLM layer's retries, an unusable judge answer, a sandbox crash) is dropped from that metric's mean
+(``failure_policy: drop``, default) or scored 0 (``failure_policy: zero``, the original code's
+behaviour); both are counted in the breakdown (:meth:`SampleScore.extra_info`, ``mr/`` keys). The
+forward-sampling counters (future turns, early terminations, simulator failures, seconds) are flattened
+by :meth:`ForwardSamples.extra_info` under ``fs/``.
+
+Settings (``RewardSettings``) come from ``reward_kwargs`` (docs/metrics_and_reward.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from collabllm_verl.metrics import MetricContext, MetricError, MetricSpec, resolve_metrics
+from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMSettings, usage_scope
+
+__all__ = [
+    "DUMP_KWARGS_KEYS",
+    "EXTRA_INFO_PREFIX",
+    "FAILURE_POLICIES",
+    "FORWARD_SAMPLING_PREFIX",
+    "REWARD_KWARGS_KEYS",
+    "ForwardSamples",
+    "RewardSettings",
+    "SampleScore",
+    "aggregate_metric",
+    "resolve_settings",
+    "score_sample",
+]
+
+logger = logging.getLogger(__name__)
+
+EXTRA_INFO_PREFIX = "mr/"
+FORWARD_SAMPLING_PREFIX = "fs/"
+# end_reasons values counted in their own ``fs/`` columns (recipe/forward_sampling.py END_*); "terminated"
+# and "simulator_failure" are the ``early_terminations`` / ``simulator_failures`` counters already.
+_COUNTED_END_REASONS = {"turn_limit": "turn_limits", "context_limit": "context_limits"}
+FAILURE_POLICIES = ("drop", "zero")
+REWARD_KWARGS_KEYS = ("metric_weights", "llm_judge_kwargs", "metric_kwargs", "failure_policy", "skip_penalty")
+# Read by collabllm_verl.recipe.conversation_dump (JSONL of scored responses), not by RewardSettings.
+DUMP_KWARGS_KEYS = ("conversation_dump",)
+# The verl recipe's judge default (docs/design.md §1): deterministic grading.
+JUDGE_DEFAULTS = {"temperature": 0.0}
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python containers (interpolations resolved)."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """Validated ``reward_kwargs`` of the ``collabllm`` reward manager.
+
+    Attributes:
+        metric_weights: metric name -> weight (any real number; negative to penalise, 0 to log only).
+        judge: settings of the LLM judge (``llm_judge_kwargs``), or None when no metric needs one.
+        metric_kwargs: metric name -> that metric's options (see each metric's documentation).
+        failure_policy: ``"drop"`` or ``"zero"`` (see the module docstring).
+        skip_penalty: reward of a response whose forward sampling was skipped.
+    """
+
+    metric_weights: dict[str, float]
+    judge: LLMSettings | None = None
+    metric_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failure_policy: str = "drop"
+    skip_penalty: float = -1.0
+
+    @classmethod
+    def from_reward_kwargs(cls, reward_kwargs: Mapping[str, Any]) -> RewardSettings:
+        """Validate a ``reward_kwargs`` mapping (plain dict or ``DictConfig``).
+
+        Raises:
+            TypeError: ``reward_kwargs`` is not a mapping.
+            ValueError: an unknown key, an empty or non-numeric ``metric_weights``, an unknown
+                ``failure_policy``, bad ``llm_judge_kwargs`` (unknown keys, no ``model``) or a malformed
+                ``metric_kwargs``. Messages name the offending ``reward_kwargs`` key.
+        """
+        kwargs = _plain(reward_kwargs) or {}
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"reward_kwargs must be a mapping, got {type(kwargs).__name__}")
+        unknown = sorted(set(kwargs) - set(REWARD_KWARGS_KEYS) - set(DUMP_KWARGS_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown reward_kwargs key(s) {unknown}; known keys: {[*REWARD_KWARGS_KEYS, *DUMP_KWARGS_KEYS]}"
+            )
+
+        raw_weights = kwargs.get("metric_weights")
+        if not isinstance(raw_weights, Mapping) or not raw_weights:
+            raise ValueError(
+                "reward_kwargs.metric_weights must be a non-empty mapping of metric name -> weight, e.g. "
+                "+reward.reward_kwargs.metric_weights.accuracy=1"
+            )
+        weights: dict[str, float] = {}
+        for name, weight in raw_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(
+                    f"reward_kwargs.metric_weights.{name} must be a finite number, got {weight!r}"
+                )
+            weights[str(name)] = float(weight)
+
+        judge_cfg = kwargs.get("llm_judge_kwargs")
+        judge = None
+        if judge_cfg is not None:
+            if not isinstance(judge_cfg, Mapping):
+                raise ValueError("reward_kwargs.llm_judge_kwargs must be a mapping")
+            bad = sorted(set(judge_cfg) - set(LLM_SETTINGS_KEYS) - {"model"})
+            if bad:
+                raise ValueError(
+                    f"unknown reward_kwargs.llm_judge_kwargs key(s) {bad}; "
+                    f"known: {sorted(LLM_SETTINGS_KEYS | {'model'})}"
+                )
+            if judge_cfg.get("api_key"):
+                logger.warning(
+                    "reward_kwargs.llm_judge_kwargs.api_key is part of the trainer config, which verl prints; "
+                    "put the key in an environment variable and set llm_judge_kwargs.api_key_env=<VAR> instead"
+                )
+            judge = LLMSettings.from_config({**JUDGE_DEFAULTS, **judge_cfg})
+
+        metric_kwargs = kwargs.get("metric_kwargs") or {}
+        if not isinstance(metric_kwargs, Mapping) or not all(
+            isinstance(v, Mapping) for v in metric_kwargs.values()
+        ):
+            raise ValueError("reward_kwargs.metric_kwargs must map metric name -> mapping of options")
+
+        policy = kwargs.get("failure_policy", "drop")
+        if policy not in FAILURE_POLICIES:
+            raise ValueError(
+                f"reward_kwargs.failure_policy={policy!r}; expected one of {list(FAILURE_POLICIES)}"
+            )
+
+        penalty = kwargs.get("skip_penalty", -1.0)
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
+            raise ValueError(f"reward_kwargs.skip_penalty must be a finite number, got {penalty!r}")
+
+        return cls(
+            metric_weights=weights,
+            judge=judge,
+            metric_kwargs={str(k): dict(v) for k, v in metric_kwargs.items()},
+            failure_policy=str(policy),
+            skip_penalty=float(penalty),
+        )
+
+    @classmethod
+    def from_trainer_config(cls, config: Any) -> RewardSettings:
+        """Read ``reward.reward_kwargs`` (and the legacy ``reward_model.reward_kwargs``) of verl's config.
+
+        Raises:
+            TypeError, ValueError: as :meth:`from_reward_kwargs`; ValueError also when neither location
+                holds any setting.
+        """
+        if OmegaConf.is_config(config):
+            current = _plain(OmegaConf.select(config, "reward.reward_kwargs", default=None))
+            legacy = _plain(OmegaConf.select(config, "reward_model.reward_kwargs", default=None))
+        elif isinstance(config, Mapping):
+            current = (config.get("reward") or {}).get("reward_kwargs")
+            legacy = (config.get("reward_model") or {}).get("reward_kwargs")
+        else:
+            current = legacy = None
+        if legacy:
+            logger.warning(
+                "collabllm reward manager: reading the legacy '+reward_model.reward_kwargs.*' settings; "
+                "please use '+reward.reward_kwargs.*' (where both set a key, reward.reward_kwargs wins)"
+            )
+        if not current and not legacy:
+            raise ValueError(
+                "the collabllm reward manager needs reward_kwargs, e.g. "
+                "+reward.reward_kwargs.metric_weights.accuracy=1 "
+                "+reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini"
+            )
+        merged = OmegaConf.to_container(OmegaConf.merge(legacy or {}, current or {}), resolve=True)
+        return cls.from_reward_kwargs(merged)
+
+
+def resolve_settings(settings: RewardSettings) -> dict[str, MetricSpec]:
+    """Start-up validation: every metric exists, its options are valid, judges are configured.
+
+    Returns:
+        metric name -> spec, in ``metric_weights`` order.
+
+    Raises:
+        UnknownMetricError: a name in ``metric_weights`` or ``metric_kwargs`` is not registered (the
+            message lists the available metrics).
+        ValueError: bad metric options, or a judge metric without ``llm_judge_kwargs``.
+        ImportError: a metric's optional dependency is missing (e.g. bigcodebench for ``pass_rate``).
+    """
+    specs = resolve_metrics(list(settings.metric_weights))
+    for name, spec in resolve_metrics(list(settings.metric_kwargs)).items():
+        spec.check_options(settings.metric_kwargs[name])
+        if name not in specs:
+            logger.warning(
+                "reward_kwargs.metric_kwargs.%s is set but %s has no weight: it is not computed", name, name
+            )
+    for name, spec in specs.items():
+        if name not in settings.metric_kwargs:
+            spec.check_options({})
+        if spec.needs_judge and settings.judge is None:
+            raise ValueError(
+                f"metric {name!r} needs an LLM judge: "
+                "set +reward.reward_kwargs.llm_judge_kwargs.model=<litellm model>"
+            )
+    return specs
+
+
+def _count(fields: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer counter of the ``collabllm`` extra fields (0 when absent)."""
+    value = fields.get(key, 0)
+    if value is None:
+        return 0
+    if not _is_count(value):
+        raise ValueError(f"extra_fields['collabllm'][{key!r}] must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def _is_count(value: Any) -> bool:
+    """An integer >= 0 (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+def _sequence(fields: Mapping[str, Any], key: str) -> list:
+    """A list field of the ``collabllm`` extra fields (empty when absent); numpy arrays are accepted."""
+    value = fields.get(key)
+    if value is None:
+        return []
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"extra_fields['collabllm'][{key!r}] must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+@dataclass(frozen=True)
+class ForwardSamples:
+    """One response's forward-sampling result, read from ``extra_fields["collabllm"]``.
+
+    Attributes:
+        conversations: the S (possibly fewer) full conversations.
+        num_history_messages: messages before the trained response in each conversation.
+        skipped: forward sampling was skipped; the response gets ``skip_penalty``.
+        skip_reason: why (``"truncated"``, ``"empty"``, ``"malformed_think"``), or None.
+        future_turns: per conversation, the assistant + user messages added after the trained response.
+        end_reasons: per conversation, why it ended (``"terminated"``, ``"turn_limit"``,
+            ``"simulator_failure"``, ``"context_limit"``); may be empty (optional for producers).
+        early_terminations: conversations the user simulator ended with its termination signal.
+        simulator_failures: conversations ended by a user-simulator failure.
+        seconds: wall-clock seconds the agent loop spent on forward sampling for this response.
+    """
+
+    conversations: list[list[dict[str, Any]]]
+    num_history_messages: int = 0
+    skipped: bool = False
+    skip_reason: str | None = None
+    future_turns: list[int] = field(default_factory=list)
+    end_reasons: list[str] = field(default_factory=list)
+    early_terminations: int = 0
+    simulator_failures: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_extra_fields(cls, fields: Mapping[str, Any]) -> ForwardSamples:
+        """Validate the agent loop's ``collabllm`` dict (docs/architecture.md, extra_fields contract).
+
+        The counters (``future_turns``, ``end_reasons``, ``early_terminations``, ``simulator_failures``,
+        ``forward_sampling_seconds``) default to empty / 0 when absent.
+
+        Raises:
+            TypeError: ``fields`` is not a mapping, or ``future_turns`` / ``end_reasons`` is not a list.
+            ValueError: any other field has the wrong type or a negative value (the message names it).
+        """
+        if not isinstance(fields, Mapping):
+            raise TypeError(f"extra_fields['collabllm'] must be a mapping, got {type(fields).__name__}")
+        skipped = bool(fields.get("forward_sampling_skipped", False))
+        conversations = fields.get("future_conversations")
+        if conversations is None:
+            conversations = []
+        if not isinstance(conversations, (list, tuple)) or not all(
+            isinstance(c, (list, tuple)) and all(isinstance(m, Mapping) for m in c) for c in conversations
+        ):
+            raise ValueError(
+                "extra_fields['collabllm']['future_conversations'] must be a list of message lists"
+            )
+        num_history = fields.get("num_history_messages", 0)
+        if isinstance(num_history, bool) or not isinstance(num_history, int) or num_history < 0:
+            raise ValueError(
+                f"extra_fields['collabllm']['num_history_messages'] must be an int >= 0, got {num_history!r}"
+            )
+        future_turns = _sequence(fields, "future_turns")
+        if not all(_is_count(t) for t in future_turns):
+            raise ValueError(
+                f"extra_fields['collabllm']['future_turns'] must be a list of ints >= 0, got {future_turns!r}"
+            )
+        end_reasons = [str(r) for r in _sequence(fields, "end_reasons")]
+        seconds = fields.get("forward_sampling_seconds", 0.0)
+        seconds = 0.0 if seconds is None else seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, numbers.Real)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise ValueError(
+                f"extra_fields['collabllm']['forward_sampling_seconds'] must be a number >= 0, got {seconds!r}"
+            )
+        return cls(
+            conversations=[[dict(m) for m in c] for c in conversations],
+            num_history_messages=num_history,
+            skipped=skipped,
+            skip_reason=fields.get("skip_reason"),
+            future_turns=[int(t) for t in future_turns],
+            end_reasons=end_reasons,
+            early_terminations=_count(fields, "early_terminations"),
+            simulator_failures=_count(fields, "simulator_failures"),
+            seconds=float(seconds),
+        )
+
+    def extra_info(self) -> dict[str, float]:
+        """Forward-sampling columns of ``reward_extra_info`` (prefix ``fs/``; the same keys for every
+        response, all floats, all 0 when forward sampling was skipped; see docs/metrics_and_reward.md)::
+
+            fs/future_turns_mean   mean of future_turns over the conversations (messages, not pairs)
+            fs/future_turns_max    the longest conversation's future_turns
+            fs/early_terminations  conversations ended by the simulator's termination signal
+            fs/turn_limits         conversations that reached the turn limit (from end_reasons)
+            fs/context_limits      conversations stopped by the policy's context window (end_reasons)
+            fs/simulator_failures  conversations ended by a simulator failure
+            fs/seconds             wall-clock seconds of forward sampling
+        """
+        p = FORWARD_SAMPLING_PREFIX
+        info = dict.fromkeys(
+            (
+                f"{p}future_turns_mean",
+                f"{p}future_turns_max",
+                f"{p}early_terminations",
+                *(f"{p}{column}" for column in _COUNTED_END_REASONS.values()),
+                f"{p}simulator_failures",
+                f"{p}seconds",
+            ),
+            0.0,
+        )
+        if self.skipped:
+            return info
+        if self.future_turns:
+            info[f"{p}future_turns_mean"] = sum(self.future_turns) / len(self.future_turns)
+            info[f"{p}future_turns_max"] = float(max(self.future_turns))
+        info[f"{p}early_terminations"] = float(self.early_terminations)
+        for reason, column in _COUNTED_END_REASONS.items():
+            info[f"{p}{column}"] = float(sum(r == reason for r in self.end_reasons))
+        info[f"{p}simulator_failures"] = float(self.simulator_failures)
+        info[f"{p}seconds"] = float(self.seconds)
+        return info
+
+
+@dataclass
+class SampleScore:
+    """The reward of one response and its breakdown.
+
+    Attributes:
+        reward: the scalar multiturn-aware reward.
+        means: metric -> raw mean over the scored conversations (0.0 when none was scored).
+        weighted: metric -> ``clamp(weight * mean, -1, 1)``.
+        failures: metric -> conversations on which the metric failed.
+        judge_failures: failures caused by the LLM judge, over all metrics.
+        judge_cost_usd: cost of this response's judge calls (litellm's price map; 0 for unknown models).
+        num_conversations: forward-sampled conversations available.
+        skipped: the skip penalty was applied.
+        per_conversation: metric -> one value per conversation, None where the metric failed.
+    """
+
+    reward: float
+    means: dict[str, float]
+    weighted: dict[str, float]
+    failures: dict[str, int]
+    judge_failures: int = 0
+    judge_cost_usd: float = 0.0
+    num_conversations: int = 0
+    skipped: bool = False
+    per_conversation: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def extra_info(self) -> dict[str, float]:
+        """Flat ``reward_extra_info``: the same keys for every sample, all floats
+        (see docs/metrics_and_reward.md)."""
+        p = EXTRA_INFO_PREFIX
+        info: dict[str, float] = {}
+        for name in self.means:
+            info[f"{p}{name}"] = float(self.means[name])
+            info[f"{p}{name}_weighted"] = float(self.weighted[name])
+            info[f"{p}{name}_failures"] = float(self.failures[name])
+        info[f"{p}judge_failures"] = float(self.judge_failures)
+        info[f"{p}judge_cost_usd"] = float(self.judge_cost_usd)
+        info[f"{p}num_conversations"] = float(self.num_conversations)
+        info[f"{p}skipped"] = 1.0 if self.skipped else 0.0
+        return info
+
+
+def aggregate_metric(values: Sequence[float], weight: float) -> tuple[float, float]:
+    """``(mean, clamp(weight * mean, -1, 1))`` of one metric over the scored conversations.
+
+    An empty ``values`` (no conversation, or every one failed under ``drop``) gives ``(0.0, 0.0)``: the
+    metric then contributes nothing to the reward.
+    """
+    if not values:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    return mean, max(-1.0, min(1.0, weight * mean))
+
+
+async def score_sample(
+    settings: RewardSettings,
+    specs: Mapping[str, MetricSpec],
+    samples: ForwardSamples,
+    *,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any],
+    data_source: str | None = None,
+    tokenizer: Any = None,
+) -> SampleScore:
+    """Score every metric on every conversation of one response concurrently, then aggregate.
+
+    Raises:
+        Any non-:class:`MetricError` exception of a metric (configuration or data errors such as a
+        missing ground truth), after all of this response's metric calls have finished.
+    """
+    names = list(specs)
+    zeros = dict.fromkeys(names, 0)
+    if samples.skipped:
+        return SampleScore(
+            reward=settings.skip_penalty,
+            means=dict.fromkeys(names, 0.0),
+            weighted=dict.fromkeys(names, 0.0),
+            failures=zeros,
+            num_conversations=len(samples.conversations),
+            skipped=True,
+        )
+
+    jobs = [(name, conversation) for conversation in samples.conversations for name in names]
+    contexts = [
+        MetricContext(
+            messages=conversation,
+            num_history_messages=samples.num_history_messages,
+            ground_truth=ground_truth,
+            extra_info=extra_info,
+            data_source=data_source,
+            judge=settings.judge,
+            options=settings.metric_kwargs.get(name, {}),
+            tokenizer=tokenizer,
+        )
+        for name, conversation in jobs
+    ]
+    with usage_scope() as usage:
+        results = await asyncio.gather(
+            *(specs[name].score(ctx) for (name, _), ctx in zip(jobs, contexts, strict=True)),
+            return_exceptions=True,
+        )
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, MetricError):
+            raise result
+
+    values: dict[str, list[float]] = {name: [] for name in names}
+    per_conversation: dict[str, list[float | None]] = {name: [] for name in names}
+    failures = dict(zeros)
+    judge_failures = 0
+    for (name, _), result in zip(jobs, results, strict=True):
+        per_conversation[name].append(None if isinstance(result, BaseException) else float(result))
+        if isinstance(result, MetricError):
+            failures[name] += 1
+            judge_failures += int(result.judge_failure)
+            logger.warning("collabllm reward: %s", result)
+            if settings.failure_policy == "zero":
+                values[name].append(0.0)
+        else:
+            values[name].append(result)
+
+    means, weighted = {}, {}
+    for name in names:
+        means[name], weighted[name] = aggregate_metric(values[name], settings.metric_weights[name])
+    return SampleScore(
+        reward=sum(weighted.values()),
+        means=means,
+        weighted=weighted,
+        failures=failures,
+        judge_failures=judge_failures,
+        judge_cost_usd=float(usage.get("cost_usd", 0.0)),
+        num_conversations=len(samples.conversations),
+        per_conversation=per_conversation,
+    )

@@ -1,0 +1,78 @@
+"""The layering rule of docs/architecture.md: the simulation-and-scoring core never imports verl.
+
+Evaluation and data generation run the core outside any verl process, so a verl import sneaking into it
+would make them pay verl's (and torch's) start-up and tie them to verl's version.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CORE_MODULES = [
+    "collabllm_verl.recipe.forward_sampling",
+    "collabllm_verl.recipe.multiturn_reward",
+    "collabllm_verl.recipe.llm_client",
+    "collabllm_verl.interactions.collabllm_interaction",
+    "collabllm_verl.interactions.loader",
+    "collabllm_verl.metrics",
+    "collabllm_verl.recipe.dataset.io",
+    "collabllm_verl.recipe.dataset.rows",
+    "collabllm_verl.recipe.dataset.system_prompt",
+    "collabllm_verl.recipe.offline.server",
+    "collabllm_verl.recipe.offline.scripted_judges",
+]
+
+_PROBE = """
+import importlib, json, sys
+module = sys.argv[1]
+importlib.import_module(module)
+print(json.dumps(sorted(m for m in sys.modules if m == "verl" or m.startswith("verl."))))
+"""
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_does_not_import_verl(module):
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, module],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"},
+    )
+    verl_modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert verl_modules == [], f"{module} imports verl (directly or through {verl_modules[:3]})"
+
+
+def test_probe_detects_a_verl_import():
+    """The check above can fail: the verl adapter module does import verl."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, "collabllm_verl.recipe.reward_manager"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"},
+    )
+    assert "verl" in json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_no_file_cites_notes_outside_the_repository():
+    """The project's docs stand alone: docs/design.md is the reference, nothing points outside the repo."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    skip = {".git", ".venv", ".venv-ci", "outputs", "__pycache__", "node_modules"}
+    offenders = []
+    for path in root.rglob("*"):
+        if not path.is_file() or skip & set(path.relative_to(root).parts) or path.suffix in {".pyc", ".parquet"}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if "DESIGN" + ".md" in text or "FIDELITY" + ".md" in text or "../" + "shared/" in text:
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []
