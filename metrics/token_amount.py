@@ -7,10 +7,18 @@ conversations. The unit is an option because the two references differ:
 * ``unit: tokens`` (as the paper, §3): policy-tokenizer tokens, no special tokens;
 * ``roles: all`` (default, as the verl recipe) counts every future message (the trained response and all
   forward-sampled user and assistant turns); ``roles: assistant`` counts assistant messages only (as the
-  paper). The paper reports thousands of tokens; express that through the weight.
+  paper);
+* ``tokenizer: policy`` (default) counts ``unit: tokens`` with the policy's tokenizer; ``tokenizer:
+  cl100k_base`` uses tiktoken's encoding of that name, as the paper does (litellm ships the file, so it
+  works offline), and needs no policy tokenizer (evaluation of API models);
+* ``scale`` (default 1) multiplies the count: ``scale: 0.001`` gives thousands of tokens, the paper's
+  unit.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 from .registry import MetricContext, register_metric
 
@@ -23,6 +31,26 @@ def _check_options(options) -> None:
         raise ValueError(f"token_amount option unit={options.get('unit')!r}; expected one of {_UNITS}")
     if options.get("roles", "all") not in _ROLES:
         raise ValueError(f"token_amount option roles={options.get('roles')!r}; expected one of {_ROLES}")
+    tokenizer = options.get("tokenizer", "policy")
+    if not isinstance(tokenizer, str) or not tokenizer:
+        raise ValueError(f"token_amount option tokenizer={tokenizer!r}; expected 'policy' or a tiktoken encoding name")
+    if tokenizer != "policy":
+        _tiktoken_encoding(tokenizer)
+    scale = options.get("scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"token_amount option scale={scale!r}; expected a finite number > 0")
+
+
+@functools.lru_cache(maxsize=4)
+def _tiktoken_encoding(name: str):
+    """tiktoken's encoding ``name``, read from the copy litellm bundles (no download)."""
+    import tiktoken
+    from litellm.litellm_core_utils import default_encoding  # noqa: F401  (points tiktoken at litellm's files)
+
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError as exc:
+        raise ValueError(f"token_amount option tokenizer={name!r}: {exc}") from None
 
 
 @register_metric(
@@ -33,6 +61,8 @@ def _check_options(options) -> None:
     options={
         "unit": "'words' (default, str.split()) or 'tokens' (policy tokenizer, no special tokens)",
         "roles": "'all' (default, every future message) or 'assistant' (assistant messages only)",
+        "tokenizer": "'policy' (default, the policy tokenizer) or a tiktoken encoding such as 'cl100k_base'",
+        "scale": "multiplier of the count (default 1; 0.001 for thousands of tokens)",
     },
     validate=_check_options,
 )
@@ -51,8 +81,16 @@ async def token_amount(ctx: MetricContext) -> float:
         for m in ctx.future_messages
         if roles == "all" or m.get("role") == "assistant"
     ]
+    scale = float(ctx.options.get("scale", 1))
     if unit == "words":
-        return float(sum(len(text.split()) for text in texts))
+        return scale * sum(len(text.split()) for text in texts)
+    tokenizer = ctx.options.get("tokenizer", "policy")
+    if tokenizer != "policy":
+        encoding = _tiktoken_encoding(tokenizer)
+        return scale * sum(len(encoding.encode(text, disallowed_special=())) for text in texts)
     if ctx.tokenizer is None:
-        raise ValueError("token_amount with unit=tokens needs the policy tokenizer, but none was given")
-    return float(sum(len(ctx.tokenizer.encode(text, add_special_tokens=False)) for text in texts))
+        raise ValueError(
+            "token_amount with unit=tokens needs the policy tokenizer, but none was given "
+            "(set the option tokenizer=cl100k_base to count with tiktoken instead)"
+        )
+    return scale * sum(len(ctx.tokenizer.encode(text, add_special_tokens=False)) for text in texts)

@@ -9,9 +9,11 @@ not depend on verl's token plumbing:
   continued at all; :func:`visible_history` (with the simulator prompt's ``strip_reasoning``) decides what
   the user simulator is shown;
 * :class:`TurnLimits` holds ``max_user_turns`` / ``max_assistant_turns``;
-* :func:`sample_future_conversation` runs one future conversation against an interaction (the user
+* :func:`continue_conversation` is the project's one conversation loop between an interaction (the user
   simulator, :class:`collabllm_verl.interactions.base.BaseInteraction`) and a :class:`PolicyChat`
-  (implemented by the agent loop on top of verl's server manager);
+  (implemented by the agent loop over verl's server manager, and by
+  :class:`collabllm_verl.recipe.litellm_policy.LiteLLMPolicy` over any litellm model);
+  :func:`sample_future_conversation` runs it after a trained response;
 * :func:`summarize_forward_sampling` builds the ``extra_fields["collabllm"]`` dict read by the reward
   manager (contract in ``docs/architecture.md``).
 
@@ -130,7 +132,8 @@ class TurnLimits:
 
 
 class PolicyChat(Protocol):
-    """The policy side of one future conversation (implemented by the agent loop over verl's server manager).
+    """The policy side of one conversation (the agent loop implements it over verl's server manager;
+    :class:`collabllm_verl.recipe.litellm_policy.LiteLLMPolicy` over any litellm model).
 
     Each future conversation gets its own ``PolicyChat``, which keeps that conversation's token state.
     """
@@ -199,35 +202,74 @@ async def sample_future_conversation(
     interaction_kwargs: Mapping[str, Any],
     limits: TurnLimits,
 ) -> FutureConversation:
-    """Run one future conversation after the trained response.
+    """Run one future conversation after the trained response (forward sampling, paper §3.2).
 
-    The conversation alternates a user-simulator turn (``interaction.generate_response``) and a policy reply
-    (``policy.reply``) until the simulator sends its termination signal, a turn limit is reached, the policy's
-    context window is full, or the simulator fails. The simulator gets its own interaction instance
-    (``start_interaction`` / ``finalize_interaction``) so concurrent conversations never share state, and it
-    only sees non-system messages with reasoning removed.
+    The conversation starts from the prompt history plus the trained response (one assistant turn already
+    counted against ``limits.max_assistant_turns``) and continues with :func:`continue_conversation`.
 
     Args:
         history: the prompt messages (``{"role", "content"}``); system messages are dropped.
         response: the decoded trained response (reasoning kept; it is stripped here).
-        policy: this conversation's policy side.
+        policy: this conversation's policy side, whose context already holds the history and the response.
         interaction: a ``BaseInteraction`` (the user simulator).
         interaction_kwargs: the row's ``extra_info["interaction_kwargs"]`` (hidden goal, task description).
         limits: turn limits.
 
     Returns:
-        The finished :class:`FutureConversation`. Simulator errors are caught and reported in it; errors of
-        the policy (server manager) propagate.
+        The finished :class:`FutureConversation` (see :func:`continue_conversation`).
     """
     messages = visible_history(history)
     messages.append({"role": "assistant", "content": strip_reasoning(response)})
+    return await continue_conversation(
+        messages=messages,
+        policy=policy,
+        interaction=interaction,
+        interaction_kwargs=interaction_kwargs,
+        limits=limits,
+        assistant_turns=1,
+    )
+
+
+async def continue_conversation(
+    *,
+    messages: list[dict[str, str]],
+    policy: PolicyChat,
+    interaction: Any,
+    interaction_kwargs: Mapping[str, Any],
+    limits: TurnLimits,
+    user_turns: int = 0,
+    assistant_turns: int = 0,
+) -> FutureConversation:
+    """The one conversation loop of the project: alternate user-simulator turns and policy replies.
+
+    Used for forward sampling during training (after the trained response), for evaluation (from an empty
+    history: the simulator writes the opener) and for data generation. The conversation alternates a
+    user-simulator turn (``interaction.generate_response``) and a policy reply (``policy.reply``) until
+    the simulator sends its termination signal, a turn limit is reached, the policy's context window is
+    full, or the simulator fails. The simulator gets its own interaction instance (``start_interaction`` /
+    ``finalize_interaction``) so concurrent conversations never share state, and it only sees non-system
+    messages with reasoning removed.
+
+    Args:
+        messages: the visible conversation so far (no system messages, reasoning removed), possibly empty;
+            it is extended in place and becomes the result's ``messages``. The policy's own context must
+            already hold the same turns.
+        policy: this conversation's policy side.
+        interaction: a ``BaseInteraction`` (the user simulator).
+        interaction_kwargs: the hidden goal and task description (``single_turn_prompt``, ``task_desc``).
+        limits: turn limits; ``user_turns`` / ``assistant_turns`` say how many of each ``messages`` already
+            counts against them (forward sampling counts the trained response as one assistant turn).
+
+    Returns:
+        The finished :class:`FutureConversation`; ``future_turns`` counts the messages this call added.
+        Simulator errors are caught and reported in it; errors of the policy propagate.
+    """
     conversation = FutureConversation(messages=messages)
-    user_turns, assistant_turns = 0, 1
 
     try:
         instance_id = await interaction.start_interaction(instance_id=None, **dict(interaction_kwargs))
     except Exception as exc:  # noqa: BLE001  (a simulator failure ends this conversation only)
-        logger.warning("user simulator failed to start a future conversation: %s", exc)
+        logger.warning("user simulator failed to start a conversation: %s", exc)
         conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, f"{type(exc).__name__}: {exc}"
         return conversation
 
@@ -238,7 +280,7 @@ async def sample_future_conversation(
                     instance_id, [dict(m) for m in messages]
                 )
             except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
-                logger.warning("user simulator failed in a future conversation: %s", exc)
+                logger.warning("user simulator failed in a conversation: %s", exc)
                 conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, f"{type(exc).__name__}: {exc}"
                 return conversation
             failure = _failure_from_metadata(metadata)

@@ -1,0 +1,111 @@
+"""The shared core used outside verl: the one conversation loop from an empty history, the litellm policy,
+the model flags of the CLIs, the task presets and token_amount in the paper's unit."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
+from collabllm_verl.metrics import MetricContext, resolve_metrics
+from collabllm_verl.metrics.presets import TASK_PRESETS, preset
+from collabllm_verl.recipe.forward_sampling import (
+    END_TERMINATED,
+    END_TURN_LIMIT,
+    TurnLimits,
+    continue_conversation,
+)
+from collabllm_verl.recipe.litellm_policy import LiteLLMPolicy
+from collabllm_verl.recipe.llm_client import LLMSettings, llm_stats
+from collabllm_verl.recipe.model_args import add_model_arguments, model_config
+
+GOAL = "Compute the sum of the first ten positive odd integers and give the result in a box."
+
+
+def _echo_policy(llm_server, **kwargs) -> LiteLLMPolicy:
+    settings = LLMSettings(model="openai/echo", completion_kwargs={"api_base": llm_server.base_url, "api_key": "local"})
+    return LiteLLMPolicy(settings, **kwargs)
+
+
+async def test_conversation_from_empty_history_starts_with_the_simulator_opener(llm_server, user_simulator_config):
+    """Evaluation's protocol: the simulator writes the first turn; the echo policy repeats it back (no
+    question mark), so the scripted user ends the chat at its next turn."""
+    policy = _echo_policy(llm_server, system_prompt="You are helpful.", purpose="policy:test")
+    conversation = await continue_conversation(
+        messages=[],
+        policy=policy,
+        interaction=CollabLLMInteraction(user_simulator_config),
+        interaction_kwargs={"single_turn_prompt": GOAL},
+        limits=TurnLimits(max_user_turns=7, max_assistant_turns=7),
+    )
+    first = conversation.messages[0]
+    assert first["role"] == "user" and first["content"].startswith("hi, I need some help")
+    assert GOAL not in first["content"]  # the opener is vague
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"]
+    assert conversation.messages[1]["content"] == first["content"]  # echo policy
+    assert conversation.end_reason == END_TERMINATED and conversation.future_turns == 2
+    # the policy's own context holds the system prompt and the same turns
+    assert [m["role"] for m in policy.messages] == ["system", "user", "assistant"]
+    assert llm_stats()["policy:test/requests"] >= 1
+
+
+async def test_conversation_stops_at_the_message_limit(llm_server, user_simulator_config):
+    """With one user and one assistant turn allowed, the loop stops after the first exchange (turn limit)
+    before asking the simulator again."""
+    policy = _echo_policy(llm_server)
+    conversation = await continue_conversation(
+        messages=[],
+        policy=policy,
+        interaction=CollabLLMInteraction(user_simulator_config),
+        interaction_kwargs={"single_turn_prompt": GOAL},
+        limits=TurnLimits(max_user_turns=1, max_assistant_turns=1),
+    )
+    assert len(conversation.messages) == 2 and conversation.end_reason == END_TURN_LIMIT
+
+
+def test_model_flags_share_the_endpoint_and_override_per_role():
+    parser = argparse.ArgumentParser()
+    defaults = {"user": "gpt-4o-mini", "judge": "gpt-4o-mini", "policy": None}
+    add_model_arguments(parser, ["user", "judge", "policy"], defaults)
+    args = parser.parse_args(
+        ["--policy_model", "hosted_vllm/m", "--api_base", "http://a/v1", "--judge_api_base", "http://j/v1",
+         "--api_key_env", "MY_KEY"]
+    )
+    assert model_config(args, "policy", temperature=0.6, max_tokens=None) == {
+        "model": "hosted_vllm/m", "api_base": "http://a/v1", "api_key_env": "MY_KEY", "temperature": 0.6
+    }
+    assert model_config(args, "judge")["api_base"] == "http://j/v1"
+    assert model_config(args, "user", model_key="user_model")["user_model"] == "gpt-4o-mini"
+    with pytest.raises(SystemExit):  # the policy has no default: its flag is required
+        parser.parse_args([])
+
+
+def test_presets_are_valid_metric_settings():
+    for name in TASK_PRESETS:
+        chosen = preset(name)
+        specs = resolve_metrics(chosen["eval_metrics"])
+        for metric, options in chosen["metric_kwargs"].items():
+            specs[metric].check_options(options)
+        assert set(chosen["metric_weights"]) <= set(chosen["eval_metrics"])
+    with pytest.raises(ValueError, match="known presets"):
+        preset("poetry")
+
+
+async def test_token_amount_in_thousands_of_cl100k_assistant_tokens():
+    spec = resolve_metrics(["token_amount"])["token_amount"]
+    messages = [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "Hello world, how are you?"},  # 7 cl100k tokens
+        {"role": "user", "content": "fine"},
+        {"role": "assistant", "content": "Hello world, how are you?"},
+    ]
+    ctx = MetricContext(
+        messages=messages, num_history_messages=1, ground_truth=None, extra_info={},
+        options=preset("math")["metric_kwargs"]["token_amount"],
+    )
+    assert await spec.score(ctx) == pytest.approx(0.014)  # two assistant turns after the prompt, 7 tokens each
+    with pytest.raises(ValueError, match="scale"):
+        spec.check_options({"scale": 0})
+    with pytest.raises(ValueError, match="tokenizer"):
+        spec.check_options({"unit": "tokens", "tokenizer": "no_such_encoding"})
