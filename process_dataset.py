@@ -21,110 +21,29 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from collabllm_verl.recipe.dataset.io import load_source_dataset, write_outputs_atomically
+from collabllm_verl.recipe.dataset.io import write_outputs_atomically
 from collabllm_verl.recipe.dataset.rows import (
     DatasetFormatError,
-    SourceSpec,
     best_sft_rows,
-    convert_row,
     dedupe_rl_rows,
-    detect_schema,
-    row_matches,
     split_by_group,
 )
-from collabllm_verl.recipe.dataset.system_prompt import COLLABORATOR_SYSTEM_PROMPT
+from collabllm_verl.recipe.dataset.source import add_source_arguments, load_rows
 
 logger = logging.getLogger("process_dataset")
-
-# (ability, task description for the user simulator), chosen by a keyword of the dataset name.
-TASKS = {
-    "math": ("math", "The user needs help solving a math problem and wants a correct final answer."),
-    "medium": ("writing",
-               "The user needs help writing a document (an article or a blog post) that meets their requirements."),
-    "bigcodebench": ("coding", "The user needs a working Python function for a programming task."),
-}
-GENERIC_TASK = ("general", "The user needs help with a task and wants a useful, correct result.")
-PROGRESS_MIN_ROWS = 1000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True,
-                   help="hub name, local dataset folder, or .jsonl/.json/.parquet/.csv file")
+    add_source_arguments(p)
     p.add_argument("--local_dir", required=True, help="output folder")
     p.add_argument("--dataset_type", required=True, choices=["rl", "sft"], help="verl RL rows or multi-turn SFT rows")
-    p.add_argument("--task_desc", default=None,
-                   help="task description for the user simulator (default: by dataset name)")
     p.add_argument("--validation_size", type=float, default=0.1,
                    help="fraction (< 1) or number (>= 1) of conversations held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
-    p.add_argument("--num_proc", type=int, default=None, help="processes datasets uses to prepare the source")
-    p.add_argument("--split", default="train", help="source split of a hub dataset or folder (default train)")
-    p.add_argument("--schema", choices=["auto", "multiturn", "single_turn"], default="auto",
-                   help="source schema; auto = multiturn when the CollabLLM columns are present")
-    p.add_argument("--prompt_field", default="problem", help="single-turn: column with the request (default problem)")
-    p.add_argument("--reference_field", default="solution",
-                   help="single-turn: column with the reference answer used as ground truth (default solution)")
-    p.add_argument("--answer_field", default="answer",
-                   help="single-turn: optional column with a short final answer, kept in extra_info (default answer)")
-    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
-                   help="keep rows whose FIELD equals VALUE as text (repeatable; e.g. --filter level=5)")
-    p.add_argument("--data_source", default=None, help="data_source column value (default: dataset name)")
-    p.add_argument("--system_prompt", default=None,
-                   help="file holding the assistant's system prompt, or 'none' (default: the project's prompt)")
-    p.add_argument("--max_rows", type=int, default=None, help="use only the first N matching source rows")
     p.add_argument("--preview_rows", type=int, default=3, help="rows written to the JSON preview (default 3)")
     return p.parse_args(argv)
-
-
-def _parse_filters(items: list[str]) -> dict[str, str]:
-    filters = {}
-    for item in items:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise SystemExit(f"--filter expects FIELD=VALUE, got {item!r}")
-        filters[field] = value
-    return filters
-
-
-def _task(dataset: str, explicit_desc: str | None) -> tuple[str, str]:
-    """(ability, task description) for a dataset name; ``--task_desc`` overrides the description."""
-    name = Path(dataset).name.lower() if Path(dataset).exists() else dataset.lower()
-    ability, desc = next((task for keyword, task in TASKS.items() if keyword in name), GENERIC_TASK)
-    if explicit_desc:
-        return ability, explicit_desc
-    if (ability, desc) == GENERIC_TASK:
-        logger.warning("no task description known for %s; using a generic one (set --task_desc)", dataset)
-    return ability, desc
-
-
-def _system_prompt(arg: str | None) -> str | None:
-    if arg is None:
-        return COLLABORATOR_SYSTEM_PROMPT
-    if arg.lower() == "none":
-        return None
-    return Path(arg).read_text(encoding="utf-8").strip()
-
-
-def build_spec(args: argparse.Namespace, column_names: list[str]) -> SourceSpec:
-    """Resolve the CLI arguments and the source columns into a :class:`SourceSpec`."""
-    schema = detect_schema(column_names) if args.schema == "auto" else args.schema
-    path = Path(args.dataset)
-    default_source = path.stem if path.is_file() else (path.name if path.is_dir() else args.dataset)
-    ability, task_desc = _task(args.dataset, args.task_desc)
-    return SourceSpec(
-        source=args.dataset,
-        data_source=args.data_source or default_source,
-        schema=schema,
-        ability=ability,
-        task_desc=task_desc,
-        system_prompt=_system_prompt(args.system_prompt),
-        prompt_field=args.prompt_field,
-        reference_field=args.reference_field,
-        answer_field=args.answer_field or None,
-    )
 
 
 def process(args: argparse.Namespace) -> dict[str, Path]:
@@ -134,21 +53,7 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         DatasetFormatError: a source row lacks a required field (nothing is written).
         ValueError: no row matched the filters, or the split sizes are impossible.
     """
-    filters = _parse_filters(args.filter)
-    dataset = load_source_dataset(args.dataset, split=args.split, num_proc=args.num_proc)
-    spec = build_spec(args, list(dataset.column_names))
-    logger.info("%s: %d rows, %s schema, data_source=%s", args.dataset, len(dataset), spec.schema, spec.data_source)
-
-    converted = []
-    rows = tqdm(dataset, total=len(dataset), desc="converting rows", disable=len(dataset) < PROGRESS_MIN_ROWS)
-    for index, row in enumerate(rows):
-        if filters and not row_matches(row, filters):
-            continue
-        converted.append(convert_row(spec, index, row))
-        if args.max_rows is not None and len(converted) >= args.max_rows:
-            break
-    if not converted:
-        raise ValueError(f"{args.dataset}: no rows left after filters {filters or '(none)'}")
+    spec, converted, filters = load_rows(args)
 
     if args.dataset_type == "rl":
         unique = dedupe_rl_rows(converted)

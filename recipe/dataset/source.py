@@ -1,0 +1,174 @@
+"""Reading a source dataset the same way in every CLI (``process_dataset.py``, evaluation, data
+generation): the shared flags, the task description, the system prompt, and the filtered, converted rows.
+
+No verl import. Errors name the file, the row and the field (:class:`~.rows.DatasetFormatError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .io import load_source_dataset
+from .rows import ConvertedRow, SourceSpec, convert_row, detect_schema, row_matches
+from .system_prompt import COLLABORATOR_SYSTEM_PROMPT
+
+__all__ = [
+    "GENERIC_TASK",
+    "TASKS",
+    "add_source_arguments",
+    "build_spec",
+    "load_rows",
+    "parse_filters",
+    "system_prompt_from_arg",
+    "task_for",
+]
+
+logger = logging.getLogger(__name__)
+
+# (ability, task description for the user simulator), chosen by a keyword of the dataset name.
+TASKS = {
+    "math": ("math", "The user needs help solving a math problem and wants a correct final answer."),
+    "medium": (
+        "writing",
+        "The user needs help writing a document (an article or a blog post) that meets their requirements.",
+    ),
+    "bigcodebench": ("coding", "The user needs a working Python function for a programming task."),
+}
+GENERIC_TASK = ("general", "The user needs help with a task and wants a useful, correct result.")
+PROGRESS_MIN_ROWS = 1000
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that choose and read a source dataset (shared by every CLI)."""
+    p = parser
+    p.add_argument(
+        "--dataset", required=True, help="hub name, local dataset folder, or .jsonl/.json/.parquet/.csv file"
+    )
+    p.add_argument("--split", default="train", help="source split of a hub dataset or folder (default train)")
+    p.add_argument(
+        "--schema",
+        choices=["auto", "multiturn", "single_turn"],
+        default="auto",
+        help="source schema; auto = multiturn when the CollabLLM columns are present",
+    )
+    p.add_argument("--prompt_field", default="problem", help="single-turn: column with the request (default problem)")
+    p.add_argument(
+        "--reference_field",
+        default="solution",
+        help="single-turn: column with the reference answer used as ground truth (default solution)",
+    )
+    p.add_argument(
+        "--answer_field",
+        default="answer",
+        help="single-turn: optional column with a short final answer, kept in extra_info (default answer)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep rows whose FIELD equals VALUE as text (repeatable; e.g. --filter level=5)",
+    )
+    p.add_argument("--data_source", default=None, help="data_source column value (default: dataset name)")
+    p.add_argument(
+        "--task_desc", default=None, help="task description for the user simulator (default: by dataset name)"
+    )
+    p.add_argument(
+        "--system_prompt",
+        default=None,
+        help="file holding the assistant's system prompt, or 'none' (default: the project's prompt)",
+    )
+    p.add_argument("--max_rows", type=int, default=None, help="use only the first N matching source rows")
+    p.add_argument("--num_proc", type=int, default=None, help="processes datasets uses to prepare the source")
+
+
+def parse_filters(items: list[str]) -> dict[str, str]:
+    """``["level=5", ...]`` -> ``{"level": "5"}``.
+
+    Raises:
+        ValueError: an item without ``=`` or without a field name.
+    """
+    filters = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"--filter expects FIELD=VALUE, got {item!r}")
+        filters[field] = value
+    return filters
+
+
+def task_for(dataset: str, explicit_desc: str | None) -> tuple[str, str]:
+    """(ability, task description) for a dataset name; ``explicit_desc`` overrides the description."""
+    name = Path(dataset).name.lower() if Path(dataset).exists() else dataset.lower()
+    ability, desc = next((task for keyword, task in TASKS.items() if keyword in name), GENERIC_TASK)
+    if explicit_desc:
+        return ability, explicit_desc
+    if (ability, desc) == GENERIC_TASK:
+        logger.warning("no task description known for %s; using a generic one (set --task_desc)", dataset)
+    return ability, desc
+
+
+def system_prompt_from_arg(arg: str | None) -> str | None:
+    """The assistant's system prompt: the project's (None), no prompt (``"none"``), or a file's text.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    if arg is None or arg == "project":
+        return COLLABORATOR_SYSTEM_PROMPT
+    if arg.lower() == "none":
+        return None
+    return Path(arg).read_text(encoding="utf-8").strip()
+
+
+def build_spec(args: argparse.Namespace, column_names: list[str]) -> SourceSpec:
+    """Resolve the source flags and the source's columns into a :class:`SourceSpec`."""
+    schema = detect_schema(column_names) if args.schema == "auto" else args.schema
+    path = Path(args.dataset)
+    default_source = path.stem if path.is_file() else (path.name if path.is_dir() else args.dataset)
+    ability, task_desc = task_for(args.dataset, args.task_desc)
+    return SourceSpec(
+        source=args.dataset,
+        data_source=args.data_source or default_source,
+        schema=schema,
+        ability=ability,
+        task_desc=task_desc,
+        system_prompt=system_prompt_from_arg(args.system_prompt),
+        prompt_field=args.prompt_field,
+        reference_field=args.reference_field,
+        answer_field=args.answer_field or None,
+    )
+
+
+def load_rows(args: argparse.Namespace) -> tuple[SourceSpec, list[ConvertedRow], Mapping[str, Any]]:
+    """Load the source named by the flags, filter it and convert every kept row.
+
+    Returns:
+        ``(spec, rows, filters)``: rows in source order, at most ``--max_rows``.
+
+    Raises:
+        DatasetFormatError: a kept row lacks a required field (names file, row and field).
+        ValueError: a malformed ``--filter``, or no row left after the filters.
+        FileNotFoundError: a local source that does not exist.
+    """
+    filters = parse_filters(args.filter)
+    dataset = load_source_dataset(args.dataset, split=args.split, num_proc=args.num_proc)
+    spec = build_spec(args, list(dataset.column_names))
+    logger.info("%s: %d rows, %s schema, data_source=%s", args.dataset, len(dataset), spec.schema, spec.data_source)
+    converted = []
+    rows = tqdm(dataset, total=len(dataset), desc="converting rows", disable=len(dataset) < PROGRESS_MIN_ROWS)
+    for index, row in enumerate(rows):
+        if filters and not row_matches(row, filters):
+            continue
+        converted.append(convert_row(spec, index, row))
+        if args.max_rows is not None and len(converted) >= args.max_rows:
+            break
+    if not converted:
+        raise ValueError(f"{args.dataset}: no rows left after filters {filters or '(none)'}")
+    return spec, converted, filters
