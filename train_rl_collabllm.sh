@@ -64,7 +64,7 @@ RESUME_PATH=""
 if [[ $# -gt 0 ]]; then
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    *=*|-*) ;;  # a Hydra override or flag (e.g. --cfg job), not a resume path
+    *=*|-*|~*) ;;  # a Hydra override (key=value, ~key deletion) or flag (e.g. --cfg job), not a resume path
     *) RESUME_PATH=$1; shift ;;
   esac
 fi
