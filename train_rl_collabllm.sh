@@ -30,9 +30,10 @@
 #   MAX_USER_TURNS       w, user-simulator turns per future conversation                           (2 / 2)
 #   MAX_ASSISTANT_TURNS  policy turns per conversation, the trained one included                   (3 / 3)
 #   MAX_PROMPT_LENGTH    prompt tokens; longer prompts are dropped (data.max_prompt_length)    (8192 / 1024)
-#   MAX_RESPONSE_LENGTH  tokens per policy turn (data.max_response_length); also the default budget of
-#                        all tokens after the prompt in one future conversation
-#                        (+actor_rollout_ref.rollout.custom.future_token_budget)             (2048 / 64)
+#   MAX_RESPONSE_LENGTH  tokens per policy turn (data.max_response_length)                    (2048 / 64)
+#   FUTURE_TOKEN_BUDGET  tokens after the prompt in one future conversation, trained response, user and
+#                        policy turns together (rollout.custom.future_token_budget)
+#                                                                       (MAX_RESPONSE_LENGTH / 1024)
 #   MAX_MODEL_LEN        context window of the rollout, tokens (rollout.max_model_len)     (16384 / 2048)
 #   LR                   actor learning rate                                                  (1e-6 / 1e-4)
 #   ROLLOUT_TP           vLLM tensor parallel size                                                   (1 / -)
@@ -102,6 +103,7 @@ case "$DEVICE" in
     NUM_REPEAT_ROLLOUTS=${NUM_REPEAT_ROLLOUTS:-3}
     MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-8192}
     MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-2048}
+    FUTURE_TOKEN_BUDGET=${FUTURE_TOKEN_BUDGET:-$MAX_RESPONSE_LENGTH}
     MAX_MODEL_LEN=${MAX_MODEL_LEN:-16384}
     LR=${LR:-1e-6}
     ROLLOUT_TP=${ROLLOUT_TP:-1}
@@ -127,6 +129,8 @@ case "$DEVICE" in
     NUM_REPEAT_ROLLOUTS=${NUM_REPEAT_ROLLOUTS:-2}
     MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-1024}
     MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-64}
+    # room for the scripted user's turns (the whole goal) and a few policy replies
+    FUTURE_TOKEN_BUDGET=${FUTURE_TOKEN_BUDGET:-1024}
     MAX_MODEL_LEN=${MAX_MODEL_LEN:-2048}
     LR=${LR:-1e-4}
     EOS_LOGIT_BIAS=${EOS_LOGIT_BIAS:-3.5}
@@ -234,6 +238,7 @@ add "actor_rollout_ref.rollout.agent.agent_loop_config_path=$SCRIPT_DIR/config/a
 add "actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts=$NUM_REPEAT_ROLLOUTS"
 add "actor_rollout_ref.rollout.multi_turn.max_user_turns=$MAX_USER_TURNS"
 add "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=$MAX_ASSISTANT_TURNS"
+add "+actor_rollout_ref.rollout.custom.future_token_budget=$FUTURE_TOKEN_BUDGET"
 # KL loss against the frozen reference model (verl then builds the reference model), on GPU and CPU alike.
 # On CPU the reference model's FSDP2 offload runs without pinned memory (recipe/cpu/platform.py).
 add "actor_rollout_ref.actor.use_kl_loss=True"

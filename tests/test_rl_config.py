@@ -106,7 +106,7 @@ def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
     assert cfg.trainer.val_before_train is False
     assert (cfg.trainer.save_freq, cfg.trainer.test_freq, cfg.trainer.total_epochs) == (100, 10, 20)
     assert cfg.data.truncation == "error" and cfg.data.filter_overlong_prompts is True
-    assert rollout.get("custom") is None  # the future-token budget defaults to response_length
+    assert rollout.custom.future_token_budget == rollout.response_length == 2048  # as the verl recipe
     assert cfg.trainer.device == "cuda" and cfg.trainer.n_gpus_per_node == 8
     assert cfg.trainer.resume_mode == "auto"
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
@@ -140,6 +140,7 @@ def test_resume_path_and_command_line_overrides_take_precedence(tmp_path):
     assert cfg.actor_rollout_ref.actor.use_dynamic_bsz is False
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 16
     assert cfg.actor_rollout_ref.rollout.custom.future_token_budget == 6144
+    assert echo[-1].count("future_token_budget=") == 1
     command = echo[-1]
     assert command.count("actor_rollout_ref.rollout.n=") == 1  # the script's default was dropped
     assert command.count("llm_judge_kwargs.model=") == 1
@@ -181,6 +182,7 @@ def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
     assert actor.ppo_mini_batch_size == cfg.data.train_batch_size == 2
     assert actor.use_dynamic_bsz is False and actor.fsdp_config.param_offload is False
     assert cfg.actor_rollout_ref.model.use_remove_padding is False
+    assert rollout.custom.future_token_budget == 1024
     assert cfg.ray_kwargs.ray_init.num_gpus == 1
     assert cfg.reward.reward_kwargs.llm_judge_kwargs.model == "openai/scripted-judge"
     assert cfg.reward.reward_kwargs.conversation_dump.dir == str(
