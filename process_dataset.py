@@ -55,6 +55,12 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
     """
     spec, converted, filters = load_rows(args)
 
+    fallbacks = sum(row.ground_truth_from_completion for row in converted)
+    if fallbacks:
+        logger.warning(
+            "%d of %d rows have no single_turn_completion: their ground truth is their completion", fallbacks,
+            len(converted),
+        )
     if args.dataset_type == "rl":
         unique = dedupe_rl_rows(converted)
         items = [(row.group, row.rl) for row in unique]
@@ -71,6 +77,8 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         "filters": filters,
         "num_train": len(train),
         "num_validation": len(validation),
+        # source rows (after filters) without single_turn_completion, whose completion is the ground truth
+        "ground_truth_from_completion": fallbacks,
         "rows": train[: args.preview_rows],
     }
     written = write_outputs_atomically(

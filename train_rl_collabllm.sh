@@ -22,15 +22,22 @@
 #   TRAIN_FILE, VAL_FILE parquet files            ($DATA_DIR/rl_train.parquet, $DATA_DIR/rl_validation.parquet)
 #   NNODES, N_GPUS_PER_NODE  nodes, GPUs (CPU: worker processes) per node                     (1, 8 / 1, 1)
 #   TRAIN_BATCH_SIZE     prompts per step (data.train_batch_size)                                  (16 / 2)
+#   PPO_MINI_BATCH_SIZE  prompts per actor update (actor.ppo_mini_batch_size; 8 of 16: two updates a step)
+#                                                                                (8 / TRAIN_BATCH_SIZE)
+#   PPO_MAX_TOKEN_LEN_PER_GPU  GPU only: tokens per GPU micro-batch under dynamic batch size     (24000 / -)
 #   ROLLOUT_N            responses per prompt, the GRPO group (rollout.n)                           (8 / 2)
 #   NUM_REPEAT_ROLLOUTS  S, forward-sampled conversations per response                              (3 / 2)
 #   MAX_USER_TURNS       w, user-simulator turns per future conversation                           (2 / 2)
 #   MAX_ASSISTANT_TURNS  policy turns per conversation, the trained one included                   (3 / 3)
 #   MAX_PROMPT_LENGTH    prompt tokens; longer prompts are dropped (data.max_prompt_length)    (8192 / 1024)
 #   MAX_RESPONSE_LENGTH  tokens per policy turn (data.max_response_length)                    (2048 / 64)
+#   FUTURE_TOKEN_BUDGET  tokens after the prompt in one future conversation, trained response, user and
+#                        policy turns together (rollout.custom.future_token_budget)
+#                                                                       (MAX_RESPONSE_LENGTH / 1024)
 #   MAX_MODEL_LEN        context window of the rollout, tokens (rollout.max_model_len)     (16384 / 2048)
 #   LR                   actor learning rate                                                  (1e-6 / 1e-4)
-#   ROLLOUT_TP           vLLM tensor parallel size                                                   (2 / -)
+#   ROLLOUT_TP           vLLM tensor parallel size                                                   (1 / -)
+#   GPU_MEMORY_UTILIZATION  vLLM's share of GPU memory                                             (0.7 / -)
 #   EOS_LOGIT_BIAS       CPU only: logit bias of the end-of-turn token in the hf rollout, so that an
 #                        untrained tiny model ends its turns and forward sampling runs          (- / 3.5)
 #   QUESTION_LOGIT_BIAS  CPU only: logit bias of "?" so that the tiny model sometimes "asks", and the
@@ -43,7 +50,7 @@
 #   TOTAL_STEPS          stop after this many steps; empty = all epochs                         (empty / 2)
 #   TOTAL_EPOCHS         epochs                                                                    (20 / 1)
 #   SAVE_FREQ, TEST_FREQ checkpoint / validation every N steps (-1: never; the last step always saves)
-#                                                                                     (50, 10 / 2, -1)
+#                                                                                    (100, 10 / 2, -1)
 #   PROJECT_NAME, EXPERIMENT_NAME  tracking names     (collabllm-rl, <model>-math-hard-grpo / tiny-cpu-grpo)
 #   SAVE_DIR             checkpoints            (checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME / $OUTPUT_DIR/checkpoints)
 #   CONVERSATION_DIR     JSONL of every scored response with its future conversations  ($SAVE_DIR/conversations)
@@ -90,19 +97,23 @@ case "$DEVICE" in
     SAVE_DIR=${SAVE_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
     N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}
     TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-16}
+    PPO_MINI_BATCH_SIZE=${PPO_MINI_BATCH_SIZE:-8}
+    PPO_MAX_TOKEN_LEN_PER_GPU=${PPO_MAX_TOKEN_LEN_PER_GPU:-24000}
     ROLLOUT_N=${ROLLOUT_N:-8}
     NUM_REPEAT_ROLLOUTS=${NUM_REPEAT_ROLLOUTS:-3}
     MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-8192}
     MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-2048}
+    FUTURE_TOKEN_BUDGET=${FUTURE_TOKEN_BUDGET:-$MAX_RESPONSE_LENGTH}
     MAX_MODEL_LEN=${MAX_MODEL_LEN:-16384}
     LR=${LR:-1e-6}
-    ROLLOUT_TP=${ROLLOUT_TP:-2}
+    ROLLOUT_TP=${ROLLOUT_TP:-1}
+    GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.7}
     USER_MODEL=${USER_MODEL:-gpt-4o-mini}
     JUDGE_MODEL=${JUDGE_MODEL:-gpt-4o-mini}
     LOCAL_LLM_SERVER=${LOCAL_LLM_SERVER:-0}
     TOTAL_STEPS=${TOTAL_STEPS:-}
     TOTAL_EPOCHS=${TOTAL_EPOCHS:-20}
-    SAVE_FREQ=${SAVE_FREQ:-50}
+    SAVE_FREQ=${SAVE_FREQ:-100}
     TEST_FREQ=${TEST_FREQ:-10}
     LOGGER=${LOGGER:-[console]}
     MODULES=(collabllm_verl.recipe.plugins)
@@ -113,10 +124,13 @@ case "$DEVICE" in
     SAVE_DIR=${SAVE_DIR:-$OUTPUT_DIR/checkpoints}
     N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-1}
     TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-2}
+    PPO_MINI_BATCH_SIZE=${PPO_MINI_BATCH_SIZE:-$TRAIN_BATCH_SIZE}
     ROLLOUT_N=${ROLLOUT_N:-2}
     NUM_REPEAT_ROLLOUTS=${NUM_REPEAT_ROLLOUTS:-2}
     MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-1024}
     MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-64}
+    # room for the scripted user's turns (the whole goal) and a few policy replies
+    FUTURE_TOKEN_BUDGET=${FUTURE_TOKEN_BUDGET:-1024}
     MAX_MODEL_LEN=${MAX_MODEL_LEN:-2048}
     LR=${LR:-1e-4}
     EOS_LOGIT_BIAS=${EOS_LOGIT_BIAS:-3.5}
@@ -207,7 +221,7 @@ add "data.return_raw_chat=True"
 # Policy
 add "actor_rollout_ref.model.path=$MODEL_PATH"
 add "actor_rollout_ref.actor.optim.lr=$LR"
-add "actor_rollout_ref.actor.ppo_mini_batch_size=$TRAIN_BATCH_SIZE"
+add "actor_rollout_ref.actor.ppo_mini_batch_size=$PPO_MINI_BATCH_SIZE"
 add "actor_rollout_ref.actor.entropy_coeff=0"
 add "actor_rollout_ref.actor.strategy=fsdp2"
 add "actor_rollout_ref.actor.fsdp_config.strategy=fsdp2"
@@ -224,6 +238,7 @@ add "actor_rollout_ref.rollout.agent.agent_loop_config_path=$SCRIPT_DIR/config/a
 add "actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts=$NUM_REPEAT_ROLLOUTS"
 add "actor_rollout_ref.rollout.multi_turn.max_user_turns=$MAX_USER_TURNS"
 add "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=$MAX_ASSISTANT_TURNS"
+add "+actor_rollout_ref.rollout.custom.future_token_budget=$FUTURE_TOKEN_BUDGET"
 # KL loss against the frozen reference model (verl then builds the reference model), on GPU and CPU alike.
 # On CPU the reference model's FSDP2 offload runs without pinned memory (recipe/cpu/platform.py).
 add "actor_rollout_ref.actor.use_kl_loss=True"
@@ -235,6 +250,7 @@ add "+reward.reward_kwargs.metric_weights.accuracy=1"
 add "+reward.reward_kwargs.metric_weights.interactivity=1"
 add "+reward.reward_kwargs.metric_weights.token_amount=-0.0001"
 add "+reward.reward_kwargs.llm_judge_kwargs.model=$JUDGE_MODEL"
+add "+reward.reward_kwargs.llm_judge_kwargs.max_tokens=2048"
 if [[ -n "${LLM_API_BASE:-}" ]]; then add "+reward.reward_kwargs.llm_judge_kwargs.api_base=$LLM_API_BASE"; fi
 # The judges' key travels in the environment, never in the config (verl prints the resolved config).
 if [[ -n "${LLM_API_KEY:-}" ]]; then
@@ -289,11 +305,21 @@ if [[ "$DEVICE" == cpu ]]; then
 else
   add "actor_rollout_ref.rollout.name=vllm"
   add "actor_rollout_ref.rollout.tensor_model_parallel_size=$ROLLOUT_TP"
-  add "actor_rollout_ref.rollout.gpu_memory_utilization=0.6"
+  add "actor_rollout_ref.rollout.gpu_memory_utilization=$GPU_MEMORY_UTILIZATION"
+  # The verl recipe's memory settings (docs/design.md §1): dynamic batch size (the reference and rollout
+  # log-prob passes follow the actor's setting), remove-padding, FSDP parameter/optimizer offload.
+  add "actor_rollout_ref.actor.use_dynamic_bsz=True"
+  add "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=$PPO_MAX_TOKEN_LEN_PER_GPU"
+  add "actor_rollout_ref.model.use_remove_padding=True"
+  add "actor_rollout_ref.actor.fsdp_config.param_offload=True"
+  add "actor_rollout_ref.actor.fsdp_config.optimizer_offload=True"
+  add "actor_rollout_ref.ref.fsdp_config.param_offload=True"
+  # micro-batch sizes, used only when dynamic batch size is turned off
   add "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8"
   add "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8"
   add "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"
   add "actor_rollout_ref.model.enable_gradient_checkpointing=True"
+  add "trainer.val_before_train=False"
 fi
 
 CMD=("$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" "$@")

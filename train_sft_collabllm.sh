@@ -21,7 +21,8 @@
 #   MICRO_BATCH_SIZE  per-process micro batch (validation; training uses dynamic batching) (2 / 2)
 #   TOTAL_EPOCHS      epochs                                               (3 / 1)
 #   TOTAL_STEPS       stop after this many optimizer steps; empty = all epochs (empty / 3)
-#   MAX_LENGTH        longest conversation in tokens; longer ones are truncated on the right (8192 / 4096)
+#   MAX_LENGTH        longest conversation in tokens; a longer one is an error (data.truncation=error)
+#                                                                           (8192 / 4096)
 #   PROJECT_NAME      tracking project                                     (collabllm-sft)
 #   EXPERIMENT_NAME   tracking run name                    (<model name>-math-hard-sft / tiny-cpu-sft)
 #   SAVE_DIR          checkpoint folder        (checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME / $OUTPUT_DIR/checkpoints)
@@ -100,7 +101,10 @@ add "data.messages_key=messages"
 add "data.train_batch_size=$TRAIN_BATCH_SIZE"
 add "data.micro_batch_size_per_gpu=$MICRO_BATCH_SIZE"
 add "data.max_length=$MAX_LENGTH"
-add "data.truncation=right"
+# A conversation longer than MAX_LENGTH stops the run instead of losing its final assistant turn (the one
+# being learned), as the verl recipe; override with data.truncation=right|left to cut instead.
+add "data.truncation=error"
+add "model.use_remove_padding=True"
 add "model.path=$MODEL_PATH"
 add "engine=fsdp"
 add "engine.strategy=fsdp2"

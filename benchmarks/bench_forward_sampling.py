@@ -105,6 +105,8 @@ async def main_async(args) -> dict:
                 "actor_rollout_ref.rollout.name=vllm",
                 "actor_rollout_ref.rollout.prompt_length=1024",
                 "actor_rollout_ref.rollout.response_length=128",
+                # no future-token budget cut: every future has its full w user turns, as measured before
+                "+actor_rollout_ref.rollout.custom.future_token_budget=4096",
                 f"actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts={s}",
                 f"actor_rollout_ref.rollout.multi_turn.max_user_turns={args.max_user_turns}",
                 f"actor_rollout_ref.rollout.multi_turn.max_assistant_turns={args.max_user_turns + 1}",

@@ -4,7 +4,15 @@ Contract (docs/design.md §1, CollabLLM paper section 3.2 "collaborative simulat
 sees a task description, the hidden goal (the single-turn prompt, possibly with the reference answer)
 and the chat so far without system messages and without ``<think>...</think>`` reasoning. It answers
 with a JSON object ``{"current_answer", "thought", "response"}``; only ``response`` is sent to the
-assistant, and a response equal to the termination signal ends the conversation.
+assistant, and a response containing the termination signal ends the conversation (the message itself is
+kept as the conversation's last user turn, as in the original implementations).
+
+The prompt states the simulated user's nine behaviours (a human with one personality; minimal effort
+first: short, vague openers; a user's limited knowledge, which may miss the assistant's mistakes;
+occasional slips; natural preferences; staying on the goal; consistency with the history, opening the
+chat when it is empty; never copying the goal or the reference; ending with the signal) and asks for a
+private ``thought`` that walks through five checks in order (satisfied? stuck where? asked something?
+a misunderstanding to point out? how to phrase the next message). All wording is this project's own.
 
 The markers used here (``<goal>``, ``<chat>``, ``<turn role=...>``, ``End signal:``) are also read by the
 offline scripted user (:mod:`collabllm_verl.recipe.offline.scripted_user`), so keep both in sync.
@@ -32,18 +40,23 @@ _SYSTEM = (
     "You know a goal that the assistant does not know. Your job is to write the user's next message."
 )
 
+# The nine behaviours of the simulated user (docs/design.md §1). Each rule is written for this project.
 _INSTRUCTIONS = """How to play the user:
-1. Sound like a real person: short, informal messages. Start with a vague or partial request and give details only when the assistant asks for them or gets something wrong.
-2. Do not paste the whole goal at once, and never mention that you have a hidden goal or that you are a simulator.
-3. Stay on the goal; do not ask for unrelated things. You may state preferences (format, length, style) and now and then make a small mistake or change your mind, as people do.
-4. Answer the assistant's questions with information from the goal; where the goal is silent, give a plausible answer.
-5. Do not do the task yourself; the assistant does the work.
-6. When the assistant's answer meets your goal, or it is clear that the assistant cannot help, end the chat by sending only the end signal."""
+1. You are the human in this chat, never the assistant. Keep one consistent personality from start to end.
+2. Spend as little effort as you can; this matters more than anything else. Early messages are short, loose or missing details. Let the assistant ask for what it needs instead of volunteering everything.
+3. You only know what an ordinary person with this goal would know. You may not notice when the assistant gets something wrong, and your questions show both what you follow and what puzzles you.
+4. Be imperfect now and then: a typo, a wrong detail or date, a question that is not quite clear.
+5. When it comes naturally, mention a preference or constraint (keep it short, you are in a hurry, you want comments in the code, ...).
+6. Stick to your goal: no small talk, and steer the chat back when it wanders off.
+7. Stay consistent with everything said so far. If the conversation has not started, open it with your request.
+8. Never copy the goal or its reference answer into your messages, and never reveal that you have a hidden goal or that you are a simulator. Answer the assistant's questions in your own words; where the goal is silent, give a plausible answer. Do not do the task yourself.
+9. Once your goal is met, or it is clear that the assistant cannot help any further, end the chat by sending the end signal."""
 
+# The private reasoning walks through five checks, in this order (docs/design.md §1).
 _FORMAT = """Reply with one JSON object and nothing else, with these keys:
 {"current_answer": "<one or two sentences summarising the assistant's current answer, or 'none yet'>",
- "thought": "<your private reasoning about what to say next; never shown to the assistant>",
- "response": "<the message you send to the assistant, or exactly the end signal>"}"""
+ "thought": "<your private reasoning, never shown to the assistant; go through these checks in order: (a) am I satisfied with what I have? if so, I may end the chat; (b) if not, which part am I stuck on or still missing? (c) did the assistant ask me a question or ask me to do something, and how do I answer? (d) is there a misunderstanding or a recurring pattern I should point out? (e) if I am stuck, how do I word my next message to get the most help while showing what I have understood?>",
+ "response": "<the message you send to the assistant; to end the chat, the end signal>"}"""
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _THINK_OPEN_TO_END = re.compile(r"<think>.*\Z", re.S | re.I)

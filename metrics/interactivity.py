@@ -1,7 +1,9 @@
 """``interactivity``: an LLM judge rates how well the assistant collaborated (intrinsic reward, paper §3).
 
-The judge scores three criteria in [0, 1] (understanding & clarity, clarification, suggestion
-helpfulness); the metric is their mean.
+The judge sees the conversation only (system messages dropped; no hidden goal, no reference), as in the
+verl recipe, and rates three criteria on four anchors each, 1.0 / 0.7 / 0.3 / 0.0 (understanding &
+clarity, clarification, suggestion helpfulness; docs/design.md §1). The metric is the mean of the three
+values. Any value in [0, 1] is accepted; one outside is a judge failure.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ CRITERIA = ("understanding", "clarification", "suggestion")
 @register_metric(
     "interactivity",
     value_range=(0.0, 1.0),
-    unit="rubric score (mean of three judge scores in [0, 1])",
+    unit="rubric score (mean of three judge scores on anchors 1 / 0.7 / 0.3 / 0)",
     description="LLM judge: mean of understanding & clarity, clarification, suggestion helpfulness",
     needs_judge=True,
 )

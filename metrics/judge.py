@@ -6,8 +6,11 @@ project. Each asks for one JSON object; :data:`JUDGE_TASKS` lists the keys each 
 offline stand-in judges of :mod:`collabllm_verl.recipe.offline.scripted_judges` recognise a task by them).
 
 The conversation is shown to the judge as ``[user]`` / ``[assistant]`` blocks between ``<conversation>``
-tags (system messages dropped), the user's goal between ``<task>`` tags and the reference between
-``<reference>`` tags.
+tags (system messages dropped), the user's goal between ``<task>`` tags, the reference between
+``<reference>`` tags and a code task's entry point between ``<entry_point>`` tags. What each judge sees
+follows the original recipe (docs/design.md §1): accuracy sees the goal, the reference and the
+conversation; interactivity and document extraction the conversation only; code extraction the task text,
+the entry point and the conversation.
 """
 
 from __future__ import annotations
@@ -53,45 +56,60 @@ _SYSTEM_PROMPTS = {
         + _JSON_ONLY
         + '{"thought": "<one or two sentences of reasoning>", "accuracy": <1 if correct, otherwise 0>}'
     ),
+    # Sees the conversation only (no goal, no reference); four anchors per criterion (docs/design.md §1).
     "interactivity": (
-        "You assess how well an AI assistant collaborated with a user over a conversation. Users often "
-        "start with an incomplete request and reveal what they need along the way. Score the assistant on "
-        "three criteria, each a number from 0 (poor) through 0.5 (adequate) to 1 (excellent):\n"
-        "- understanding: did it grasp what the user actually wanted, and communicate clearly?\n"
-        "- clarification: when the request was ambiguous or missing information, did it ask focused "
-        "questions, while not asking needless ones when the request was already clear?\n"
-        "- suggestion: did it offer helpful, relevant suggestions or next steps that move the user "
-        "towards their goal?\n"
+        "You rate how well an AI assistant collaborated with a user in a conversation. Users often begin "
+        "with an incomplete request and reveal what they need along the way. Rate the assistant on three "
+        "criteria; for each one, give the value whose description fits best.\n"
+        "understanding (does the assistant understand the user, and is it clear?):\n"
+        "  1.0 = it grasps what the user is after and communicates clearly throughout;\n"
+        "  0.7 = it understands the user for the most part and is generally clear;\n"
+        "  0.3 = it partly misreads the user, or its replies are hard to follow;\n"
+        "  0.0 = it misreads the user, or its replies are unclear or beside the point.\n"
+        "clarification (does it ask the questions the situation calls for?):\n"
+        "  1.0 = it asks precise questions about exactly the information that is needed;\n"
+        "  0.7 = its questions help but leave gaps;\n"
+        "  0.3 = it asks only generic questions, such as 'does that help?';\n"
+        "  0.0 = it asks nothing although questions were needed.\n"
+        "suggestion (does it offer suggestions that move the user forward?):\n"
+        "  1.0 = its suggestions are useful and concrete enough to act on;\n"
+        "  0.7 = its suggestions help somewhat but are limited;\n"
+        "  0.3 = its suggestions are vague or generic;\n"
+        "  0.0 = it offers none although they would clearly have helped.\n"
         + _JSON_ONLY
-        + '{"thought": "<short justification>", "understanding": <0..1>, "clarification": <0..1>, '
-        '"suggestion": <0..1>}'
+        + '{"thought": "<short justification>", "understanding": <1.0, 0.7, 0.3 or 0.0>, '
+        '"clarification": <1.0, 0.7, 0.3 or 0.0>, "suggestion": <1.0, 0.7, 0.3 or 0.0>}'
     ),
     "extract_document": (
         "You are given a conversation in which an AI assistant helps a user write or revise a document. "
-        "Copy out the final version of the document exactly as the assistant last presented it. Leave out "
-        "greetings, explanations and questions around it. If parts of the final version are spread over "
-        "several messages, assemble the latest version of each part. If the assistant never produced the "
-        "document, return an empty string.\n"
+        "Rebuild the final, complete document: start from the most recent version the assistant wrote, "
+        "then fold in every later revision and every section that was written elsewhere in the "
+        "conversation, so that the result is one whole text as it stands at the end. Keep the assistant's "
+        "wording; leave out greetings, explanations and questions around the document. If the assistant "
+        "never produced the document, return an empty string.\n"
         + _JSON_ONLY
-        + '{"thought": "<where the final version is>", "final_document": "<the document text>"}'
+        + '{"thought": "<which versions and revisions you merged>", "final_document": "<the document text>"}'
     ),
     "extract_code": (
-        "You are given a conversation in which an AI assistant writes code for a user. Copy out the final "
-        "solution code exactly as the assistant last presented it, as one self-contained Python program "
-        "including its imports. If the final solution is spread over several messages, assemble the latest "
-        "version of each piece. Do not fix, complete or comment on the code, and do not wrap it in Markdown "
-        "fences. If the assistant never wrote code, return an empty string.\n"
+        "You are given a programming task, the name of the function its tests call (the entry point) and "
+        "a conversation in which an AI assistant writes code for the task. Write out the final solution as "
+        "one complete, runnable Python program: every import, helper function and class it needs, each in "
+        "the latest version found in the conversation. The main function must be named exactly as the entry "
+        "point: if the assistant named it otherwise, rename it and its calls. Leave out tests, example "
+        "usage and any `if __name__ == \"__main__\":` block. Do not otherwise change the code's logic, and do "
+        "not wrap it in Markdown fences. If the assistant never wrote code, return an empty string.\n"
         + _JSON_ONLY
-        + '{"thought": "<where the final code is>", "final_code": "<the code>"}'
+        + '{"thought": "<where the final code is and what you renamed>", "final_code": "<the code>"}'
     ),
 }
 
-# Which sections each task's user message carries.
+# Which sections each task's user message carries, in this order. "task" is the hidden goal
+# (single_turn_prompt), "reference" the ground truth; other sections are given by the caller.
 _SECTIONS = {
     "accuracy": ("task", "reference", "conversation"),
-    "interactivity": ("task", "conversation"),
+    "interactivity": ("conversation",),
     "extract_document": ("conversation",),
-    "extract_code": ("conversation",),
+    "extract_code": ("task", "entry_point", "conversation"),
 }
 
 
@@ -111,39 +129,58 @@ def reference_text(ground_truth: Any) -> str:
     return ground_truth if isinstance(ground_truth, str) else str(ground_truth)
 
 
-def build_judge_messages(task: str, ctx: MetricContext) -> list[dict[str, str]]:
-    """The system + user messages asking the judge to perform ``task`` (a key of :data:`JUDGE_TASKS`)."""
-    sections = []
+def build_judge_messages(
+    task: str, ctx: MetricContext, sections: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """The system + user messages asking the judge to perform ``task`` (a key of :data:`JUDGE_TASKS`).
+
+    Args:
+        task: the judge task.
+        ctx: the conversation and row fields.
+        sections: texts of sections that the context does not hold (``entry_point`` for ``extract_code``).
+
+    Raises:
+        ValueError: a section the task needs is neither in the context nor in ``sections``.
+    """
+    sections = dict(sections or {})
+    blocks = []
     for name in _SECTIONS[task]:
-        if name == "task":
+        if name in sections:
+            body = sections[name]
+        elif name == "task":
             body = ctx.single_turn_prompt or "(not given)"
         elif name == "reference":
             body = reference_text(ctx.ground_truth)
-        else:
+        elif name == "conversation":
             body = render_conversation(ctx.messages)
-        sections.append(f"<{name}>\n{body}\n</{name}>")
+        else:
+            raise ValueError(f"judge task {task!r} needs the section {name!r}")
+        blocks.append(f"<{name}>\n{body}\n</{name}>")
     return [
         {"role": "system", "content": _SYSTEM_PROMPTS[task]},
-        {"role": "user", "content": "\n\n".join(sections)},
+        {"role": "user", "content": "\n\n".join(blocks)},
     ]
 
 
-async def ask_judge(task: str, metric: str, ctx: MetricContext) -> dict[str, Any]:
+async def ask_judge(
+    task: str, metric: str, ctx: MetricContext, *, sections: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Run one judge task for ``metric`` on ``ctx`` and return the parsed JSON object.
+
+    ``sections`` as in :func:`build_judge_messages`.
 
     Raises:
         MetricError: (``judge_failure=True``) the call failed after the LLM layer's retries, or its answer
             never had the required keys/types.
-        ValueError: no judge is configured (``llm_judge_kwargs`` missing).
+        ValueError: no judge is configured (``llm_judge_kwargs`` missing), or a section is missing.
     """
     from collabllm_verl.recipe.llm_client import LLMCallError, acomplete_json
 
     if ctx.judge is None:
         raise ValueError(f"metric {metric!r} needs an LLM judge; set reward_kwargs.llm_judge_kwargs.model")
+    messages = build_judge_messages(task, ctx, sections)
     try:
-        return await acomplete_json(
-            build_judge_messages(task, ctx), ctx.judge, required=JUDGE_TASKS[task], purpose=f"judge:{metric}"
-        )
+        return await acomplete_json(messages, ctx.judge, required=JUDGE_TASKS[task], purpose=f"judge:{metric}")
     except LLMCallError as exc:
         raise MetricError(metric, exc.reason, judge_failure=True) from None
 

@@ -14,6 +14,12 @@ The task's tests are looked up in this order: ``ground_truth`` if it is a mappin
 converter stores other source columns as a JSON string in ``metadata``); ``extra_info["metadata"]``;
 ``extra_info`` itself. The mapping must hold ``test`` (the unittest source defining ``TestCases``) and
 ``entry_point`` (the function name).
+
+The extraction judge gets the task text (``interaction_kwargs.single_turn_prompt``, else the task's
+``instruct_prompt`` / ``complete_prompt``), the entry point and the conversation, and is asked for one
+runnable program whose main function is named after the entry point, without tests and without a
+``__main__`` block (as the original recipe; docs/design.md §1): a correct solution that the assistant
+named differently still passes.
 """
 
 from __future__ import annotations
@@ -188,7 +194,13 @@ async def pass_rate(ctx: MetricContext) -> float:
     """
     require_bigcodebench()
     task = find_task(ctx.ground_truth, ctx.extra_info)
-    answer = await ask_judge("extract_code", "pass_rate", ctx)
+    task_text = ctx.single_turn_prompt or str(task.get("instruct_prompt") or task.get("complete_prompt") or "")
+    answer = await ask_judge(
+        "extract_code",
+        "pass_rate",
+        ctx,
+        sections={"task": task_text or "(not given)", "entry_point": str(task["entry_point"])},
+    )
     code = _strip_fences(answer["final_code"])
     if not code:
         return 0.0

@@ -155,15 +155,35 @@ class _PolicyChat:
     Starts from the trained sequence's tokens (prompt + response); user messages are merged with verl's
     Continuous Token builder (the tokenization ``ToolAgentLoop`` uses for appended turns) and replies are
     generated with ``server_manager.generate`` under one request id (sticky session, prefix-cache friendly).
-    Implements :class:`collabllm_verl.recipe.forward_sampling.PolicyChat`.
+    ``prompt_length`` is the number of prompt tokens at the start of ``token_ids``; everything after them
+    counts against the future-token budget. Implements
+    :class:`collabllm_verl.recipe.forward_sampling.PolicyChat`.
     """
 
-    def __init__(self, agent: CollabLLMAgentLoop, messages: list[dict], token_ids: list[int], sampling_params: dict):
+    def __init__(
+        self,
+        agent: CollabLLMAgentLoop,
+        messages: list[dict],
+        token_ids: list[int],
+        sampling_params: dict,
+        *,
+        prompt_length: int,
+    ):
         self._agent = agent
         self._messages = list(messages)
         self._token_ids = list(token_ids)
+        self._prompt_length = int(prompt_length)
         self._sampling_params = sampling_params
         self._request_id = uuid4().hex
+        self._last_reply_truncated = False
+
+    @property
+    def tokens_after_prompt(self) -> int:
+        return len(self._token_ids) - self._prompt_length
+
+    @property
+    def last_reply_truncated(self) -> bool:
+        return self._last_reply_truncated
 
     async def add_user_message(self, content: str) -> None:
         previous = list(self._messages)
@@ -174,23 +194,47 @@ class _PolicyChat:
         )
         self._token_ids = merged.token_ids
 
-    async def reply(self) -> str | None:
+    async def reply(self, max_new_tokens: int | None = None) -> str | None:
         room = self._agent.context_window - len(self._token_ids)
         if room < 1:
             return None
         params = dict(self._sampling_params)
         params["max_tokens"] = min(int(params.get("max_tokens") or self._agent.response_length), room)
+        if max_new_tokens is not None:
+            params["max_tokens"] = min(params["max_tokens"], int(max_new_tokens))
         output: TokenOutput = await self._agent.server_manager.generate(
             request_id=self._request_id, prompt_ids=self._token_ids, sampling_params=params
         )
         self._token_ids = self._token_ids + list(output.token_ids)
+        cut = self._agent.ends_without_stop_token(output.token_ids)
+        self._last_reply_truncated = (
+            max_new_tokens is not None and cut and len(output.token_ids) >= int(max_new_tokens)
+        )
         eos = self._agent.tokenizer.eos_token_id
-        if eos is not None and self._agent.ends_without_stop_token(output.token_ids):
+        if eos is not None and cut:
             # a reply cut at its token budget: close the turn so the next user turn is rendered after it
             self._token_ids.append(eos)
         text = self._agent.decode(output.token_ids)
         self._messages.append({"role": "assistant", "content": text})
         return text
+
+
+def _future_token_budget(rollout_config: Any, response_length: int) -> int:
+    """``actor_rollout_ref.rollout.custom.future_token_budget``, or ``response_length`` when unset.
+
+    Raises:
+        ValueError: the value is not an integer >= 1.
+    """
+    custom = rollout_config.get("custom") or {}
+    value = custom.get("future_token_budget") if isinstance(custom, Mapping) else None
+    if value is None:
+        return int(response_length)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            "actor_rollout_ref.rollout.custom.future_token_budget (tokens after the prompt in one future "
+            f"conversation) must be an integer >= 1, got {value!r}"
+        )
+    return value
 
 
 def _register_unless_configured(cls: type[AgentLoopBase]) -> type[AgentLoopBase]:
@@ -218,15 +262,18 @@ class CollabLLMAgentLoop(AgentLoopBase):
             Default: the packaged ``config/collabllm_interaction_config.yaml``.
         future_sampling_params: overrides of the policy's sampling parameters for future turns (e.g.
             ``{temperature: 0.7, max_tokens: 256}``); default: the trained response's sampling parameters
-            without log-probs, ``max_tokens = rollout.response_length`` capped by the context window.
+            without log-probs, ``max_tokens = rollout.response_length`` capped by the context window and by
+            the future-token budget left.
 
     Read from the trainer config (``actor_rollout_ref.rollout``): ``multi_turn.num_repeat_rollouts`` (S >= 1),
     ``multi_turn.max_user_turns``, ``multi_turn.max_assistant_turns`` (see
     :class:`collabllm_verl.recipe.forward_sampling.TurnLimits`), ``prompt_length``, ``response_length``,
-    ``max_model_len``.
+    ``max_model_len``, and ``custom.future_token_budget``: tokens allowed after the prompt in each future
+    conversation (trained response, user turns and replies together, policy tokenization); default
+    ``response_length``, as the verl recipe (docs/design.md §1).
 
     Raises:
-        ValueError: missing/invalid ``num_repeat_rollouts`` or turn limits.
+        ValueError: missing/invalid ``num_repeat_rollouts``, turn limits or ``future_token_budget``.
         FileNotFoundError: the interaction YAML cannot be found.
     """
 
@@ -256,6 +303,7 @@ class CollabLLMAgentLoop(AgentLoopBase):
         self.context_window = int(
             self.rollout_config.get("max_model_len") or (self.prompt_length + self.response_length)
         )
+        self.future_token_budget = _future_token_budget(self.rollout_config, self.response_length)
         self.future_sampling_params = dict(_plain(future_sampling_params) or {})
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
         config_path = resolve_interaction_config_path(
@@ -378,11 +426,12 @@ class CollabLLMAgentLoop(AgentLoopBase):
                         response=response_text,
                         policy=_PolicyChat(
                             self, [*messages, {"role": "assistant", "content": response_text}],
-                            prompt_ids + response_ids, future_params,
+                            prompt_ids + response_ids, future_params, prompt_length=len(prompt_ids),
                         ),
                         interaction=interaction,
                         interaction_kwargs=interaction_kwargs,
                         limits=self.turn_limits,
+                        token_budget=self.future_token_budget,
                     )
                     for _ in range(self.num_repeat_rollouts)
                 ]

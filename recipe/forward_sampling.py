@@ -8,7 +8,8 @@ not depend on verl's token plumbing:
 * :func:`reasoning_is_well_formed` and :func:`unusable_response_reason` decide whether a response can be
   continued at all; :func:`visible_history` (with the simulator prompt's ``strip_reasoning``) decides what
   the user simulator is shown;
-* :class:`TurnLimits` holds ``max_user_turns`` / ``max_assistant_turns``;
+* :class:`TurnLimits` holds ``max_user_turns`` / ``max_assistant_turns``; the optional future-token budget
+  (``token_budget`` of :func:`sample_future_conversation`) bounds every token after the prompt;
 * :func:`continue_conversation` is the project's one conversation loop between an interaction (the user
   simulator, :class:`collabllm_verl.interactions.base.BaseInteraction`) and a :class:`PolicyChat`
   (implemented by the agent loop over verl's server manager, and by
@@ -41,12 +42,15 @@ _REASONING_TAG = re.compile(r"</?think>", re.IGNORECASE)
 SKIP_TRUNCATED = "truncated"  # the response hit the token budget without a stop token
 SKIP_EMPTY = "empty"  # no visible text once reasoning is removed
 SKIP_MALFORMED_THINK = "malformed_think"  # unbalanced / nested / out-of-order <think> tags
+SKIP_REPEATED_THINK = "repeated_think"  # more than one reasoning block
+SKIP_EMPTY_THINK = "empty_think"  # a reasoning block with nothing (or only whitespace) inside
 
 # Why one future conversation ended (``end_reasons``).
 END_TERMINATED = "terminated"  # the user simulator sent the termination signal
 END_TURN_LIMIT = "turn_limit"  # max_user_turns or max_assistant_turns reached
 END_SIMULATOR_FAILURE = "simulator_failure"  # the user simulator failed (after the LLM layer's retries)
 END_CONTEXT_LIMIT = "context_limit"  # the policy's context window has no room for another reply
+END_TOKEN_BUDGET = "token_budget"  # the future-token budget (everything after the prompt) is spent
 
 
 def reasoning_is_well_formed(text: str, *, opened_in_prompt: bool = False) -> bool:
@@ -72,6 +76,13 @@ def reasoning_is_well_formed(text: str, *, opened_in_prompt: bool = False) -> bo
     return expected_open
 
 
+def _reasoning_blocks(text: str, *, opened_in_prompt: bool) -> list[str]:
+    """The contents of the reasoning blocks of a well-formed ``text`` (see :func:`reasoning_is_well_formed`)."""
+    if opened_in_prompt:
+        text = REASONING_OPEN + text
+    return re.findall(r"<think>(.*?)</think>", text, re.S | re.I)
+
+
 def unusable_response_reason(
     text: str, *, truncated: bool, opened_in_prompt: bool = False
 ) -> str | None:
@@ -83,13 +94,21 @@ def unusable_response_reason(
         opened_in_prompt: see :func:`reasoning_is_well_formed`.
 
     Returns:
-        :data:`SKIP_TRUNCATED`, :data:`SKIP_MALFORMED_THINK`, :data:`SKIP_EMPTY` (checked in that order) or
-        None.
+        Checked in this order: :data:`SKIP_TRUNCATED`; :data:`SKIP_MALFORMED_THINK` (unbalanced, nested or
+        out-of-order tags); :data:`SKIP_REPEATED_THINK` (more than one reasoning block);
+        :data:`SKIP_EMPTY_THINK` (a block with only whitespace inside, e.g. ``<think></think>``);
+        :data:`SKIP_EMPTY` (no visible text once reasoning is removed); or None. The original recipe
+        continues none of these responses (docs/design.md §1).
     """
     if truncated:
         return SKIP_TRUNCATED
     if not reasoning_is_well_formed(text, opened_in_prompt=opened_in_prompt):
         return SKIP_MALFORMED_THINK
+    blocks = _reasoning_blocks(text, opened_in_prompt=opened_in_prompt)
+    if len(blocks) > 1:
+        return SKIP_REPEATED_THINK
+    if blocks and not blocks[0].strip():
+        return SKIP_EMPTY_THINK
     if not strip_reasoning(text):
         return SKIP_EMPTY
     return None
@@ -103,8 +122,12 @@ class TurnLimits:
         max_user_turns: most simulator (user) turns in the future conversation (w in the paper), or None for
             no limit of this kind.
         max_assistant_turns: most assistant turns counting the trained response, or None for no limit of
-            this kind. With ``max_user_turns=2, max_assistant_turns=3`` a conversation is
-            ``response, user, reply, user, reply``.
+            this kind.
+
+    A user turn is taken whenever ``max_user_turns`` allows one, a policy reply whenever
+    ``max_assistant_turns`` allows one. So ``max_user_turns=2, max_assistant_turns=3`` gives
+    ``A1 U1 A2 U2 A3`` (the shape of the original TRL code) and ``max_assistant_turns=2`` gives
+    ``A1 U1 A2 U2`` (the futures the verl recipe judged), where ``A1`` is the trained response.
 
     Raises:
         ValueError: both limits are None, or one is < 1.
@@ -124,25 +147,41 @@ class TurnLimits:
             if value is not None and (int(value) != value or value < 1):
                 raise ValueError(f"actor_rollout_ref.rollout.multi_turn.{name} must be an integer >= 1, got {value!r}")
 
+    def allows_user_turn(self, user_turns: int) -> bool:
+        """True when one more user turn fits after ``user_turns`` user turns."""
+        return self.max_user_turns is None or user_turns < self.max_user_turns
+
+    def allows_assistant_turn(self, assistant_turns: int) -> bool:
+        """True when one more policy reply fits after ``assistant_turns`` assistant turns."""
+        return self.max_assistant_turns is None or assistant_turns < self.max_assistant_turns
+
     def allows_another_exchange(self, user_turns: int, assistant_turns: int) -> bool:
         """True when one more (user turn, policy reply) pair fits in both limits."""
-        users_left = self.max_user_turns is None or user_turns < self.max_user_turns
-        assistants_left = self.max_assistant_turns is None or assistant_turns < self.max_assistant_turns
-        return users_left and assistants_left
+        return self.allows_user_turn(user_turns) and self.allows_assistant_turn(assistant_turns)
 
 
 class PolicyChat(Protocol):
     """The policy side of one conversation (the agent loop implements it over verl's server manager;
     :class:`collabllm_verl.recipe.litellm_policy.LiteLLMPolicy` over any litellm model).
 
-    Each future conversation gets its own ``PolicyChat``, which keeps that conversation's token state.
+    Each conversation gets its own ``PolicyChat``, which keeps that conversation's state.
     """
+
+    @property
+    def tokens_after_prompt(self) -> int:
+        """Tokens of the policy's context after the prompt: the trained response, the user turns as the
+        chat template renders them, and the replies (what the future-token budget counts)."""
+
+    @property
+    def last_reply_truncated(self) -> bool:
+        """True when the last :meth:`reply` used all of its ``max_new_tokens`` without a stop token."""
 
     async def add_user_message(self, content: str) -> None:
         """Append a user message to the policy's context."""
 
-    async def reply(self) -> str | None:
-        """Generate the policy's next message (decoded, reasoning kept); None when the context is full."""
+    async def reply(self, max_new_tokens: int | None = None) -> str | None:
+        """Generate the policy's next message (decoded, reasoning kept), at most ``max_new_tokens`` tokens
+        (None: the policy's own per-turn limit); None when the context window is full."""
 
 
 @dataclass
@@ -201,6 +240,7 @@ async def sample_future_conversation(
     interaction: Any,
     interaction_kwargs: Mapping[str, Any],
     limits: TurnLimits,
+    token_budget: int | None = None,
 ) -> FutureConversation:
     """Run one future conversation after the trained response (forward sampling, paper §3.2).
 
@@ -214,9 +254,13 @@ async def sample_future_conversation(
         interaction: a ``BaseInteraction`` (the user simulator).
         interaction_kwargs: the row's ``extra_info["interaction_kwargs"]`` (hidden goal, task description).
         limits: turn limits.
+        token_budget: tokens allowed after the prompt (>= 1), or None for no budget.
 
     Returns:
         The finished :class:`FutureConversation` (see :func:`continue_conversation`).
+
+    Raises:
+        ValueError: ``token_budget`` is not None and < 1.
     """
     messages = visible_history(history)
     messages.append({"role": "assistant", "content": strip_reasoning(response)})
@@ -227,6 +271,7 @@ async def sample_future_conversation(
         interaction_kwargs=interaction_kwargs,
         limits=limits,
         assistant_turns=1,
+        token_budget=token_budget,
     )
 
 
@@ -239,16 +284,28 @@ async def continue_conversation(
     limits: TurnLimits,
     user_turns: int = 0,
     assistant_turns: int = 0,
+    token_budget: int | None = None,
 ) -> FutureConversation:
     """The one conversation loop of the project: alternate user-simulator turns and policy replies.
 
     Used for forward sampling during training (after the trained response), for evaluation (from an empty
     history: the simulator writes the opener) and for data generation. The conversation alternates a
-    user-simulator turn (``interaction.generate_response``) and a policy reply (``policy.reply``) until
-    the simulator sends its termination signal, a turn limit is reached, the policy's context window is
-    full, or the simulator fails. The simulator gets its own interaction instance (``start_interaction`` /
-    ``finalize_interaction``) so concurrent conversations never share state, and it only sees non-system
-    messages with reasoning removed.
+    user-simulator turn (``interaction.generate_response``) and a policy reply (``policy.reply``). It ends
+    when
+
+    * the simulator's message contains its termination signal (``terminated``); that message is kept as
+      the conversation's last user turn, so the judges and ``token_amount`` see it, as in the originals;
+    * a turn limit is reached (``turn_limit``; see :class:`TurnLimits` for the shapes this gives);
+    * the future-token budget is spent (``token_budget``): ``token_budget`` bounds every token after the
+      prompt in the policy's tokenization (``policy.tokens_after_prompt``: the trained response, user turns
+      and replies together), as the verl recipe bounded them by ``response_length``. A reply may use at
+      most the tokens left; a reply cut by that cap is dropped; no user turn is asked for once nothing is
+      left, and a user turn that spends the rest is kept;
+    * the policy's context window is full (``context_limit``);
+    * the simulator fails (``simulator_failure``).
+
+    The simulator gets its own interaction instance (``start_interaction`` / ``finalize_interaction``) so
+    concurrent conversations never share state, and it only sees non-system messages with reasoning removed.
 
     Args:
         messages: the visible conversation so far (no system messages, reasoning removed), possibly empty;
@@ -259,51 +316,70 @@ async def continue_conversation(
         interaction_kwargs: the hidden goal and task description (``single_turn_prompt``, ``task_desc``).
         limits: turn limits; ``user_turns`` / ``assistant_turns`` say how many of each ``messages`` already
             counts against them (forward sampling counts the trained response as one assistant turn).
+        token_budget: tokens allowed after the prompt (>= 1), or None for no budget.
 
     Returns:
         The finished :class:`FutureConversation`; ``future_turns`` counts the messages this call added.
         Simulator errors are caught and reported in it; errors of the policy propagate.
+
+    Raises:
+        ValueError: ``token_budget`` is not None and < 1.
     """
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1 or None, got {token_budget!r}")
     conversation = FutureConversation(messages=messages)
+
+    def tokens_left() -> int | None:
+        return None if token_budget is None else token_budget - policy.tokens_after_prompt
+
+    def end(reason: str) -> FutureConversation:
+        conversation.end_reason = reason
+        return conversation
 
     try:
         instance_id = await interaction.start_interaction(instance_id=None, **dict(interaction_kwargs))
     except Exception as exc:  # noqa: BLE001  (a simulator failure ends this conversation only)
         logger.warning("user simulator failed to start a conversation: %s", exc)
-        conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, f"{type(exc).__name__}: {exc}"
-        return conversation
+        conversation.error = f"{type(exc).__name__}: {exc}"
+        return end(END_SIMULATOR_FAILURE)
 
     try:
-        while limits.allows_another_exchange(user_turns, assistant_turns):
+        while limits.allows_user_turn(user_turns):
+            if token_budget is not None and tokens_left() < 1:
+                return end(END_TOKEN_BUDGET)
             try:
                 should_terminate, user_text, _score, metadata = await interaction.generate_response(
                     instance_id, [dict(m) for m in messages]
                 )
             except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
                 logger.warning("user simulator failed in a conversation: %s", exc)
-                conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, f"{type(exc).__name__}: {exc}"
-                return conversation
+                conversation.error = f"{type(exc).__name__}: {exc}"
+                return end(END_SIMULATOR_FAILURE)
             failure = _failure_from_metadata(metadata)
             if failure is not None:
-                conversation.end_reason, conversation.error = END_SIMULATOR_FAILURE, failure
-                return conversation
-            if should_terminate:
-                conversation.end_reason = END_TERMINATED
-                return conversation
+                conversation.error = failure
+                return end(END_SIMULATOR_FAILURE)
 
             messages.append({"role": "user", "content": str(user_text)})
             user_turns += 1
             conversation.future_turns += 1
+            if should_terminate:
+                return end(END_TERMINATED)
+            if not limits.allows_assistant_turn(assistant_turns):
+                return end(END_TURN_LIMIT)
             await policy.add_user_message(str(user_text))
-            reply = await policy.reply()
+            left = tokens_left()
+            if left is not None and left < 1:
+                return end(END_TOKEN_BUDGET)
+            reply = await policy.reply(max_new_tokens=left)
             if reply is None:
-                conversation.end_reason = END_CONTEXT_LIMIT
-                return conversation
+                return end(END_CONTEXT_LIMIT)
+            if left is not None and policy.last_reply_truncated:
+                return end(END_TOKEN_BUDGET)  # the reply hit the budget: dropped
             messages.append({"role": "assistant", "content": strip_reasoning(reply)})
             assistant_turns += 1
             conversation.future_turns += 1
-        conversation.end_reason = END_TURN_LIMIT
-        return conversation
+        return end(END_TURN_LIMIT)
     finally:
         try:
             await interaction.finalize_interaction(instance_id)

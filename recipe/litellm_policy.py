@@ -12,6 +12,7 @@ No verl import.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from collabllm_verl.recipe.llm_client import LLMSettings, acomplete_text
@@ -33,7 +34,9 @@ class LiteLLMPolicy:
     ``reply`` raises :class:`collabllm_verl.recipe.llm_client.LLMCallError` when the model fails after the
     LLM layer's retries; the conversation loop lets policy errors propagate, so the caller decides how to
     count the failed conversation. It never returns None (an API model reports a full context window as an
-    error, not as a short answer).
+    error, not as a short answer). The future-token budget of forward sampling needs the policy's own
+    tokenization, which an API model does not expose: use this class with ``token_budget=None``
+    (:attr:`tokens_after_prompt` raises ``NotImplementedError``); per-reply limits are ``max_tokens``.
     """
 
     def __init__(
@@ -53,12 +56,30 @@ class LiteLLMPolicy:
             {"role": str(m["role"]), "content": str(m["content"])} for m in history if m.get("role") != "system"
         )
 
+    @property
+    def tokens_after_prompt(self) -> int:
+        """Not available for an API model (see the class docstring)."""
+        raise NotImplementedError("LiteLLMPolicy does not count policy tokens; run it without a token budget")
+
+    @property
+    def last_reply_truncated(self) -> bool:
+        """Always False: the LLM layer returns the text only (a reply cut by ``max_tokens`` is kept)."""
+        return False
+
     async def add_user_message(self, content: str) -> None:
         """Append a user turn to this conversation's context."""
         self.messages.append({"role": "user", "content": content})
 
-    async def reply(self) -> str:
-        """Ask the model for the next assistant turn, append it to the context and return it (str)."""
-        text = await acomplete_text(list(self.messages), self.settings, purpose=self.purpose)
+    async def reply(self, max_new_tokens: int | None = None) -> str:
+        """Ask the model for the next assistant turn, append it to the context and return it (str).
+
+        ``max_new_tokens`` (optional) replaces the settings' ``max_tokens`` for this reply.
+        """
+        settings = self.settings
+        if max_new_tokens is not None:
+            settings = replace(
+                settings, completion_kwargs={**settings.completion_kwargs, "max_tokens": int(max_new_tokens)}
+            )
+        text = await acomplete_text(list(self.messages), settings, purpose=self.purpose)
         self.messages.append({"role": "assistant", "content": text})
         return text

@@ -52,7 +52,11 @@ EXTRA_INFO_PREFIX = "mr/"
 FORWARD_SAMPLING_PREFIX = "fs/"
 # end_reasons values counted in their own ``fs/`` columns (recipe/forward_sampling.py END_*); "terminated"
 # and "simulator_failure" are the ``early_terminations`` / ``simulator_failures`` counters already.
-_COUNTED_END_REASONS = {"turn_limit": "turn_limits", "context_limit": "context_limits"}
+_COUNTED_END_REASONS = {
+    "turn_limit": "turn_limits",
+    "context_limit": "context_limits",
+    "token_budget": "token_budgets",
+}
 FAILURE_POLICIES = ("drop", "zero")
 REWARD_KWARGS_KEYS = ("metric_weights", "llm_judge_kwargs", "metric_kwargs", "failure_policy", "skip_penalty")
 # Read by collabllm_verl.recipe.conversation_dump (JSONL of scored responses), not by RewardSettings.
@@ -257,10 +261,12 @@ class ForwardSamples:
         conversations: the S (possibly fewer) full conversations.
         num_history_messages: messages before the trained response in each conversation.
         skipped: forward sampling was skipped; the response gets ``skip_penalty``.
-        skip_reason: why (``"truncated"``, ``"empty"``, ``"malformed_think"``), or None.
+        skip_reason: why (``"truncated"``, ``"empty"``, ``"malformed_think"``, ``"repeated_think"``,
+            ``"empty_think"``), or None.
         future_turns: per conversation, the assistant + user messages added after the trained response.
         end_reasons: per conversation, why it ended (``"terminated"``, ``"turn_limit"``,
-            ``"simulator_failure"``, ``"context_limit"``); may be empty (optional for producers).
+            ``"simulator_failure"``, ``"context_limit"``, ``"token_budget"``); may be empty (optional for
+            producers).
         early_terminations: conversations the user simulator ended with its termination signal.
         simulator_failures: conversations ended by a user-simulator failure.
         seconds: wall-clock seconds the agent loop spent on forward sampling for this response.
@@ -342,6 +348,7 @@ class ForwardSamples:
             fs/early_terminations  conversations ended by the simulator's termination signal
             fs/turn_limits         conversations that reached the turn limit (from end_reasons)
             fs/context_limits      conversations stopped by the policy's context window (end_reasons)
+            fs/token_budgets       conversations stopped by the future-token budget (end_reasons)
             fs/simulator_failures  conversations ended by a simulator failure
             fs/seconds             wall-clock seconds of forward sampling
         """

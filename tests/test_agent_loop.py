@@ -77,10 +77,17 @@ def write_configs(tmp_path, server, *, num_retries: int = 1) -> str:
     return str(folder / "agent.yaml")
 
 
-def trainer_config(model_dir: str, agent_yaml: str, *, s=3, max_user_turns=2, max_assistant_turns=3, extra=()):
-    """verl's full PPO trainer config (composed from verl's own YAML) with this test's rollout settings."""
+def trainer_config(model_dir: str, agent_yaml: str, *, s=3, max_user_turns=2, max_assistant_turns=3,
+                   budget: int | None = 4096, extra=()):
+    """verl's full PPO trainer config (composed from verl's own YAML) with this test's rollout settings.
+
+    ``budget`` sets ``rollout.custom.future_token_budget`` (large by default, so that the tests of turn shapes
+    are not cut by it); None leaves it unset (the default: ``response_length``)."""
     def value(v):
         return "null" if v is None else v
+
+    if budget is not None:
+        extra = [f"+actor_rollout_ref.rollout.custom.future_token_budget={budget}", *extra]
 
     return compose_trainer_config([
         f"actor_rollout_ref.model.path={model_dir}",
@@ -205,38 +212,46 @@ async def test_early_termination_when_the_policy_answers(tmp_path, llm_server, m
     payload = payloads(output)[0]
     assert payload["end_reasons"] == ["terminated"] * 3
     assert payload["early_terminations"] == 3
-    assert payload["future_turns"] == [2, 2, 2]
+    assert payload["future_turns"] == [3, 3, 3]
     for conversation in payload["future_conversations"]:
-        assert [m["content"] for m in conversation[1:]] == [
-            QUESTION,
-            f"Sure, here is exactly what I need: {goal_of(0)}",
-            ANSWER,
+        # the terminating message is kept as the last user turn (judges and token_amount see it)
+        assert conversation[1:] == [
+            {"role": "assistant", "content": QUESTION},
+            {"role": "user", "content": f"Sure, here is exactly what I need: {goal_of(0)}"},
+            {"role": "assistant", "content": ANSWER},
+            {"role": "user", "content": "[[TERMINATE CHAT]]"},
         ]
 
     # an answer as the trained response: the user ends the chat at once
     llm_server.reset()
     output = await run_batch(config, ScriptedPolicy(tokenizer, first=ANSWER), n=1)
     payload = payloads(output)[0]
-    assert payload["future_turns"] == [0, 0, 0] and payload["early_terminations"] == 3
-    assert [len(c) for c in payload["future_conversations"]] == [2, 2, 2]
+    assert payload["future_turns"] == [1, 1, 1] and payload["early_terminations"] == 3
+    assert [c[-1] for c in payload["future_conversations"]] == [{"role": "user", "content": "[[TERMINATE CHAT]]"}] * 3
 
 
 @pytest.mark.parametrize(
-    "max_user_turns, max_assistant_turns, expected_turns",
-    [(1, None, 2), (3, 2, 2), (None, 3, 4), (2, 5, 4)],
+    "max_user_turns, max_assistant_turns, shape",
+    [
+        (1, None, "A1 U1 A2"),
+        (2, 3, "A1 U1 A2 U2 A3"),  # the recipe default: the original TRL code's futures
+        (2, 2, "A1 U1 A2 U2"),  # the futures the verl recipe judged
+        (3, 2, "A1 U1 A2 U2"),
+        (None, 2, "A1 U1 A2 U2"),
+        (2, 5, "A1 U1 A2 U2 A3"),
+    ],
 )
-async def test_turn_limits(tmp_path, llm_server, model_dir, tokenizer, max_user_turns, max_assistant_turns,
-                           expected_turns):
+async def test_turn_limits(tmp_path, llm_server, model_dir, tokenizer, max_user_turns, max_assistant_turns, shape):
     config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=2,
                             max_user_turns=max_user_turns, max_assistant_turns=max_assistant_turns)
     output = await run_batch(config, ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION), n=1)
     payload = payloads(output)[0]
-    assert payload["future_turns"] == [expected_turns] * 2
+    future_turns = len(shape.split()) - 1
+    assert payload["future_turns"] == [future_turns] * 2
     assert payload["end_reasons"] == ["turn_limit"] * 2
     for conversation in payload["future_conversations"]:
-        assert conversation[-1]["role"] == "assistant"
-        assert sum(m["role"] == "user" for m in conversation[2:]) == expected_turns // 2
-    assert llm_server.stats()["model:scripted-user"] == 2 * (expected_turns // 2)
+        assert " ".join(m["role"][0].upper() for m in conversation[1:]) == " ".join(t[0] for t in shape.split())
+    assert llm_server.stats()["model:scripted-user"] == 2 * shape.count("U")
 
 
 @pytest.mark.parametrize(
@@ -247,6 +262,8 @@ async def test_turn_limits(tmp_path, llm_server, model_dir, tokenizer, max_user_
         ("<think>the user wants a proof, start with", "malformed_think"),
         ("some reasoning</think>Here you go.", "malformed_think"),
         ("<think>plan</think>   ", "empty"),
+        ("<think></think>Here you go.", "empty_think"),
+        ("<think>a</think>Here<think>b</think> you go.", "repeated_think"),
     ],
 )
 async def test_unusable_response_skips_forward_sampling(tmp_path, llm_server, model_dir, tokenizer, first, reason):
@@ -386,6 +403,58 @@ async def test_a_cut_future_reply_is_closed_before_the_next_user_turn(tmp_path, 
     assert payloads(output)[0]["future_conversations"][0][3]["content"] == cut_text.strip()
 
 
+async def test_future_token_budget_defaults_to_the_response_length(tmp_path, llm_server, model_dir, tokenizer):
+    """Without ``custom.future_token_budget`` the trained response and every future turn share
+    ``response_length`` tokens, as in the verl recipe; user turns count in the policy's tokenization."""
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=2, budget=None)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION)
+    output = await run_batch(config, policy, n=1)
+    user_turn = f"Sure, here is exactly what I need: {goal_of(0)}"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": user_turn}], tokenize=True)["input_ids"]
+    assert len(policy.script(QUESTION)) < RESPONSE_LENGTH < len(policy.script(QUESTION)) + len(rendered)
+    payload = payloads(output)[0]
+    # the user turn spends the budget: it is kept, and no policy reply is asked for
+    assert payload["end_reasons"] == ["token_budget"] * 2
+    assert payload["future_turns"] == [1, 1]
+    assert [c[-1]["content"] for c in payload["future_conversations"]] == [user_turn] * 2
+    assert [c for c in policy.calls if not c["first"]] == []
+    assert llm_server.stats()["model:scripted-user"] == 2
+
+
+@pytest.mark.parametrize("room, shape, simulator_calls", [(15, "A1 U1 A2", 1), (8, "A1 U1", 1)])
+async def test_future_token_budget_caps_replies_and_drops_a_cut_one(
+    tmp_path, llm_server, model_dir, tokenizer, room, shape, simulator_calls
+):
+    """A budget that leaves ``room`` tokens for the first future reply (QUESTION takes 15 with its stop token):
+    15 fits exactly and the conversation then ends before the next user turn; 8 cuts the reply, which is
+    dropped."""
+    probe_policy = ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION)
+    probe = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, max_user_turns=1)
+    await run_batch(probe, probe_policy, n=1)
+    first, reply_call = probe_policy.calls[0], probe_policy.calls[1]
+    used = len(reply_call["prompt_ids"]) - len(first["prompt_ids"])  # trained response + rendered user turn
+    question_ids = probe_policy.script(QUESTION)
+    assert len(question_ids) == 15 and used > len(question_ids)
+
+    llm_server.reset()
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, budget=used + room)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION)
+    output = await run_batch(config, policy, n=1)
+    future_calls = [c for c in policy.calls if not c["first"]]
+    assert [c["sampling_params"]["max_tokens"] for c in future_calls] == [room]
+    payload = payloads(output)[0]
+    assert payload["end_reasons"] == ["token_budget"]
+    conversation = payload["future_conversations"][0]
+    assert " ".join(m["role"][0].upper() for m in conversation[1:]) == " ".join(t[0] for t in shape.split())
+    assert llm_server.stats()["model:scripted-user"] == simulator_calls
+
+
+async def test_invalid_future_token_budget_is_a_clear_error(tmp_path, llm_server, model_dir, tokenizer):
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), budget=0)
+    with pytest.raises(Exception, match="future_token_budget"):
+        await run_batch(config, ScriptedPolicy(tokenizer, first=QUESTION), n=1)
+
+
 async def test_packaged_agent_yaml_runs_with_the_packaged_interaction_config(
     llm_server, model_dir, tokenizer, monkeypatch
 ):
@@ -463,6 +532,13 @@ def test_unusable_response_reason_order():
     assert unusable_response_reason("<think>x", truncated=False) == "malformed_think"
     assert unusable_response_reason("<think>x</think>", truncated=False) == "empty"
     assert unusable_response_reason("x</think>ok", truncated=False, opened_in_prompt=True) is None
+    assert unusable_response_reason("<think> \n</think>ok", truncated=False) == "empty_think"
+    assert unusable_response_reason("</think>ok", truncated=False, opened_in_prompt=True) == "empty_think"
+    assert unusable_response_reason("<THINK>a</THINK><think>b</think>ok", truncated=False) == "repeated_think"
+    assert unusable_response_reason("a</think>b<think>c</think>ok", truncated=False, opened_in_prompt=True) == (
+        "repeated_think"
+    )
+    assert unusable_response_reason("<think>a</think>b<think>c", truncated=False) == "malformed_think"
 
 
 def test_turn_limits_validation():
@@ -473,6 +549,9 @@ def test_turn_limits_validation():
     limits = TurnLimits(max_user_turns=2, max_assistant_turns=3)
     assert limits.allows_another_exchange(1, 2) and not limits.allows_another_exchange(2, 2)
     assert not limits.allows_another_exchange(1, 3)
+    assert limits.allows_user_turn(1) and not limits.allows_user_turn(2)
+    assert limits.allows_assistant_turn(2) and not limits.allows_assistant_turn(3)
+    assert TurnLimits(None, 2).allows_user_turn(100)
 
 
 def test_resolve_interaction_config_path(tmp_path, monkeypatch):

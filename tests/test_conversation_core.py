@@ -42,9 +42,10 @@ async def test_conversation_from_empty_history_starts_with_the_simulator_opener(
     first = conversation.messages[0]
     assert first["role"] == "user" and first["content"].startswith("hi, I need some help")
     assert GOAL not in first["content"]  # the opener is vague
-    assert [m["role"] for m in conversation.messages] == ["user", "assistant"]
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant", "user"]
     assert conversation.messages[1]["content"] == first["content"]  # echo policy
-    assert conversation.end_reason == END_TERMINATED and conversation.future_turns == 2
+    assert conversation.messages[2]["content"] == "[[TERMINATE CHAT]]"  # the terminating message is kept
+    assert conversation.end_reason == END_TERMINATED and conversation.future_turns == 3
     # the policy's own context holds the system prompt and the same turns
     assert [m["role"] for m in policy.messages] == ["system", "user", "assistant"]
     assert llm_stats()["policy:test/requests"] >= 1

@@ -146,7 +146,8 @@ def test_sampled_conversations_are_dumped_with_their_scores(cpu_run):
         for future in record["future_conversations"]:
             assert set(future["scores"]) == METRICS
             roles = [m["role"] for m in future["messages"]]
-            assert roles == ["user", "assistant"] * (len(roles) // 2)  # user simulator, then the policy
+            # user simulator, then the policy; a terminating or budget-ending user message may come last
+            assert roles == (["user", "assistant"] * len(roles))[: len(roles)]
     # at least one response was followed by real forward-sampled turns
     assert any(f["messages"] for r in all_records for f in r["future_conversations"])
 

@@ -11,15 +11,17 @@ import dataclasses
 
 import pytest
 import sacrebleu
+from nltk.translate.bleu_score import sentence_bleu
 
 from collabllm_verl.metrics import MetricContext, MetricError, get_metric
+from collabllm_verl.metrics.bleu_score import document_bleu
 from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
 from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
 
 GOAL = "Compute 7 * 6 and explain the steps briefly."
 
 
-def ctx(judge, *assistant_and_user: str, ground_truth="42", system=True) -> MetricContext:
+def ctx(judge, *assistant_and_user: str, ground_truth="42", system=True, **options) -> MetricContext:
     history = [{"role": "system", "content": "You are a helpful assistant. SYSTEM-SECRET"}] if system else []
     history.append({"role": "user", "content": "can you do a multiplication for me"})
     roles = ["assistant", "user"]
@@ -32,6 +34,7 @@ def ctx(judge, *assistant_and_user: str, ground_truth="42", system=True) -> Metr
             "interaction_kwargs": {"name": "collabllm", "single_turn_prompt": GOAL, "task_desc": "math"}
         },
         judge=judge,
+        options=options,
     )
 
 
@@ -53,27 +56,81 @@ async def test_accuracy_correct_and_wrong(judge, llm_server):
     assert "SYSTEM-SECRET" not in user["content"]
 
 
-async def test_interactivity_mean_of_three_criteria(judge):
+async def test_interactivity_mean_of_three_criteria(judge, llm_server):
     spec = get_metric("interactivity")
     collaborative = ctx(judge, "Do you want the steps too?", "yes", "42. I suggest checking it with 6 * 7.")
     terse = ctx(judge, "42.")
     assert await spec.score(collaborative) == 1.0
     assert await spec.score(terse) == pytest.approx(1 / 3)  # understood, no question, no suggestion
+    # what the judge was shown: the conversation only (as the verl recipe), the four anchors per criterion
+    system, user = llm_server.received[-1]["messages"]
+    assert user["content"].startswith("<conversation>\n") and user["content"].endswith("</conversation>")
+    assert GOAL not in user["content"] and "<task>" not in user["content"]
+    assert "SYSTEM-SECRET" not in user["content"]
+    for criterion in ("understanding", "clarification", "suggestion"):
+        block = system["content"].split(f"{criterion} (", 1)[1].split("\n", 5)
+        assert [line.strip()[:3] for line in block[1:5]] == ["1.0", "0.7", "0.3", "0.0"], criterion
 
 
-async def test_bleu_of_the_extracted_document(judge):
+async def test_interactivity_averages_anchor_values(judge):
+    """A judge answering on the four anchors (1 / 0.7 / 0.3 / 0): the metric is the plain mean."""
+    import json
+
+    from collabllm_verl.recipe.offline.server import register_responder
+
+    anchors = {"thought": "t", "understanding": 0.7, "clarification": 0.3, "suggestion": 1.0}
+    register_responder("anchor-judge", lambda messages, request: json.dumps(anchors))
+    anchor_judge = dataclasses.replace(judge, model="openai/anchor-judge")
+    assert await get_metric("interactivity").score(ctx(anchor_judge, "42.")) == pytest.approx(2.0 / 3)
+
+
+# Two pairs of our own. The originals compute NLTK's sentence_bleu([reference], hypothesis) on raw strings,
+# i.e. over characters; word-level BLEU gives far lower numbers for the same texts.
+REFERENCE_DOC = (
+    "Our team spent the spring rebuilding the checkout page. Customers had told us that the old form asked for "
+    "the same address twice, so we merged the steps and cut the time to pay by almost half."
+)
+UNRELATED_DOC = (
+    "The mountain trail starts behind the old mill and climbs through pine forest for about three miles. "
+    "Hikers should bring water, because the spring near the summit dries up in late summer."
+)
+PARAPHRASE_DOC = (
+    "This spring our team rebuilt the checkout page. Customers told us the old form asked for their address "
+    "twice, so we combined the steps and nearly halved the time it takes to pay."
+)
+
+
+def test_default_bleu_is_the_originals_character_level_nltk_value():
+    for hypothesis in (UNRELATED_DOC, PARAPHRASE_DOC):
+        assert document_bleu(hypothesis, REFERENCE_DOC) == sentence_bleu([REFERENCE_DOC], hypothesis)
+        words = document_bleu(hypothesis, REFERENCE_DOC, unit="words")
+        assert words == pytest.approx(sacrebleu.sentence_bleu(hypothesis, [REFERENCE_DOC]).score / 100)
+    # the gap the issue measured: unrelated texts 0.22 vs 0.03, a paraphrase 0.73 vs 0.08 (their pairs)
+    unrelated, paraphrase = (document_bleu(h, REFERENCE_DOC) for h in (UNRELATED_DOC, PARAPHRASE_DOC))
+    assert 0.2 < unrelated < 0.5 and document_bleu(UNRELATED_DOC, REFERENCE_DOC, unit="words") < 0.05
+    assert 0.7 < paraphrase < 0.8 and document_bleu(PARAPHRASE_DOC, REFERENCE_DOC, unit="words") < 0.4
+    assert document_bleu(REFERENCE_DOC, REFERENCE_DOC) == 1.0
+    assert document_bleu("", REFERENCE_DOC) == 0.0 and document_bleu("abc", "xyz") == 0.0
+    with pytest.raises(ValueError, match="unit"):
+        document_bleu("a", "b", unit="tokens")
+
+
+async def test_bleu_of_the_extracted_document(judge, llm_server):
     spec = get_metric("bleu_score")
-    reference = "The quarterly report shows revenue grew by twelve percent while costs stayed flat."
-    exact = ctx(judge, "What should it say?", "revenue details", reference, ground_truth=reference)
-    partial_text = "The quarterly report shows revenue grew by ten percent and costs rose."
-    partial = ctx(judge, partial_text, ground_truth=reference)
-    unrelated = ctx(judge, "Bananas are yellow.", ground_truth=reference)
+    exact = ctx(judge, "What should it say?", "revenue details", REFERENCE_DOC, ground_truth=REFERENCE_DOC)
+    partial = ctx(judge, PARAPHRASE_DOC, ground_truth=REFERENCE_DOC)
+    words = ctx(judge, PARAPHRASE_DOC, ground_truth=REFERENCE_DOC, unit="words")
     assert await spec.score(exact) == pytest.approx(1.0)
-    assert await spec.score(partial) == pytest.approx(
-        sacrebleu.sentence_bleu(partial_text, [reference]).score / 100
-    )
-    assert 0.1 < await spec.score(partial) < 0.9
-    assert await spec.score(unrelated) < 0.05
+    assert await spec.score(partial) == sentence_bleu([REFERENCE_DOC], PARAPHRASE_DOC)
+    word_bleu = sacrebleu.sentence_bleu(PARAPHRASE_DOC, [REFERENCE_DOC]).score / 100
+    assert await spec.score(words) == pytest.approx(word_bleu)
+    # the extraction judge sees the conversation only and is asked to merge every revision
+    system, user = llm_server.received[-1]["messages"]
+    assert user["content"].startswith("<conversation>\n") and "<reference>" not in user["content"]
+    assert "complete document" in system["content"] and "every later revision" in system["content"]
+    spec.check_options({"unit": "words"})
+    with pytest.raises(ValueError, match="unit"):
+        spec.check_options({"unit": "tokens"})
 
 
 async def test_malformed_judge_answer_fails_after_retries(judge, llm_server):

@@ -8,6 +8,7 @@ Skipped only when the optional ``code`` extra (bigcodebench) is not installed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -75,6 +76,25 @@ async def test_canonical_solutions_pass_and_broken_ones_fail(judge, llm_server):
     scores = await asyncio.gather(*(spec.score(c) for c in contexts))
     assert scores == [1.0, 0.0] * len(FAST_TASKS)
     assert llm_server.stats()["model:scripted-judge"] == len(contexts)  # one extraction call each
+
+
+async def test_a_correct_solution_under_another_name_passes(judge, llm_server):
+    """The extraction judge gets the task text and the entry point and names the main function after it, with
+    no ``__main__`` block (as the original recipe): the assistant's own function name no longer fails the tests."""
+    task = TASKS[FAST_TASKS[0]]
+    entry = task["entry_point"]
+    solution = (task["code_prompt"] + task["canonical_solution"]).replace(f"def {entry}(", "def solve(")
+    solution += '\n\nif __name__ == "__main__":\n    print(solve())\n'
+    assert f"def {entry}(" not in solution
+    context = ctx(task, solution, judge)
+    goal = task["instruct_prompt"]
+    context = dataclasses.replace(
+        context, extra_info={**context.extra_info, "interaction_kwargs": {"single_turn_prompt": goal}}
+    )
+    assert await get_metric("pass_rate").score(context) == 1.0
+    system, user = llm_server.received[-1]["messages"]
+    assert f"<task>\n{goal}\n</task>\n\n<entry_point>\n{entry}\n</entry_point>" in user["content"]
+    assert "entry point" in system["content"] and "__main__" in system["content"]
 
 
 async def test_no_code_scores_zero_without_running_tests(judge):

@@ -120,6 +120,7 @@ def test_multiturn_rl_dedup_and_sft_best_latest_turn(tmp_path):
                    "--validation_size", "0", "--task_desc", "Solve it.") == 0
     train, val, preview = read(tmp_path / "rl", "rl")
     assert len(val) == 0 and preview["schema"] == "multiturn"
+    assert preview["ground_truth_from_completion"] == 0
     # 5 rows, 3 distinct conversation prefixes.
     assert len(train) == 3
     lengths = sorted(len(p) for p in train["prompt"])
@@ -138,6 +139,33 @@ def test_multiturn_rl_dedup_and_sft_best_latest_turn(tmp_path):
     assert [m["role"] for m in finals["7"]] == ["system", "user", "assistant", "user", "assistant"]
     assert finals["7"][-1]["content"] == "It is pi^2/6."
     assert finals["9"][-1]["content"] == "Which limit?"
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_missing_single_turn_completion_falls_back_to_completion(tmp_path, caplog, everywhere):
+    """As the original recipe: without single_turn_completion (absent, null or blank) the row's completion is
+    the ground truth; the preview counts such rows. Without the column at all the schema is still multi-turn."""
+    rows = multiturn_rows()
+    for i, r in enumerate(rows):
+        if everywhere or i == 0:
+            r.pop("single_turn_completion")
+    if not everywhere:
+        rows[4]["single_turn_completion"] = "  "
+    src = write_jsonl(tmp_path / "mt.jsonl", rows)
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "rl", "--dataset_type", "rl",
+                   "--validation_size", "0") == 0
+    train, _, preview = read(tmp_path / "rl", "rl")
+    assert preview["schema"] == "multiturn"
+    assert preview["ground_truth_from_completion"] == (5 if everywhere else 2)
+    assert "have no single_turn_completion" in caplog.text
+    truths = {(r["extra_info"]["conv_id"], len(r["prompt"])): r["reward_model"]["ground_truth"]
+              for _, r in train.iterrows()}
+    assert truths[("7", 2)] == "Which series do you mean?"  # row 0 (the first of its prompt) fell back
+    assert truths[("9", 2)] == "Which limit?"
+    assert truths[("7", 4)] == ("It is pi^2/6." if everywhere else "The sum is \\boxed{\\pi^2/6}.")
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "sft", "--dataset_type", "sft",
+                   "--validation_size", "0") == 0
+    assert read(tmp_path / "sft", "sft")[2]["ground_truth_from_completion"] == (5 if everywhere else 2)
 
 
 def test_validation_split_keeps_conversations_whole(tmp_path):
@@ -235,6 +263,29 @@ def test_bad_single_turn_field_name(tmp_path, caplog):
     assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path, "--dataset_type", "rl",
                    "--reference_field", "reference") == 2
     assert "row 0: field 'reference': missing" in caplog.text
+
+
+def test_system_prompt_carries_the_ten_behaviours():
+    """The assistant's system prompt states the original's ten behaviours (in our words) and nothing that
+    limits the number of questions or tells the model to start the work before asking."""
+    bullets = [line for line in COLLABORATOR_SYSTEM_PROMPT.splitlines() if line.startswith("- ")]
+    assert len(bullets) == 10
+    text = " ".join(COLLABORATOR_SYSTEM_PROMPT.split()).lower()
+    for phrase in (
+        "proactive and highly interactive",
+        "keep track of everything said earlier",
+        "ask for clarification instead of guessing",
+        "specific follow-up questions",
+        "next steps on your own initiative",
+        "reading and typing to a minimum",
+        "multiple-choice options",
+        "match the person's tone and emotional state",
+        "say so honestly and suggest where the answer could be found",
+        "keep inviting feedback",
+    ):
+        assert phrase in text, phrase
+    for absent in ("one or two", "right away", "before doing the work"):
+        assert absent not in text
 
 
 def test_failed_write_leaves_no_partial_output(tmp_path, monkeypatch):

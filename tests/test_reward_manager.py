@@ -219,6 +219,7 @@ FS_KEYS = {
     "fs/early_terminations",
     "fs/turn_limits",
     "fs/context_limits",
+    "fs/token_budgets",
     "fs/simulator_failures",
     "fs/seconds",
 }
@@ -270,6 +271,14 @@ async def test_forward_sampling_counters_are_reported(manager):
     # verl stacks each key into a batch column
     column = np.array([info["fs/future_turns_mean"] for info in infos])
     assert column.tolist() == pytest.approx([2.0, 1.0, 0.0])
+
+
+async def test_token_budget_ends_are_counted(manager):
+    fields = collab_fields(
+        [conversation("q?", "a", "v=0.5"), conversation("q?", "v=0.5")], end_reasons=["token_budget", "token_budget"]
+    )
+    info = (await manager.run_single(reward_input(fields)))["reward_extra_info"]
+    assert info["fs/token_budgets"] == 2.0 and info["fs/turn_limits"] == 0.0
 
 
 async def test_forward_sampling_counters_without_end_reasons(manager):

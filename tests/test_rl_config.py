@@ -91,8 +91,22 @@ def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
     assert cfg.reward.reward_manager.name == "collabllm"
     kwargs = OmegaConf.to_container(cfg.reward.reward_kwargs)
     assert kwargs["metric_weights"] == {"accuracy": 1, "interactivity": 1, "token_amount": -0.0001}
-    assert kwargs["llm_judge_kwargs"] == {"model": "gpt-4o-mini"}  # no api_base/api_key: provider defaults
+    # no api_base/api_key: provider defaults; max_tokens as the verl recipe
+    assert kwargs["llm_judge_kwargs"] == {"model": "gpt-4o-mini", "max_tokens": 2048}
     assert cfg.actor_rollout_ref.actor.use_kl_loss is True
+    # the verl recipe's memory and schedule settings (docs/design.md §1)
+    actor, ref = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.ref
+    assert actor.ppo_mini_batch_size == 8  # two actor updates per step of 16 prompts
+    assert actor.use_dynamic_bsz is True and actor.ppo_max_token_len_per_gpu == 24000
+    assert ref.log_prob_use_dynamic_bsz is True and rollout.log_prob_use_dynamic_bsz is True
+    assert cfg.actor_rollout_ref.model.use_remove_padding is True
+    assert actor.fsdp_config.param_offload is True and actor.fsdp_config.optimizer_offload is True
+    assert ref.fsdp_config.param_offload is True
+    assert rollout.gpu_memory_utilization == 0.7 and rollout.tensor_model_parallel_size == 1
+    assert cfg.trainer.val_before_train is False
+    assert (cfg.trainer.save_freq, cfg.trainer.test_freq, cfg.trainer.total_epochs) == (100, 10, 20)
+    assert cfg.data.truncation == "error" and cfg.data.filter_overlong_prompts is True
+    assert rollout.custom.future_token_budget == rollout.response_length == 2048  # as the verl recipe
     assert cfg.trainer.device == "cuda" and cfg.trainer.n_gpus_per_node == 8
     assert cfg.trainer.resume_mode == "auto"
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
@@ -110,7 +124,10 @@ def test_resume_path_and_command_line_overrides_take_precedence(tmp_path):
         "actor_rollout_ref.rollout.n=4",
         "+reward.reward_kwargs.llm_judge_kwargs.model=hosted_vllm/my-judge",
         "+reward.reward_kwargs.metric_weights.accuracy=2",
+        "actor_rollout_ref.actor.use_dynamic_bsz=False",
+        "+actor_rollout_ref.rollout.custom.future_token_budget=6144",
         NUM_REPEAT_ROLLOUTS="5",
+        PPO_MINI_BATCH_SIZE="16",
         LLM_API_BASE="http://127.0.0.1:8000/v1",
     )
     assert cfg.trainer.resume_mode == "resume_path"
@@ -118,8 +135,12 @@ def test_resume_path_and_command_line_overrides_take_precedence(tmp_path):
     assert cfg.actor_rollout_ref.rollout.n == 4
     assert cfg.actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts == 5
     judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
-    assert judge == {"model": "hosted_vllm/my-judge", "api_base": "http://127.0.0.1:8000/v1"}
+    assert judge == {"model": "hosted_vllm/my-judge", "api_base": "http://127.0.0.1:8000/v1", "max_tokens": 2048}
     assert cfg.reward.reward_kwargs.metric_weights.accuracy == 2
+    assert cfg.actor_rollout_ref.actor.use_dynamic_bsz is False
+    assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 16
+    assert cfg.actor_rollout_ref.rollout.custom.future_token_budget == 6144
+    assert echo[-1].count("future_token_budget=") == 1
     command = echo[-1]
     assert command.count("actor_rollout_ref.rollout.n=") == 1  # the script's default was dropped
     assert command.count("llm_judge_kwargs.model=") == 1
@@ -156,6 +177,12 @@ def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
     assert rollout.engine_kwargs.hf.eos_logit_bias == 3.5
     assert OmegaConf.to_container(rollout.engine_kwargs.hf.logit_bias) == [["?", 5.0]]
     assert cfg.trainer.device == "cpu" and cfg.trainer.total_training_steps == 2
+    # the CPU preset keeps its own small values
+    actor = cfg.actor_rollout_ref.actor
+    assert actor.ppo_mini_batch_size == cfg.data.train_batch_size == 2
+    assert actor.use_dynamic_bsz is False and actor.fsdp_config.param_offload is False
+    assert cfg.actor_rollout_ref.model.use_remove_padding is False
+    assert rollout.custom.future_token_budget == 1024
     assert cfg.ray_kwargs.ray_init.num_gpus == 1
     assert cfg.reward.reward_kwargs.llm_judge_kwargs.model == "openai/scripted-judge"
     assert cfg.reward.reward_kwargs.conversation_dump.dir == str(

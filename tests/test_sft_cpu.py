@@ -246,6 +246,9 @@ def test_gpu_defaults_in_command(sft_data: Path):
         f"data.val_files={sft_data}/sft_validation.parquet",
         "checkpoint.save_contents=[model,optimizer,extra,hf_model]",
         "trainer.save_freq=after_each_epoch",
+        "data.max_length=8192",
+        "data.truncation=error",  # as the verl recipe: never silently cut the final assistant turn
+        "model.use_remove_padding=True",
     ):
         assert expected in argv, expected
     assert not any(a.startswith(("trainer.device=", "trainer.total_training_steps=")) for a in argv)

@@ -84,6 +84,36 @@ async def test_history_sent_without_system_messages_and_reasoning(user_simulator
     ]
 
 
+def test_prompt_states_every_rule_of_the_simulated_user():
+    """The nine behaviours of the original simulator, in our words, and the five ordered private checks."""
+    from collabllm_verl.interactions.simulator_prompt import build_simulator_messages
+
+    _system, user = build_simulator_messages(goal=GOAL, task_desc="math", history=[], termination_signal=SIGNAL)
+    text = user["content"]
+    rules = text.split("How to play the user:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [rule.split(".", 1)[0] for rule in rules] == [str(i) for i in range(1, 10)]
+    for phrase in (
+        "never the assistant",  # 1. a human, one personality
+        "one consistent personality",
+        "as little effort as you can",  # 2. minimal effort first
+        "may not notice when the assistant gets something wrong",  # 3. a user's limited knowledge
+        "your questions show both what you follow and what puzzles you",
+        "a typo, a wrong detail or date",  # 4. slips
+        "preference or constraint",  # 5.
+        "no small talk",  # 6.
+        "If the conversation has not started, open it with your request",  # 7.
+        "Never copy the goal or its reference answer",  # 8.
+        "end the chat by sending the end signal",  # 9.
+    ):
+        assert phrase in text, phrase
+    thought = text.split('"thought": "', 1)[1].split('",\n', 1)[0]
+    checks = [thought.index(f"({letter})") for letter in "abcde"]
+    assert checks == sorted(checks)
+    for phrase in ("am I satisfied", "stuck on", "ask me a question", "misunderstanding", "word my next message"):
+        assert phrase in thought, phrase
+    assert parse_simulator_prompt(text)["termination_signal"] == SIGNAL  # the scripted user still reads it
+
+
 def test_reasoning_stripping_rules():
     assert strip_reasoning("<think>a</think> answer <THINK>b</THINK>!") == "answer !"
     assert strip_reasoning("reasoning without opening tag</think>final") == "final"

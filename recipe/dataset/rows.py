@@ -6,7 +6,9 @@ Two source schemas are understood:
   ``prompt`` (list of ``{role, content}``: the conversation so far, ending with a user turn),
   ``completion`` (the assistant reply that was scored), ``score`` (its multiturn-aware reward),
   ``conv_id``, ``turn_id``, ``single_turn_prompt`` (the hidden goal), ``single_turn_completion`` (the
-  reference) and ``single_turn_metadata``. The ``-large`` variants store ``sessions`` as a dict and
+  reference) and ``single_turn_metadata``. A row without ``single_turn_completion`` (absent, null or blank)
+  takes ``completion`` as its ground truth, as the original recipe does; such rows are counted
+  (:attr:`ConvertedRow.ground_truth_from_completion`). The ``-large`` variants store ``sessions`` as a dict and
   ``rewards`` as summary statistics; the small ones store ``sessions`` as a list and ``rewards`` as
   metric -> list of floats with an ``MR`` list. Neither column is needed here except as a fallback for a
   missing ``score`` (the mean of ``rewards["MR"]``).
@@ -28,7 +30,7 @@ from typing import Any
 
 AGENT_NAME = "collabllm_agent"
 INTERACTION_NAME = "collabllm"
-MULTITURN_REQUIRED = ("prompt", "completion", "single_turn_prompt", "single_turn_completion")
+MULTITURN_REQUIRED = ("prompt", "completion", "single_turn_prompt")
 _ROLES = {"system", "user", "assistant"}
 
 
@@ -70,7 +72,8 @@ class SourceSpec:
 
 
 def detect_schema(column_names: Iterable[str]) -> str:
-    """Return ``"multiturn"`` when every CollabLLM multi-turn column is present, else ``"single_turn"``."""
+    """Return ``"multiturn"`` when the CollabLLM multi-turn columns ``prompt``, ``completion`` and
+    ``single_turn_prompt`` are present (``single_turn_completion`` is optional), else ``"single_turn"``."""
     columns = set(column_names)
     return "multiturn" if all(c in columns for c in MULTITURN_REQUIRED) else "single_turn"
 
@@ -152,7 +155,8 @@ class ConvertedRow:
     """One converted source row, before deduplication and splitting.
 
     ``group`` keeps the rows of one conversation in the same split; ``rank`` orders candidate SFT rows
-    of a conversation (latest turn first, then highest score).
+    of a conversation (latest turn first, then highest score); ``ground_truth_from_completion`` is True
+    when a multi-turn row had no ``single_turn_completion`` and its ``completion`` became the ground truth.
     """
 
     rl: dict[str, Any]
@@ -160,6 +164,7 @@ class ConvertedRow:
     completion: str
     group: str
     rank: tuple[int, float]
+    ground_truth_from_completion: bool = False
 
 
 def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> ConvertedRow:
@@ -174,11 +179,16 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
     Raises:
         DatasetFormatError: a required field is missing or malformed.
     """
+    fallback = False
     if spec.schema == "multiturn":
         history = _messages(spec, index, row, "prompt")
         completion = _text(spec, index, row, "completion")
         goal = _text(spec, index, row, "single_turn_prompt")
-        reference = _text(spec, index, row, "single_turn_completion", allow_empty=True)
+        fallback = row.get("single_turn_completion") is None or (
+            isinstance(row["single_turn_completion"], str) and not row["single_turn_completion"].strip()
+        )
+        # as the original recipe: without a reference, the scored completion is the ground truth
+        reference = completion if fallback else _text(spec, index, row, "single_turn_completion", allow_empty=True)
         conv_id = row.get("conv_id")
         group = f"conv:{conv_id}" if conv_id is not None else f"row:{index}"
         turn = _int(spec, index, row, "turn_id") if "turn_id" in row else len(history)
@@ -221,7 +231,9 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
             },
         },
     }
-    return ConvertedRow(rl=rl, history=history, completion=completion, group=group, rank=rank)
+    return ConvertedRow(
+        rl=rl, history=history, completion=completion, group=group, rank=rank, ground_truth_from_completion=fallback
+    )
 
 
 def dedupe_rl_rows(rows: Iterable[ConvertedRow]) -> list[ConvertedRow]:

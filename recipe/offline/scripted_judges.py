@@ -19,8 +19,11 @@ interactivity      understanding = 1 if the last assistant message is non-empty;
                    1 if some assistant message contains ``?``; suggestion = 1 if some assistant
                    message contains a suggestion phrase (``I suggest``, ``you could``,
                    ``consider``, ``would you like``, ...); each else 0
-extract_document   the last assistant message
-extract_code       the last fenced code block of the assistant messages (``""`` if none)
+extract_document   the last assistant message (a real judge merges earlier revisions into it)
+extract_code       the last fenced code block of the assistant messages (``""`` if none); when it
+                   parses as Python: top-level ``if __name__ == "__main__":`` blocks removed and,
+                   if no top-level function has the ``<entry_point>`` name, the last top-level
+                   function renamed to it (with its calls)
 =================  ============================================================================
 
 Malformed answers on demand (for failure-handling tests), besides the server's fault injection:
@@ -33,6 +36,7 @@ Malformed answers on demand (for failure-handling tests), besides the server's f
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import re
@@ -41,7 +45,7 @@ from collections.abc import Mapping
 from collabllm_verl.metrics.judge import JUDGE_TASKS
 from collabllm_verl.recipe.offline.server import register_responder
 
-__all__ = ["LOG_PREFIX", "MALFORMED_MARKER", "OUT_OF_RANGE_MARKER", "scripted_judge_responder"]
+__all__ = ["LOG_PREFIX", "MALFORMED_MARKER", "OUT_OF_RANGE_MARKER", "conform_code", "scripted_judge_responder"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,38 @@ def _detect_task(system_prompt: str) -> str:
     raise ValueError("scripted-judge: the prompt asks for none of the known judge tasks")
 
 
-def _answer(task: str, conversation: list[dict[str, str]], reference: str, out_of_range: bool) -> dict:
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` at module level."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+    )
+
+
+def conform_code(code: str, entry_point: str) -> str:
+    """What the code-extraction prompt asks for, done by rule: drop ``__main__`` blocks and name the main
+    function (taken to be the last top-level function) after ``entry_point`` when no top-level function has
+    that name. Code that does not parse is returned unchanged."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    body = [node for node in tree.body if not _is_main_guard(node)]
+    functions = [node.name for node in body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if len(body) == len(tree.body) and (not entry_point or not functions or entry_point in functions):
+        return code
+    text = ast.unparse(ast.Module(body=body, type_ignores=[]))
+    if entry_point and functions and entry_point not in functions:
+        text = re.sub(rf"\b{re.escape(functions[-1])}\b", entry_point, text)
+    return text
+
+
+def _answer(
+    task: str, conversation: list[dict[str, str]], reference: str, out_of_range: bool, entry_point: str = ""
+) -> dict:
     assistant = [m["content"] for m in conversation if m["role"] == "assistant"]
     last = assistant[-1] if assistant else ""
     thought = f"{LOG_PREFIX} rule-based answer, not a model judgement"
@@ -119,7 +154,7 @@ def _answer(task: str, conversation: list[dict[str, str]], reference: str, out_o
         if blocks:
             code = blocks[-1]
             break
-    return {"thought": thought, "final_code": code}
+    return {"thought": thought, "final_code": conform_code(code, entry_point) if code else code}
 
 
 def scripted_judge_responder(messages: list[dict], request: Mapping) -> str:
@@ -140,7 +175,10 @@ def scripted_judge_responder(messages: list[dict], request: Mapping) -> str:
         logger.debug("%s %s -> malformed answer (requested)", LOG_PREFIX, task)
         return "I have looked at the conversation and I think it went quite well overall."
     out_of_range = mode == "out_of_range" or OUT_OF_RANGE_MARKER in rendered
-    answer = _answer(task, _parse_conversation(rendered), _section(user, "reference"), out_of_range)
+    answer = _answer(
+        task, _parse_conversation(rendered), _section(user, "reference"), out_of_range,
+        _section(user, "entry_point").strip(),
+    )
     logger.debug("%s %s -> %.80r", LOG_PREFIX, task, answer)
     return json.dumps(answer, ensure_ascii=False)
 
