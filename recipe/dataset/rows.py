@@ -2,14 +2,16 @@
 
 Two source schemas are understood:
 
-* **multi-turn** (the published CollabLLM datasets, e.g. ``collabllm/collabllm-multiturn-math-hard``):
+* **multi-turn** (the published CollabLLM datasets, e.g. ``collabllm/collabllm-multiturn-math-hard``, and
+  the output of ``build_dataset.py``):
   ``prompt`` (list of ``{role, content}``: the conversation so far, ending with a user turn),
   ``completion`` (the assistant reply that was scored), ``score`` (its multiturn-aware reward),
   ``conv_id``, ``turn_id``, ``single_turn_prompt`` (the hidden goal), ``single_turn_completion`` (the
   reference) and ``single_turn_metadata``. The ``-large`` variants store ``sessions`` as a dict and
   ``rewards`` as summary statistics; the small ones store ``sessions`` as a list and ``rewards`` as
   metric -> list of floats with an ``MR`` list. Neither column is needed here except as a fallback for a
-  missing ``score`` (the mean of ``rewards["MR"]``).
+  missing ``score`` (the mean of ``rewards["MR"]``). Rows written by ``build_dataset.py --mode openers`` have
+  a null ``completion`` and ``score`` (a simulated opener, no reply yet): they can only become RL prompts.
 * **single-turn** (e.g. MATH: ``problem``, ``solution``, ``answer``): the prompt field becomes both the first
   user message and the hidden goal; the reference field is the ground truth.
 
@@ -113,7 +115,8 @@ def _messages(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str) 
     return cleaned
 
 
-def _with_system(spec: SourceSpec, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+def with_system(spec: SourceSpec, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with the source's system prompt prepended (unchanged when it has none)."""
     if spec.system_prompt is None:
         return messages
     return [{"role": "system", "content": spec.system_prompt}, *messages]
@@ -157,9 +160,14 @@ class ConvertedRow:
 
     rl: dict[str, Any]
     history: list[dict[str, str]]
-    completion: str
+    completion: str | None  # None: an opener row without an assistant reply (RL only)
     group: str
     rank: tuple[int, float]
+
+    @property
+    def index(self) -> int:
+        """0-based index of the source row in its split (before any filter)."""
+        return int(self.rl["extra_info"]["index"])
 
 
 def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> ConvertedRow:
@@ -176,18 +184,22 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
     """
     if spec.schema == "multiturn":
         history = _messages(spec, index, row, "prompt")
-        completion = _text(spec, index, row, "completion")
+        # A null completion marks an opener row (build_dataset.py --mode openers): RL prompts only.
+        completion = None if row.get("completion") is None else _text(spec, index, row, "completion")
         goal = _text(spec, index, row, "single_turn_prompt")
         reference = _text(spec, index, row, "single_turn_completion", allow_empty=True)
         conv_id = row.get("conv_id")
         group = f"conv:{conv_id}" if conv_id is not None else f"row:{index}"
         turn = _int(spec, index, row, "turn_id") if "turn_id" in row else len(history)
-        rank = (turn, _score(spec, index, row))
+        score = None if completion is None and row.get("score") is None else _score(spec, index, row)
+        rank = (turn, -math.inf if score is None else score)
+        source_meta = row.get("single_turn_metadata")
+        answer = source_meta.get(spec.answer_field) if spec.answer_field and isinstance(source_meta, Mapping) else None
         extra = {
             "conv_id": None if conv_id is None else str(conv_id),
             "turn_id": turn,
-            "score": rank[1],
-            "answer": None,
+            "score": score,
+            "answer": None if answer is None else str(answer),
         }
         consumed = {"prompt", "completion", "single_turn_prompt", "single_turn_completion", "sessions", "rewards"}
     else:
@@ -204,7 +216,7 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
         consumed = {spec.prompt_field, spec.reference_field}
 
     rl = {
-        "prompt": _with_system(spec, history),
+        "prompt": with_system(spec, history),
         "data_source": spec.data_source,
         "agent_name": AGENT_NAME,
         "ability": spec.ability,
@@ -244,15 +256,19 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
     Returns:
         ``(group, row)`` pairs; ``row`` has ``messages`` (system, user/assistant turns, final assistant)
         and ``extra_info``.
+
+    Raises:
+        DatasetFormatError: a row has no completion (an opener row of ``build_dataset.py --mode openers``).
     """
     best: dict[str, ConvertedRow] = {}
     for row in rows:
+        require_completion(spec, row, "--dataset_type sft")
         current = best.get(row.group)
         if current is None or row.rank > current.rank:
             best[row.group] = row
     out = []
     for group, row in best.items():
-        messages = [*_with_system(spec, row.history), {"role": "assistant", "content": row.completion}]
+        messages = [*with_system(spec, row.history), {"role": "assistant", "content": row.completion}]
         info = row.rl["extra_info"]
         out.append(
             (
@@ -265,6 +281,22 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
             )
         )
     return out
+
+
+def require_completion(spec: SourceSpec, row: ConvertedRow, purpose: str) -> None:
+    """Raise :class:`DatasetFormatError` (naming the row) when ``row`` has no assistant reply.
+
+    Args:
+        purpose: what needs the reply, for the message (e.g. ``"--dataset_type sft"``).
+    """
+    if row.completion is None:
+        raise DatasetFormatError(
+            spec.source,
+            row.index,
+            "completion",
+            f"missing; {purpose} needs an assistant reply (rows of build_dataset.py --mode openers have none: "
+            "use them with --dataset_type rl)",
+        )
 
 
 def split_by_group(
