@@ -85,7 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--max_concurrency", type=int, default=64,
                    help="LLM requests in flight per model and endpoint in this process (default 64)")
     r.add_argument("--requests_per_minute", type=float, default=None, help="request-rate limit per model")
-    r.add_argument("--task_retries", type=int, default=1, help="extra attempts of a failed task (default 1)")
+    r.add_argument("--num_retries", type=int, default=3,
+                   help="retries of one LLM call after its first attempt, with back-off (default 3)")
+    r.add_argument("--task_retries", type=int, default=1,
+                   help="extra attempts of a task that failed after the LLM layer's retries (default 1)")
     r.add_argument("--local_server", action="store_true",
                    help="start the offline stand-in server and use it as --api_base (for the openai/scripted-* models)")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -123,8 +126,16 @@ def reward_kwargs(args: argparse.Namespace, ability: str) -> dict[str, Any]:
     return {
         "metric_weights": weights,
         "metric_kwargs": {metric: opts for metric, opts in options.items() if metric in weights},
-        "llm_judge_kwargs": role_config(args, "judge", max_concurrency=args.max_concurrency,
-                                        requests_per_minute=args.requests_per_minute),
+        "llm_judge_kwargs": role_config(args, "judge", **call_limits(args)),
+    }
+
+
+def call_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The LLM layer's per-call settings shared by every role."""
+    return {
+        "max_concurrency": args.max_concurrency,
+        "requests_per_minute": args.requests_per_minute,
+        "num_retries": args.num_retries,
     }
 
 
@@ -140,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the dataset described by ``args``; returns the exit code (0 done, 1 some task failed)."""
     spec, rows, filters = load_rows(args)
     tasks = tasks_from_rows(spec, rows, mode=args.mode)
-    limits = {"max_concurrency": args.max_concurrency, "requests_per_minute": args.requests_per_minute}
+    limits = call_limits(args)
     user = role_config(args, "user", model_key="user_model", **limits)
     interaction = CollabLLMInteraction({"name": "collabllm", **user})
     manifest: dict[str, Any] = {
