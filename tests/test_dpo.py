@@ -8,30 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_process_dataset import A1, U1, U2, multiturn_row
 
 import process_dataset
 from collabllm_verl.recipe.dataset.system_prompt import COLLABORATOR_SYSTEM_PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
 LARGE_ROW = REPO / "data" / "collabllm" / "collabllm_multiturn_medium_large_rows.jsonl"
-U1 = {"role": "user", "content": "I need the sum of a series."}
-A1 = {"role": "assistant", "content": "Which series do you mean?"}
-U2 = {"role": "user", "content": "1/k^2 for k from 1 to infinity."}
-
-
-def _row(conv, turn, prompt, completion, score):
-    return {
-        "prompt": prompt,
-        "completion": completion,
-        "conv_id": conv,
-        "score": score,
-        "single_turn_prompt": "Compute the sum of 1/k^2 for k >= 1.",
-        "single_turn_completion": "The sum is \\boxed{\\pi^2/6}.",
-        "single_turn_metadata": {"level": "Level 5", "type": "Algebra"},
-        "turn_id": turn,
-        "sessions": [[{"role": "user", "content": "..."}]],
-        "rewards": {"accuracy": [1.0], "MR": [score]},
-    }
+_row = multiturn_row
 
 
 ROWS = [

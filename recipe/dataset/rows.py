@@ -237,12 +237,14 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
 
 
 def dedupe_rl_rows(rows: Iterable[ConvertedRow]) -> list[ConvertedRow]:
-    """Keep the first row of each distinct prompt (the same conversation prefix appears once per sampled
-    completion in the multi-turn datasets)."""
+    """Keep the first row of each distinct (prompt, hidden goal) (the same conversation prefix appears once
+    per sampled completion in the multi-turn datasets; two tasks whose simulated openers happen to read the
+    same stay apart)."""
     seen: set[str] = set()
     kept = []
     for row in rows:
-        key = json.dumps(row.rl["prompt"], sort_keys=True, ensure_ascii=False)
+        goal = row.rl["extra_info"]["single_turn_prompt"]
+        key = json.dumps([row.rl["prompt"], goal], sort_keys=True, ensure_ascii=False)
         if key not in seen:
             seen.add(key)
             kept.append(row)
