@@ -31,8 +31,9 @@ __all__ = ["MODES", "build"]
 logger = logging.getLogger(__name__)
 
 MODES = ("openers", "conversations")
-# Manifest keys that describe the run, not its settings (ignored when a resumed run is compared).
-_RUN_KEYS = ("status", "summary", "files")
+# Manifest keys that describe the run or the selection of tasks, not the settings that shape a conversation
+# (ignored when a resumed run is compared: a larger --max_rows extends a dataset).
+_RUN_KEYS = ("status", "summary", "max_rows")
 
 
 def _check_resume(local_dir: Path, manifest: Mapping[str, Any]) -> None:
