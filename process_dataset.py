@@ -1,4 +1,5 @@
-"""Turn CollabLLM multi-turn datasets, or plain single-turn datasets such as MATH, into verl parquet files.
+"""Turn CollabLLM multi-turn datasets, or plain single-turn datasets such as MATH, into verl parquet files
+(RL prompts, multi-turn SFT conversations) or DPO preference pairs.
 
 Examples::
 
@@ -9,8 +10,12 @@ Examples::
     python process_dataset.py --dataset data/math/math500_level5.jsonl \
         --local_dir ~/data/collabllm-math-hard --dataset_type sft
 
-Writes ``{rl|sft}_train.parquet``, ``{rl|sft}_validation.parquet`` and ``{rl|sft}_preview.json`` into
-``--local_dir``, all or nothing. See README.md ("Processing datasets") for every flag.
+    # Preference pairs (chosen = best, rejected = worst candidate of each turn) for TRL's DPOTrainer:
+    python process_dataset.py --dataset collabllm/collabllm-multiturn-math-hard \
+        --local_dir ~/data/collabllm-math-hard --dataset_type dpo
+
+Writes ``{kind}_train.parquet``, ``{kind}_validation.parquet`` and ``{kind}_preview.json`` (kind = rl, sft or
+dpo) into ``--local_dir``, all or nothing. See README.md ("Processing datasets") for every flag.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from collabllm_verl.recipe.dataset.dpo import DEFAULT_MIN_GAP, dpo_pairs
 from collabllm_verl.recipe.dataset.io import write_outputs_atomically
 from collabllm_verl.recipe.dataset.rows import (
     DatasetFormatError,
@@ -38,7 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_source_arguments(p)
     p.add_argument("--local_dir", required=True, help="output folder")
-    p.add_argument("--dataset_type", required=True, choices=["rl", "sft"], help="verl RL rows or multi-turn SFT rows")
+    p.add_argument(
+        "--dataset_type",
+        required=True,
+        choices=["rl", "sft", "dpo"],
+        help="verl RL rows, multi-turn SFT rows, or DPO preference pairs (TRL's conversational format)",
+    )
+    p.add_argument(
+        "--dpo_min_gap",
+        type=float,
+        default=DEFAULT_MIN_GAP,
+        help=f"dpo: drop a turn whose best and worst scores differ by less than this (default {DEFAULT_MIN_GAP})",
+    )
     p.add_argument("--validation_size", type=float, default=0.1,
                    help="fraction (< 1) or number (>= 1) of conversations held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
@@ -54,6 +71,13 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         ValueError: no row matched the filters, or the split sizes are impossible.
     """
     spec, converted, filters = load_rows(args)
+    if spec.schema == "single_turn" and args.dataset_type != "dpo":
+        logger.warning(
+            "%s is a single-turn source: every prompt holds the whole task, so the policy never meets an "
+            "underspecified request. For CollabLLM training, first write simulated openers with "
+            "build_dataset.py --mode openers (or full conversations with --mode conversations).",
+            args.dataset,
+        )
 
     fallbacks = sum(row.ground_truth_from_completion for row in converted)
     if fallbacks:
@@ -65,9 +89,17 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         unique = dedupe_rl_rows(converted)
         items = [(row.group, row.rl) for row in unique]
         logger.info("RL rows: %d converted, %d after removing duplicate prompts", len(converted), len(unique))
-    else:
+    elif args.dataset_type == "sft":
         items = best_sft_rows(spec, converted)
         logger.info("SFT rows: %d conversations from %d source rows", len(items), len(converted))
+    else:
+        items, stats = dpo_pairs(spec, converted, min_gap=args.dpo_min_gap)
+        logger.info(
+            "DPO pairs: %d from %d turns (%d with one candidate, %d below the minimum gap %g)",
+            stats.pairs, stats.turns, stats.single_candidate, stats.below_gap, args.dpo_min_gap,
+        )
+        if not items:
+            raise ValueError(f"{args.dataset}: no DPO pair left (turns: {stats.turns}, see the counts above)")
 
     train, validation = split_by_group(items, args.validation_size, args.seed)
     kind = args.dataset_type

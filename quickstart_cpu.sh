@@ -3,11 +3,14 @@
 #
 #   bash quickstart_cpu.sh [OUTPUT_DIR]            (default OUTPUT_DIR: outputs/quickstart)
 #
-# 1. process the bundled MATH level-5 problems (data/math/math500_level5.jsonl) into SFT and RL parquet;
+# 1. data: the user simulator writes a short, vague opener for each bundled MATH level-5 problem
+#    (build_dataset.py --mode openers), and the openers become the RL prompts, the full problem staying the
+#    simulator's hidden goal; the SFT rows come from the problems and their reference solutions;
 # 2. build a tiny random Qwen2 model and run multi-turn SFT for 3 steps (train_sft_collabllm.sh, DEVICE=cpu);
 # 3. run GRPO for 2 steps from the SFT checkpoint with the CollabLLM agent loop (forward sampling with the
 #    user simulator) and the collabllm reward manager (train_rl_collabllm.sh, DEVICE=cpu). The user
-#    simulator and the judges are offline, rule-based stand-ins served by a local OpenAI-compatible server.
+#    simulator and the judges are offline, rule-based stand-ins served by a local OpenAI-compatible server
+#    (build_dataset.py starts its own with --local_server).
 #
 # Each GRPO step prints a "[collabllm reward] step N: ..." line with the per-metric reward breakdown; the
 # sampled conversations of the last step, with their metric scores, are written to
@@ -23,11 +26,13 @@ OUT=$(cd "$OUT" && pwd)
 DATA=$OUT/data
 export PYTHON DEVICE=cpu
 
-echo "== 1/3 processing the bundled MATH level-5 problems into $DATA"
-for kind in sft rl; do
-  "$PYTHON" "$REPO/process_dataset.py" --dataset "$REPO/data/math/math500_level5.jsonl" \
-    --local_dir "$DATA" --dataset_type "$kind"
-done
+MATH=$REPO/data/math/math500_level5.jsonl
+OPENERS=$OUT/openers
+echo "== 1/3 data: simulated openers for the bundled MATH level-5 problems ($OPENERS), RL and SFT rows in $DATA"
+"$PYTHON" "$REPO/build_dataset.py" --dataset "$MATH" --mode openers --local_server \
+  --user_model openai/scripted-user --local_dir "$OPENERS" --no_progress
+"$PYTHON" "$REPO/process_dataset.py" --dataset "$OPENERS" --local_dir "$DATA" --dataset_type rl
+"$PYTHON" "$REPO/process_dataset.py" --dataset "$MATH" --local_dir "$DATA" --dataset_type sft
 
 echo "== 2/3 SFT of a tiny model on the CPU"
 DATA_DIR=$DATA OUTPUT_DIR=$OUT/sft bash "$REPO/train_sft_collabllm.sh" 1

@@ -1,4 +1,4 @@
-"""End to end on a CPU: the README's quick start (`quickstart_cpu.sh`: processing, SFT, then
+"""End to end on a CPU: the README's quick start (`quickstart_cpu.sh`: simulated openers, processing, SFT, then
 `DEVICE=cpu bash train_rl_collabllm.sh` from the SFT checkpoint) runs GRPO with the CollabLLM agent loop and
 reward manager on real MATH level-5 problems (tiny model, hf rollout, local simulator/judge server).
 
@@ -150,6 +150,28 @@ def test_sampled_conversations_are_dumped_with_their_scores(cpu_run):
             assert roles == (["user", "assistant"] * len(roles))[: len(roles)]
     # at least one response was followed by real forward-sampled turns
     assert any(f["messages"] for r in all_records for f in r["future_conversations"])
+
+
+@pytest.mark.slow
+def test_grpo_prompts_are_the_simulators_openers(cpu_run):
+    """The quick start trains on underspecified requests: every RL prompt ends with the user simulator's
+    vague opener (build_dataset.py --mode openers), and the full problem is only the simulator's hidden goal."""
+    import pandas as pd
+
+    from collabllm_verl.recipe.offline.scripted_user import vague_opener
+
+    proc, out = cpu_run
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    partial = []
+    for split in ("train", "validation"):
+        for _, row in pd.read_parquet(out.parent / "data" / f"rl_{split}.parquet").iterrows():
+            goal = row["extra_info"]["interaction_kwargs"]["single_turn_prompt"]
+            opener = list(row["prompt"])[-1]["content"]
+            assert opener == vague_opener(goal)
+            partial.append(goal not in opener)
+    assert len(partial) == 134 and sum(partial) >= 120  # a very short problem may fit in an opener whole
+    records = read_records(latest_step_file(out / "checkpoints" / "conversations"))
+    assert all(r["history"][-1]["content"].startswith("hi, I need some help") for r in records)
 
 
 @pytest.mark.slow

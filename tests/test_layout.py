@@ -22,8 +22,19 @@ CORE_MODULES = [
     "collabllm_verl.recipe.dataset.io",
     "collabllm_verl.recipe.dataset.rows",
     "collabllm_verl.recipe.dataset.system_prompt",
+    "collabllm_verl.recipe.dataset.dpo",
+    "collabllm_verl.recipe.dataset.source",
+    "collabllm_verl.recipe.data_engine.task",
+    "collabllm_verl.recipe.data_engine.openers",
+    "collabllm_verl.recipe.data_engine.config",
+    "collabllm_verl.recipe.data_engine.candidates",
+    "collabllm_verl.recipe.data_engine.conversation",
+    "collabllm_verl.recipe.data_engine.schema",
+    "collabllm_verl.recipe.data_engine.runner",
+    "collabllm_verl.recipe.data_engine.build",
     "collabllm_verl.recipe.offline.server",
     "collabllm_verl.recipe.offline.scripted_judges",
+    "collabllm_verl.recipe.offline.scripted_assistant",
 ]
 
 _PROBE = """

@@ -33,28 +33,33 @@ def read(out: Path, kind: str):
     )
 
 
+U1 = {"role": "user", "content": "I need the sum of a series."}
+A1 = {"role": "assistant", "content": "Which series do you mean?"}
+U2 = {"role": "user", "content": "1/k^2 for k from 1 to infinity."}
+
+
+def multiturn_row(conv: int, turn: int, prompt: list[dict], completion: str, score: float) -> dict:
+    """One row in the schema of collabllm-multiturn-math-hard / -medium / -bigcodebench (the small one:
+    per-metric reward lists with an ``MR`` list), about the sum of 1/k^2."""
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "conv_id": conv,
+        "score": score,
+        "single_turn_prompt": "Compute the sum of 1/k^2 for k >= 1.",
+        "single_turn_completion": "The sum is \\boxed{\\pi^2/6}.",
+        "single_turn_metadata": {"level": 5, "type": "Algebra"},
+        "turn_id": turn,
+        "sessions": [[{"role": "user", "content": "..."}]],
+        "rewards": {"accuracy": [1.0], "MR": [score]},
+    }
+
+
 def multiturn_rows() -> list[dict]:
-    """Rows in the schema of collabllm-multiturn-math-hard / -medium / -bigcodebench (built here: no public
-    export of their rows exists, see data/README.md). Two conversations; conversation 7 has two turns with
-    two scored candidate completions each, conversation 9 one turn with one candidate."""
-    u1 = {"role": "user", "content": "I need the sum of a series."}
-    a1 = {"role": "assistant", "content": "Which series do you mean?"}
-    u2 = {"role": "user", "content": "1/k^2 for k from 1 to infinity."}
-
-    def row(conv, turn, prompt, completion, score):
-        return {
-            "prompt": prompt,
-            "completion": completion,
-            "conv_id": conv,
-            "score": score,
-            "single_turn_prompt": "Compute the sum of 1/k^2 for k >= 1.",
-            "single_turn_completion": "The sum is \\boxed{\\pi^2/6}.",
-            "single_turn_metadata": {"level": 5, "type": "Algebra"},
-            "turn_id": turn,
-            "sessions": [[{"role": "user", "content": "..."}]],
-            "rewards": {"accuracy": [1.0], "MR": [score]},
-        }
-
+    """Rows in the published multi-turn schema (built here: no public export of their rows exists, see
+    data/README.md). Two conversations; conversation 7 has two turns with two scored candidate completions
+    each, conversation 9 one turn with one candidate."""
+    u1, a1, u2, row = U1, A1, U2, multiturn_row
     other = {"role": "user", "content": "Help me with a limit."}
     return [
         row(7, 1, [u1], "Which series do you mean?", 0.4),

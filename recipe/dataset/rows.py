@@ -2,7 +2,8 @@
 
 Two source schemas are understood:
 
-* **multi-turn** (the published CollabLLM datasets, e.g. ``collabllm/collabllm-multiturn-math-hard``):
+* **multi-turn** (the published CollabLLM datasets, e.g. ``collabllm/collabllm-multiturn-math-hard``, and
+  the output of ``build_dataset.py``):
   ``prompt`` (list of ``{role, content}``: the conversation so far, ending with a user turn),
   ``completion`` (the assistant reply that was scored), ``score`` (its multiturn-aware reward),
   ``conv_id``, ``turn_id``, ``single_turn_prompt`` (the hidden goal), ``single_turn_completion`` (the
@@ -11,7 +12,8 @@ Two source schemas are understood:
   (:attr:`ConvertedRow.ground_truth_from_completion`). The ``-large`` variants store ``sessions`` as a dict and
   ``rewards`` as summary statistics; the small ones store ``sessions`` as a list and ``rewards`` as
   metric -> list of floats with an ``MR`` list. Neither column is needed here except as a fallback for a
-  missing ``score`` (the mean of ``rewards["MR"]``).
+  missing ``score`` (the mean of ``rewards["MR"]``). Rows written by ``build_dataset.py --mode openers`` have
+  a null ``completion`` and ``score`` (a simulated opener, no reply yet): they can only become RL prompts.
 * **single-turn** (e.g. MATH: ``problem``, ``solution``, ``answer``): the prompt field becomes both the first
   user message and the hidden goal; the reference field is the ground truth.
 
@@ -116,7 +118,8 @@ def _messages(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str) 
     return cleaned
 
 
-def _with_system(spec: SourceSpec, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+def with_system(spec: SourceSpec, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with the source's system prompt prepended (unchanged when it has none)."""
     if spec.system_prompt is None:
         return messages
     return [{"role": "system", "content": spec.system_prompt}, *messages]
@@ -161,10 +164,15 @@ class ConvertedRow:
 
     rl: dict[str, Any]
     history: list[dict[str, str]]
-    completion: str
+    completion: str | None  # None: an opener row without an assistant reply (RL only)
     group: str
     rank: tuple[int, float]
     ground_truth_from_completion: bool = False
+
+    @property
+    def index(self) -> int:
+        """0-based index of the source row in its split (before any filter)."""
+        return int(self.rl["extra_info"]["index"])
 
 
 def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> ConvertedRow:
@@ -182,7 +190,8 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
     fallback = False
     if spec.schema == "multiturn":
         history = _messages(spec, index, row, "prompt")
-        completion = _text(spec, index, row, "completion")
+        # A null completion marks an opener row (build_dataset.py --mode openers): RL prompts only.
+        completion = None if row.get("completion") is None else _text(spec, index, row, "completion")
         goal = _text(spec, index, row, "single_turn_prompt")
         fallback = row.get("single_turn_completion") is None or (
             isinstance(row["single_turn_completion"], str) and not row["single_turn_completion"].strip()
@@ -192,12 +201,15 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
         conv_id = row.get("conv_id")
         group = f"conv:{conv_id}" if conv_id is not None else f"row:{index}"
         turn = _int(spec, index, row, "turn_id") if "turn_id" in row else len(history)
-        rank = (turn, _score(spec, index, row))
+        score = None if completion is None and row.get("score") is None else _score(spec, index, row)
+        rank = (turn, -math.inf if score is None else score)
+        source_meta = row.get("single_turn_metadata")
+        answer = source_meta.get(spec.answer_field) if spec.answer_field and isinstance(source_meta, Mapping) else None
         extra = {
             "conv_id": None if conv_id is None else str(conv_id),
             "turn_id": turn,
-            "score": rank[1],
-            "answer": None,
+            "score": score,
+            "answer": None if answer is None else str(answer),
         }
         consumed = {"prompt", "completion", "single_turn_prompt", "single_turn_completion", "sessions", "rewards"}
     else:
@@ -214,7 +226,7 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
         consumed = {spec.prompt_field, spec.reference_field}
 
     rl = {
-        "prompt": _with_system(spec, history),
+        "prompt": with_system(spec, history),
         "data_source": spec.data_source,
         "agent_name": AGENT_NAME,
         "ability": spec.ability,
@@ -237,12 +249,14 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
 
 
 def dedupe_rl_rows(rows: Iterable[ConvertedRow]) -> list[ConvertedRow]:
-    """Keep the first row of each distinct prompt (the same conversation prefix appears once per sampled
-    completion in the multi-turn datasets)."""
+    """Keep the first row of each distinct (prompt, hidden goal) (the same conversation prefix appears once
+    per sampled completion in the multi-turn datasets; two tasks whose simulated openers happen to read the
+    same stay apart)."""
     seen: set[str] = set()
     kept = []
     for row in rows:
-        key = json.dumps(row.rl["prompt"], sort_keys=True, ensure_ascii=False)
+        goal = row.rl["extra_info"]["single_turn_prompt"]
+        key = json.dumps([row.rl["prompt"], goal], sort_keys=True, ensure_ascii=False)
         if key not in seen:
             seen.add(key)
             kept.append(row)
@@ -256,15 +270,19 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
     Returns:
         ``(group, row)`` pairs; ``row`` has ``messages`` (system, user/assistant turns, final assistant)
         and ``extra_info``.
+
+    Raises:
+        DatasetFormatError: a row has no completion (an opener row of ``build_dataset.py --mode openers``).
     """
     best: dict[str, ConvertedRow] = {}
     for row in rows:
+        require_completion(spec, row, "--dataset_type sft")
         current = best.get(row.group)
         if current is None or row.rank > current.rank:
             best[row.group] = row
     out = []
     for group, row in best.items():
-        messages = [*_with_system(spec, row.history), {"role": "assistant", "content": row.completion}]
+        messages = [*with_system(spec, row.history), {"role": "assistant", "content": row.completion}]
         info = row.rl["extra_info"]
         out.append(
             (
@@ -277,6 +295,22 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
             )
         )
     return out
+
+
+def require_completion(spec: SourceSpec, row: ConvertedRow, purpose: str) -> None:
+    """Raise :class:`DatasetFormatError` (naming the row) when ``row`` has no assistant reply.
+
+    Args:
+        purpose: what needs the reply, for the message (e.g. ``"--dataset_type sft"``).
+    """
+    if row.completion is None:
+        raise DatasetFormatError(
+            spec.source,
+            row.index,
+            "completion",
+            f"missing; {purpose} needs an assistant reply (rows of build_dataset.py --mode openers have none: "
+            "use them with --dataset_type rl)",
+        )
 
 
 def split_by_group(

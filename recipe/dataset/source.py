@@ -7,6 +7,7 @@ No verl import. Errors name the file, the row and the field (:class:`~.rows.Data
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +20,12 @@ from .rows import ConvertedRow, SourceSpec, convert_row, detect_schema, row_matc
 from .system_prompt import COLLABORATOR_SYSTEM_PROMPT
 
 __all__ = [
+    "BUILD_MANIFEST",
     "GENERIC_TASK",
     "TASKS",
     "add_source_arguments",
     "build_spec",
+    "built_dataset_info",
     "load_rows",
     "parse_filters",
     "system_prompt_from_arg",
@@ -42,10 +45,18 @@ TASKS = {
 }
 GENERIC_TASK = ("general", "The user needs help with a task and wants a useful, correct result.")
 PROGRESS_MIN_ROWS = 1000
+# Written by build_dataset.py into its output folder: the task description, ability and data_source of the
+# single-turn source, so that reading the folder back keeps them.
+BUILD_MANIFEST = "build_dataset.json"
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags that choose and read a source dataset (shared by every CLI)."""
+def add_source_arguments(parser: argparse.ArgumentParser, *, system_prompt_help: str | None = None) -> None:
+    """Add the flags that choose and read a source dataset (shared by every CLI).
+
+    Args:
+        system_prompt_help: help text of ``--system_prompt`` when the CLI uses it differently from
+            ``process_dataset.py`` (whose default is the project's prompt).
+    """
     p = parser
     p.add_argument(
         "--dataset", required=True, help="hub name, local dataset folder, or .jsonl/.json/.parquet/.csv file"
@@ -82,7 +93,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--system_prompt",
         default=None,
-        help="file holding the assistant's system prompt, or 'none' (default: the project's prompt)",
+        help=system_prompt_help
+        or "file holding the assistant's system prompt, or 'none' (default: the project's prompt)",
     )
     p.add_argument("--max_rows", type=int, default=None, help="use only the first N matching source rows")
     p.add_argument("--num_proc", type=int, default=None, help="processes datasets uses to prepare the source")
@@ -114,6 +126,25 @@ def task_for(dataset: str, explicit_desc: str | None) -> tuple[str, str]:
     return ability, desc
 
 
+def built_dataset_info(dataset: str) -> dict[str, Any]:
+    """What ``build_dataset.py`` recorded about a folder it wrote (:data:`BUILD_MANIFEST`): ``task_desc``,
+    ``ability``, ``data_source``, ...; an empty dict for any other source.
+
+    Raises:
+        ValueError: the manifest exists but is not a JSON object.
+    """
+    path = Path(dataset) / BUILD_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return info
+
+
 def system_prompt_from_arg(arg: str | None) -> str | None:
     """The assistant's system prompt: the project's (None), no prompt (``"none"``), or a file's text.
 
@@ -128,14 +159,22 @@ def system_prompt_from_arg(arg: str | None) -> str | None:
 
 
 def build_spec(args: argparse.Namespace, column_names: list[str]) -> SourceSpec:
-    """Resolve the source flags and the source's columns into a :class:`SourceSpec`."""
+    """Resolve the source flags and the source's columns into a :class:`SourceSpec`.
+
+    A folder written by ``build_dataset.py`` supplies its own task description, ability and
+    ``data_source`` (:func:`built_dataset_info`) unless ``--task_desc`` / ``--data_source`` are given.
+    """
     schema = detect_schema(column_names) if args.schema == "auto" else args.schema
     path = Path(args.dataset)
     default_source = path.stem if path.is_file() else (path.name if path.is_dir() else args.dataset)
-    ability, task_desc = task_for(args.dataset, args.task_desc)
+    built = built_dataset_info(args.dataset)
+    if built.get("task_desc") and not args.task_desc:
+        ability, task_desc = str(built.get("ability") or GENERIC_TASK[0]), str(built["task_desc"])
+    else:
+        ability, task_desc = task_for(args.dataset, args.task_desc)
     return SourceSpec(
         source=args.dataset,
-        data_source=args.data_source or default_source,
+        data_source=args.data_source or built.get("data_source") or default_source,
         schema=schema,
         ability=ability,
         task_desc=task_desc,

@@ -6,6 +6,8 @@ the request's ``model`` field (a provider prefix such as ``openai/`` or ``hosted
 * ``scripted-user`` - offline stand-in for the user simulator (:mod:`collabllm_verl.recipe.offline.scripted_user`);
 * ``scripted-judge`` - offline stand-in judges, registered by the optional module
   ``collabllm_verl.recipe.offline.scripted_judges`` when it is installed;
+* ``scripted-assistant`` - offline stand-in assistant (candidate replies, a scripted policy), registered by
+  the optional module ``collabllm_verl.recipe.offline.scripted_assistant``;
 * ``echo`` - returns the content of the last message (for tests of the LLM-call layer).
 
 None of them is a language model: results obtained with them say nothing about model quality, and their
@@ -73,7 +75,10 @@ FAULT_MODES = (
     "empty",
     "hang",
 )
-_OPTIONAL_RESPONDER_MODULES = ("collabllm_verl.recipe.offline.scripted_judges",)
+_OPTIONAL_RESPONDER_MODULES = (
+    "collabllm_verl.recipe.offline.scripted_judges",
+    "collabllm_verl.recipe.offline.scripted_assistant",
+)
 
 Responder = Callable[[list, dict], Any]
 _RESPONDERS: dict[str, Responder] = {}
@@ -112,7 +117,7 @@ _builtins_loaded = False
 
 
 def _load_builtin_responders() -> None:
-    """Register ``echo`` and ``scripted-user``; import the optional scripted judges when installed."""
+    """Register ``echo`` and ``scripted-user``; import the optional scripted judges and assistant when installed."""
     global _builtins_loaded
     if _builtins_loaded:
         return
