@@ -110,3 +110,21 @@ async def test_token_amount_in_thousands_of_cl100k_assistant_tokens():
         spec.check_options({"scale": 0})
     with pytest.raises(ValueError, match="tokenizer"):
         spec.check_options({"unit": "tokens", "tokenizer": "no_such_encoding"})
+
+
+async def test_asks_question_looks_at_the_first_reply_and_ignores_math_and_code():
+    from collabllm_verl.metrics.asks_question import asks_a_question
+
+    assert asks_a_question("Which interval do you mean, open or closed?")
+    assert not asks_a_question("We solve $x ? y$ and \\(a?\\) to get $x = 2$. Also `a ? b : c` in C.")
+    assert not asks_a_question("```python\nprint('why?')\n```\nDone.")
+    spec = resolve_metrics(["asks_question"])["asks_question"]
+    history = [{"role": "user", "content": "hi, I need help with a problem"}]
+
+    def ctx(replies):
+        messages = history + [{"role": role, "content": text} for role, text in replies]
+        return MetricContext(messages=messages, num_history_messages=1, ground_truth=None, extra_info={})
+
+    assert await spec.score(ctx([("assistant", "Sure, what is the problem?"), ("user", "x"), ("assistant", "ok")])) == 1
+    assert await spec.score(ctx([("assistant", "The answer is 4."), ("user", "why?"), ("assistant", "ok?")])) == 0
+    assert await spec.score(ctx([])) == 0
