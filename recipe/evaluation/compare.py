@@ -13,13 +13,12 @@ Outputs in the chosen folder: ``compare.json``, ``compare.md`` and ``compare.png
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .conversations import CONVERSATIONS_FILE
-from .report import SUMMARY_JSON, MetricDisplay, atomic_write_text, format_value, metric_display
+from .report import SUMMARY_JSON, MetricDisplay, atomic_write_text, format_value, metric_display, save_figure
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_difference
 
 __all__ = ["COMPARED_SETTINGS", "compare_runs", "load_run", "read_records"]
@@ -193,8 +192,4 @@ def write_compare_figure(result: Mapping[str, Any], path: Path) -> None:
         ax.set_title(f"{display.label}{display.arrow}", fontsize=9)
         ax.set_xlabel(f"B - A, n = {entry['n_tasks']} tasks", fontsize=8)
     fig.suptitle(f"{result['run_b']['label']} - {result['run_a']['label']}", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

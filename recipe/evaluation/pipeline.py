@@ -203,7 +203,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
             "policy_endpoint": {k: v for k, v in endpoint.items() if k != "api_key"},
             "user_api_base": user_config.get("api_base"),
             "judge_api_base": (judge_config or {}).get("api_base"),
-            "api_key_env": {role: model_config(args, role).get("api_key_env") for role in ("policy", "user", "judge")},
+            "key_env_vars": {role: model_config(args, role).get("api_key_env") for role in ("policy", "user", "judge")},
             "concurrency": args.concurrency,
             "llm": llm_limits,
             "seed": args.seed,

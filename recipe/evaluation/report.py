@@ -34,6 +34,7 @@ __all__ = [
     "format_value",
     "metric_display",
     "package_versions",
+    "save_figure",
     "write_figure",
     "write_run_outputs",
 ]
@@ -291,6 +292,7 @@ def write_figure(summary: Mapping[str, Any], path: Path, *, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = summary["metrics"]
     panels = len(metrics) + 1
@@ -311,10 +313,21 @@ def write_figure(summary: Mapping[str, Any], path: Path, *, title: str) -> None:
     histogram = summary["conversations"]["messages_histogram"]
     if histogram:
         hist_ax.bar([int(k) for k in histogram], list(histogram.values()), color="tab:gray")
-    hist_ax.set_title("messages per conversation", fontsize=9)
+    longest = max([int(summary["settings"].get("max_messages") or 0), *map(int, histogram)], default=1)
+    hist_ax.set_xlim(0.5, longest + 0.5)
+    hist_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    hist_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    hist_ax.set_title("messages per scored conversation", fontsize=9)
     hist_ax.set_xlabel("messages", fontsize=8)
     hist_ax.set_ylabel("conversations", fontsize=8)
     fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=120)
