@@ -24,6 +24,10 @@ CORE_MODULES = [
     "collabllm_verl.recipe.dataset.system_prompt",
     "collabllm_verl.recipe.offline.server",
     "collabllm_verl.recipe.offline.scripted_judges",
+    # evaluation: the pipeline imports tasks, conversations, statistics and report; compare is separate
+    "collabllm_verl.recipe.evaluation.pipeline",
+    "collabllm_verl.recipe.evaluation.compare",
+    "collabllm_verl.recipe.serving.hf_chat",
 ]
 
 _PROBE = """
