@@ -60,13 +60,8 @@ async def test_backend_batches_concurrent_requests_and_matches_plain_transformer
 def test_cli_evaluates_a_checkpoint_served_by_the_project(tiny_checkpoint, llm_server, monkeypatch, tmp_path):
     monkeypatch.setenv(KEY_ENV, "local")
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text(
-        "".join(
-            json.dumps({"problem": f"Compute {a} + {a} and put the result in a box.", "solution": f"\\boxed{{{2 * a}}}"})
-            + "\n"
-            for a in (1, 2, 3)
-        )
-    )
+    rows = [{"problem": f"Compute {a} + {a} and box the result.", "solution": f"\\boxed{{{2 * a}}}"} for a in (1, 2, 3)]
+    tasks.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "run"
     code = evaluate.main([
         "--dataset", str(tasks), "--out", str(out), "--task", "math", "--no_progress",

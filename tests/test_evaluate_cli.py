@@ -142,7 +142,10 @@ def test_summary_numbers_match_hand_computed_values(run_cli, tasks_file, tmp_pat
     assert metrics["accuracy"]["mean"] == pytest.approx(0.75)
     accuracy = metrics["accuracy"]
     assert (accuracy["n_tasks"], accuracy["n_scored"], accuracy["failures"]) == (4, 8, 0)
-    expected_interval = bootstrap_interval([1.0, 0.0, 1.0, 1.0], n_resamples=2000, seed=11)
+    # the interval is the bootstrap of the per-task values in task-id order, whatever order they finished in
+    by_task = {r["task_id"]: r["metrics"]["accuracy"] for r in _records(out)}
+    assert sorted(by_task.values()) == [0.0, 1.0, 1.0, 1.0]
+    expected_interval = bootstrap_interval([by_task[t] for t in sorted(by_task)], n_resamples=2000, seed=11)
     assert (metrics["accuracy"]["ci_low"], metrics["accuracy"]["ci_high"]) == pytest.approx(expected_interval)
     assert metrics["accuracy"]["ci_low"] <= 0.75 <= metrics["accuracy"]["ci_high"]
     assert metrics["accuracy"]["pass_hat"] == {"1": pytest.approx(0.75), "2": pytest.approx(0.75)}

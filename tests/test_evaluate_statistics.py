@@ -74,6 +74,9 @@ def test_task_values_average_samples_and_leave_failures_out():
     assert summary.std_over_tasks == pytest.approx(np.std([0.5, 1.0], ddof=1))
     assert summary.within_task_std == pytest.approx(np.std([1.0, 0.0], ddof=1))  # only task a has 2 values
     assert summary.ci_low <= summary.mean <= summary.ci_high
+    # concurrent conversations finish in any order: the summary (interval included) does not depend on it
+    shuffled = summarize_metric(records[::-1], "accuracy", binary=True, samples_per_task=3, n_resamples=1000)
+    assert (shuffled.ci_low, shuffled.ci_high) == (summary.ci_low, summary.ci_high)
 
 
 def test_pass_hat_k_matches_the_combinatorial_estimate():

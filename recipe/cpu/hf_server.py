@@ -54,6 +54,7 @@ from collabllm_verl.recipe.serving.hf_generation import (
     GenerationResult,
     end_of_sequence_ids,
     generate_batch,
+    group_by_settings,
     load_causal_lm,
     load_named_weights,
     parse_sampling_params,
@@ -303,10 +304,7 @@ class HFRolloutServer:
             if not self._pending:
                 self._wakeup.clear()
             self._taken = batch
-            groups: dict[Any, list[_Pending]] = defaultdict(list)
-            for item in batch:
-                groups[item.request.settings].append(item)
-            for items in groups.values():
+            for items in group_by_settings(batch, lambda item: item.request.settings):
                 await self._run_group(items)
             self._taken = []
 

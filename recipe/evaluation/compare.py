@@ -17,41 +17,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from collabllm_verl.recipe.run_store import read_records
+
 from .conversations import CONVERSATIONS_FILE
 from .report import SUMMARY_JSON, MetricDisplay, atomic_write_text, format_value, metric_display, save_figure
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_difference
 
-__all__ = ["COMPARED_SETTINGS", "compare_runs", "load_run", "read_records"]
+__all__ = ["COMPARED_SETTINGS", "compare_runs", "load_run"]
 
 # Settings that should be equal for a comparison to be about the model under test only.
 COMPARED_SETTINGS = (
     "dataset", "task_ids_sha", "user_model", "judge_model", "max_messages", "metrics", "metric_options",
     "task_desc",
 )
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The complete records of a ``conversations.jsonl`` (read only; a partial last line is ignored; the
-    last record of a key wins).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a complete line that is not a JSON object with a ``key`` (names file and line).
-    """
-    records: dict[str, dict[str, Any]] = {}
-    text = path.read_text(encoding="utf-8")
-    complete = text[: text.rfind("\n") + 1]
-    for number, line in enumerate(complete.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {number}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
-            raise ValueError(f"{path}: line {number}: expected a JSON object with a string 'key'")
-        records[record["key"]] = record
-    return list(records.values())
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -65,7 +43,8 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for path in (summary_path, records_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished evaluate.py run folder")
-    return json.loads(summary_path.read_text(encoding="utf-8")), read_records(records_path)
+    records, _ = read_records(records_path)
+    return json.loads(summary_path.read_text(encoding="utf-8")), list(records.values())
 
 
 def _label(summary: Mapping[str, Any], run_dir: Path) -> str:

@@ -103,8 +103,9 @@ def task_values(records: Iterable[Mapping[str, Any]], metric: str) -> dict[str, 
             ``metrics`` (metric -> value or None).
 
     Returns:
-        task id -> list of values, in record order; a task whose conversations all failed this metric is
-        absent.
+        task id -> list of values (in record order), tasks sorted by id so that the bootstrap does not
+        depend on the order in which concurrent conversations finished; a task whose conversations all
+        failed this metric is absent.
     """
     out: dict[str, list[float]] = {}
     for record in records:
@@ -114,7 +115,7 @@ def task_values(records: Iterable[Mapping[str, Any]], metric: str) -> dict[str, 
         if value is None:
             continue
         out.setdefault(record["task_id"], []).append(float(value))
-    return out
+    return dict(sorted(out.items()))
 
 
 def pass_hat_k(per_task: Mapping[str, Sequence[float]], k: int) -> float | None:

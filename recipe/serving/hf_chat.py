@@ -36,9 +36,9 @@ import torch
 from collabllm_verl.recipe.serving.hf_generation import (
     GenerationRequest,
     GenerationResult,
-    SamplingSettings,
     end_of_sequence_ids,
     generate_batch,
+    group_by_settings,
     load_causal_lm,
     parse_sampling_params,
     resolve_dtype,
@@ -135,8 +135,7 @@ class HFChatBackend:
         self.max_batch_size = int(max_batch_size)
         self.batch_wait_s = float(batch_wait_ms) / 1000.0
         self.default_max_tokens = int(default_max_tokens)
-        self._pending: list[_Pending] = []
-        self._wakeup: asyncio.Event | None = None
+        self._queue: asyncio.Queue[_Pending] | None = None
         self._batch_task: asyncio.Task | None = None
         self._stats: defaultdict[str, float] = defaultdict(float)
         logger.info(
@@ -177,28 +176,23 @@ class HFChatBackend:
     async def respond(self, messages: list[Mapping[str, Any]], request: Mapping[str, Any]) -> str:
         """Local-server responder: the decoded reply (special tokens removed) to one chat request."""
         prepared = self.prepare(messages, request)
-        loop = asyncio.get_running_loop()
-        if self._batch_task is None:
-            self._wakeup = asyncio.Event()
-            self._batch_task = loop.create_task(self._batch_loop())
-        future = loop.create_future()
-        self._pending.append(_Pending(prepared, future))
-        self._wakeup.set()
+        if self._batch_task is None:  # created in the server's event loop, on its first request
+            self._queue = asyncio.Queue()
+            self._batch_task = asyncio.get_running_loop().create_task(self._batch_loop())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(prepared, future))
         result: GenerationResult = await future
         return self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
 
     async def _batch_loop(self) -> None:
+        """Wait for a request, collect more for ``batch_wait_ms``, sample them; forever."""
         while True:
-            await self._wakeup.wait()
+            batch = [await self._queue.get()]
             if self.batch_wait_s > 0:
                 await asyncio.sleep(self.batch_wait_s)
-            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
-            if not self._pending:
-                self._wakeup.clear()
-            groups: dict[SamplingSettings, list[_Pending]] = defaultdict(list)
-            for item in batch:
-                groups[item.request.settings].append(item)
-            for items in groups.values():
+            while len(batch) < self.max_batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for items in group_by_settings(batch, lambda item: item.request.settings):
                 await self._sample(items)
 
     async def _sample(self, items: list[_Pending]) -> None:

@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import (
@@ -35,6 +35,8 @@ from transformers import (
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 """Supported ``rollout.logprobs_mode`` values (vLLM's names)."""
@@ -204,6 +206,15 @@ def parse_sampling_params(
         stop_token_ids=stop_ids,
     )
     return settings, max_new_tokens
+
+
+def group_by_settings(items: Iterable[T], settings_of: Callable[[T], SamplingSettings]) -> list[list[T]]:
+    """Split queued requests into groups with equal :class:`SamplingSettings`, each group in arrival order
+    and the groups in order of their first request; every group is one :func:`generate_batch` call."""
+    groups: dict[SamplingSettings, list[T]] = {}
+    for item in items:
+        groups.setdefault(settings_of(item), []).append(item)
+    return list(groups.values())
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
