@@ -6,7 +6,7 @@
 (also installed as ``collabllm-evaluate``). Each conversation starts empty, the user simulator (who knows
 the task's hidden goal) opens, the model under test and the simulator alternate until the simulator ends
 the chat or ``--max_messages`` is reached, and the task's metrics are computed once on the finished
-conversation (paper §5). Outputs in ``--out``: ``conversations.jsonl``, ``summary.json``, ``summary.md``
+conversation (docs/evaluation.md). Outputs in ``--out``: ``conversations.jsonl``, ``summary.json``, ``summary.md``
 and ``summary.png``; re-running the same command resumes. See README, "Evaluation: evaluate.py".
 """
 

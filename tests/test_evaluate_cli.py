@@ -67,7 +67,7 @@ def run_cli(llm_server, monkeypatch, capsys, caplog):
     def run(dataset: Path, out: Path, *extra: str, policy: str = "eval-policy") -> tuple[int, str]:
         argv = [
             "--dataset", str(dataset), "--out", str(out), "--task", "math",
-            "--policy_model", f"openai/{policy}", "--user_model", "openai/scripted-user",
+            "--policy_model", policy if "/" in policy else f"openai/{policy}", "--user_model", "openai/scripted-user",
             "--judge_model", "openai/scripted-judge", "--api_base", llm_server.base_url,
             "--api_key_env", KEY_ENV, "--num_retries", "0", "--bootstrap_resamples", "2000", *extra,
         ]
@@ -118,10 +118,11 @@ def test_protocol_simulator_opens_policy_answers_termination_ends(run_cli, tasks
 
 
 def test_message_limit_and_no_system_prompt(run_cli, tasks_file, tmp_path, llm_server):
-    """A policy that only asks questions runs into --max_messages; --system_prompt none sends none."""
+    """A policy that only asks questions runs into --max_messages; --system_prompt none sends none. The
+    policy is reached as a vLLM server is (litellm's hosted_vllm provider, its own --policy_api_base)."""
     out = tmp_path / "run"
     code, _ = run_cli(tasks_file, out, "--num_rows", "2", "--max_messages", "4", "--system_prompt", "none",
-                      policy="eval-asker")
+                      "--policy_api_base", llm_server.base_url, policy="hosted_vllm/eval-asker")
     assert code == 0
     for record in _records(out):
         assert record["num_messages"] == 4 and record["end_reason"] == "turn_limit"

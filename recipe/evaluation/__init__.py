@@ -1,6 +1,6 @@
-"""Evaluation as in the CollabLLM paper (§5; docs/design.md §1): full simulated conversations with the model
-under test, the task's metrics on each finished conversation, means with bootstrap confidence intervals,
-and paired comparisons of two runs.
+"""Evaluation as in the CollabLLM paper's experiments (docs/evaluation.md): full simulated conversations with
+the model under test, the task's metrics on each finished conversation, means with bootstrap confidence
+intervals, and paired comparisons of two runs.
 
 Modules, one responsibility each (no verl import anywhere; ``evaluate.py`` is the CLI):
 

@@ -1,6 +1,6 @@
 """Running the evaluation conversations: one simulated conversation per (task, sample), scored once.
 
-The protocol (paper §5, the original evaluation script; docs/design.md §1):
+The protocol (the paper's experiments and the authors' evaluation script; docs/evaluation.md):
 
 1. the conversation starts **empty**; the user simulator, which knows the hidden goal, writes the first
    turn (by its rules a vague one);

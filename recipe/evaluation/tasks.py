@@ -8,7 +8,7 @@ A task comes from either
 * a **processed RL parquet** written by ``process_dataset.py`` (e.g. ``rl_validation.parquet``): one task
   per distinct hidden goal of its rows (``extra_info.interaction_kwargs.single_turn_prompt``), with the
   row's ``reward_model.ground_truth`` as reference. The prompts stored in the file are not used: an
-  evaluation conversation starts empty and the simulator writes the first turn (paper §5).
+  evaluation conversation starts empty and the simulator writes the first turn (docs/evaluation.md).
 
 No verl import.
 """
