@@ -64,9 +64,9 @@ def run_cli(llm_server, monkeypatch, capsys, caplog):
     """Run ``evaluate.main`` with the local server's models; returns (exit code, stdout + stderr + log)."""
     monkeypatch.setenv(KEY_ENV, SECRET)
 
-    def run(dataset: Path, out: Path, *extra: str, policy: str = "eval-policy") -> tuple[int, str]:
+    def run(dataset: Path, out: Path, *extra: str, policy: str = "eval-policy", task: str | None = "math"):
         argv = [
-            "--dataset", str(dataset), "--out", str(out), "--task", "math",
+            "--dataset", str(dataset), "--out", str(out), *(["--task", task] if task else []),
             "--policy_model", policy if "/" in policy else f"openai/{policy}", "--user_model", "openai/scripted-user",
             "--judge_model", "openai/scripted-judge", "--api_base", llm_server.base_url,
             "--api_key_env", KEY_ENV, "--num_retries", "0", "--bootstrap_resamples", "2000", *extra,
@@ -297,3 +297,19 @@ def test_bad_input_and_secrets(run_cli, tasks_file, tmp_path):
         if path.suffix in {".json", ".jsonl", ".md"}:
             assert SECRET not in path.read_text()
     assert _summary(out)["settings"]["key_env_vars"]["policy"] == KEY_ENV
+
+
+def test_multiturn_source_gives_one_task_per_goal_and_the_document_preset(run_cli, tmp_path, llm_server):
+    """The bundled CollabLLM medium row: its dataset name picks the document preset (bleu_score on the
+    extracted document) and the 0.8 temperature of the original document evaluation."""
+    source = Path(__file__).resolve().parents[1] / "data" / "collabllm" / "collabllm_multiturn_medium_large_rows.jsonl"
+    out = tmp_path / "run"
+    code, _ = run_cli(source, out, task=None)
+    assert code == 0
+    summary = _summary(out)
+    assert summary["settings"]["task_preset"] == "document" and summary["data"]["num_tasks"] == 1
+    assert list(summary["metrics"]) == ["bleu_score", "interactivity", "token_amount"]
+    assert summary["metrics"]["bleu_score"]["n_scored"] == 1  # the judge extracted a document, BLEU scored it
+    (record,) = _records(out)
+    assert record["goal"] == json.loads(source.read_text().splitlines()[0])["single_turn_prompt"]
+    assert next(r["temperature"] for r in llm_server.received if r["model"].endswith("eval-policy")) == 0.8

@@ -47,9 +47,9 @@ __all__ = [
     "STATUS_FAILED",
     "STATUS_SCORED",
     "USAGE_KEYS",
+    "EvalProtocol",
     "EvaluationRunner",
     "PolicyFactory",
-    "Protocol",
     "open_run_store",
     "run_conversation",
 ]
@@ -70,7 +70,7 @@ PolicyFactory = Callable[[EvalTask, int], PolicyChat]
 
 
 @dataclass(frozen=True)
-class Protocol:
+class EvalProtocol:
     """The conversation settings of an evaluation.
 
     Attributes:
@@ -130,7 +130,7 @@ async def run_conversation(
     task: EvalTask,
     sample_index: int,
     *,
-    protocol: Protocol,
+    protocol: EvalProtocol,
     make_policy: PolicyFactory,
     interaction: Any,
     settings: RewardSettings,
@@ -276,7 +276,7 @@ class EvaluationRunner:
         self,
         tasks: Sequence[EvalTask],
         *,
-        protocol: Protocol,
+        protocol: EvalProtocol,
         make_policy: PolicyFactory,
         interaction: Any,
         settings: RewardSettings,

@@ -32,7 +32,7 @@ from collabllm_verl.recipe.model_args import model_config
 from collabllm_verl.recipe.multiturn_reward import RewardSettings, resolve_settings
 from collabllm_verl.recipe.run_store import stable_key
 
-from .conversations import CONVERSATIONS_FILE, EvaluationRunner, Protocol, open_run_store
+from .conversations import CONVERSATIONS_FILE, EvalProtocol, EvaluationRunner, open_run_store
 from .report import build_summary, write_run_outputs
 from .tasks import EvalTask, load_tasks
 
@@ -126,7 +126,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(f"--policy_checkpoint {args.policy_checkpoint}: no such folder")
     started_at = datetime.now(timezone.utc)
     wall_start = time.perf_counter()
-    protocol = Protocol(max_messages=args.max_messages, samples_per_row=args.samples_per_row)
+    protocol = EvalProtocol(max_messages=args.max_messages, samples_per_row=args.samples_per_row)
     tasks, source = load_tasks(args)
     preset_name, metric_names, metric_options = choose_metrics(args, tasks)
     specs_by_name = resolve_metrics(metric_names)
