@@ -12,8 +12,9 @@ after another) plus one judging round (``accuracy`` and ``interactivity`` are ju
 calls no LLM): ``(14 + 1) x 100 ms = 1.5 s`` by default. With the default concurrency every conversation runs
 at once, so a perfect run takes the critical path; the target is a wall time <= 1.5 x the critical path.
 
-Reported per round (median over ``--rounds`` after one warm-up round): the run's wall time (the
-``invocation.wall_seconds`` of ``summary.json``: loading the tasks, all conversations and their scoring),
+Reported per round (median over ``--rounds`` after one warm-up round): the wall time of the conversations
+and their scoring (``invocation.conversations_wall_seconds`` of ``summary.json``; ``setup_and_run`` adds
+loading the tasks and building the models, ``main`` adds writing the summary, its bootstrap and figure),
 the ratio to the critical path, conversations per minute, the client process's CPU seconds, and the
 LLM requests made. For reference, the same requests (same prompts, same order of dependencies, same
 concurrency) are also sent with bare ``litellm.acompletion`` and no project code in between (``bare``): the
@@ -74,8 +75,8 @@ def one_round(base_url: str, out: Path, args) -> dict:
     code = evaluate.main([
         "--dataset", str(DATA), "--out", str(out), "--overwrite", "--num_rows", str(args.tasks), "--task", "math",
         "--max_messages", str(args.max_messages), "--concurrency", str(args.concurrency), "--no_progress",
-        "--policy_model", "openai/bench-policy", "--user_model", "openai/scripted-user",
-        "--judge_model", "openai/scripted-judge", "--api_base", base_url, "--api_key_env", KEY_ENV,
+        "--policy_model", f"{args.policy_provider}/bench-policy", "--user_model", f"{args.provider}/scripted-user",
+        "--judge_model", f"{args.provider}/scripted-judge", "--api_base", base_url, "--api_key_env", KEY_ENV,
         "--llm_max_concurrency", str(args.llm_max_concurrency), "--bootstrap_resamples", "2000",
     ])
     total_wall = time.perf_counter() - wall_start
@@ -87,9 +88,9 @@ def one_round(base_url: str, out: Path, args) -> dict:
         str(args.max_messages): args.tasks
     }:
         raise RuntimeError(f"unexpected conversations: {conversations}")
-    wall = summary["invocation"]["wall_seconds"]
     return {
-        "wall_s": wall,
+        "wall_s": summary["invocation"]["conversations_wall_seconds"],
+        "setup_and_run_wall_s": summary["invocation"]["wall_seconds"],
         "main_wall_s": total_wall,
         "client_cpu_s": time.process_time() - cpu_start,
         "requests": llm_stats()["requests"],
@@ -123,14 +124,17 @@ async def bare_litellm(base_url: str, args) -> float:
                 prompt = build_simulator_messages(
                     goal=row["problem"], task_desc="math", history=messages, termination_signal="[[TERMINATE CHAT]]"
                 )
-                answer = json.loads(await ask("openai/scripted-user", prompt, temperature=1.0, max_tokens=512))
+                user_model = f"{args.provider}/scripted-user"
+                answer = json.loads(await ask(user_model, prompt, temperature=1.0, max_tokens=512))
                 messages.append({"role": "user", "content": answer["response"]})
                 policy_prompt = [{"role": "system", "content": COLLABORATOR_SYSTEM_PROMPT}, *messages]
-                messages.append({"role": "assistant", "content": await ask("openai/bench-policy", policy_prompt)})
+                policy_model = f"{args.policy_provider}/bench-policy"
+                reply = await ask(policy_model, policy_prompt, temperature=0.6, max_tokens=2048)
+                messages.append({"role": "assistant", "content": reply})
             ctx = MetricContext(messages=messages, ground_truth=row["solution"],
                                 extra_info={"interaction_kwargs": {"single_turn_prompt": row["problem"]}})
             await asyncio.gather(
-                *(ask("openai/scripted-judge", build_judge_messages(task, ctx), temperature=0)
+                *(ask(f"{args.provider}/scripted-judge", build_judge_messages(task, ctx), temperature=0)
                   for task in ("accuracy", "interactivity"))
             )
 
@@ -147,6 +151,11 @@ def main(argv=None) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="evaluate.py --concurrency (default 64)")
     parser.add_argument("--llm-max-concurrency", type=int, default=64, help="evaluate.py --llm_max_concurrency")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--policy-provider", default="hosted_vllm",
+                        help="litellm provider prefix of the model under test (default hosted_vllm, as a checkpoint "
+                        "served by vLLM or by evaluate.py --policy_checkpoint)")
+    parser.add_argument("--provider", default="openai",
+                        help="litellm provider prefix of the user simulator and judges (default openai, as API models)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -178,9 +187,11 @@ def main(argv=None) -> None:
         "latency_ms": args.latency_ms,
         "max_messages": args.max_messages,
         "concurrency": args.concurrency,
+        "providers": {"policy": args.policy_provider, "user_and_judge": args.provider},
         "critical_path_s": critical,
         "wall_s_median": wall,
         "wall_s_all": [round(r["wall_s"], 3) for r in rounds],
+        "setup_and_run_wall_s_median": statistics.median(r["setup_and_run_wall_s"] for r in rounds),
         "main_wall_s_median": statistics.median(r["main_wall_s"] for r in rounds),
         "ratio_to_critical_path": wall / critical,
         "bare_litellm_wall_s_median": statistics.median(b[0] for b in bare),

@@ -85,5 +85,5 @@ def test_cli_evaluates_a_checkpoint_served_by_the_project(tiny_checkpoint, llm_s
             assert record["end_reason"] == "policy_failure"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["policy"] == str(Path(tiny_checkpoint).resolve())
-    assert summary["settings"]["policy_endpoint"]["model"] == "openai/checkpoint"
+    assert summary["settings"]["policy_endpoint"]["model"] == "hosted_vllm/checkpoint"
     assert summary["conversations"]["recorded"] == 3

@@ -187,7 +187,9 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
             concurrency=args.concurrency,
             progress=not args.no_progress,
         )
+        run_start = time.perf_counter()
         counts = asyncio.run(runner.run())
+        run_seconds = time.perf_counter() - run_start
 
     wanted = {stable_key(t.task_id, k) for t in tasks for k in range(protocol.samples_per_row)}
     records = [r for r in store.records() if r["key"] in wanted]
@@ -227,6 +229,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         invocation={
             "started_at": started_at.isoformat(timespec="seconds"),
             "wall_seconds": time.perf_counter() - wall_start,
+            "conversations_wall_seconds": run_seconds,
             "conversations_run": counts["run"],
             "skipped": counts["skipped"],
             "records_file": str(out_dir / CONVERSATIONS_FILE),

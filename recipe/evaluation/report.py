@@ -168,7 +168,9 @@ def build_summary(
         num_tasks: tasks in the run.
         settings: every setting of the run (no secrets).
         data: where the tasks came from.
-        invocation: this invocation's ``wall_seconds``, ``conversations_run``, ``skipped`` and times.
+        invocation: this invocation's ``wall_seconds`` (from the start, loading tasks and models included),
+            ``conversations_wall_seconds`` (running and scoring the conversations), ``conversations_run``,
+            ``skipped`` and its start time.
         confidence, n_resamples, seed: bootstrap settings.
 
     Returns:
