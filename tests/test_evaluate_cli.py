@@ -262,6 +262,14 @@ def test_compare_reports_paired_differences(run_cli, tasks_file, tmp_path, capsy
     assert evaluate.main(["--compare", str(base), str(trained), "--bootstrap_resamples", "2000"]) == 0
     assert (trained / "compare_vs_base" / "compare.json").is_file()
     assert evaluate.main(["compare", str(base), str(tmp_path / "missing")]) == 2
+    # a run under another protocol: compared, with a caution naming what else differs
+    other = tmp_path / "other"
+    assert run_cli(tasks_file, other, "--max_messages", "6")[0] == 0
+    assert evaluate.main(["compare", str(base), str(other), "--out", str(tmp_path / "cmp2")]) == 0
+    result = json.loads((tmp_path / "cmp2" / "compare.json").read_text())
+    assert result["differing_settings"] == {"max_messages": {"a": 14, "b": 6}}
+    assert "**Caution**" in (tmp_path / "cmp2" / "compare.md").read_text()
+    assert result["metrics"]["accuracy"]["mean_diff"] == pytest.approx(0.0)
 
 
 def test_processed_validation_parquet_gives_its_hidden_goals(run_cli, tasks_file, tmp_path):
