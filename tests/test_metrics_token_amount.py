@@ -53,4 +53,4 @@ async def test_tokens_without_tokenizer_and_bad_options_are_errors():
     with pytest.raises(ValueError, match="unit"):
         spec.check_options({"unit": "characters"})
     with pytest.raises(ValueError, match="no option"):
-        spec.check_options({"scale": 1000})
+        spec.check_options({"per_message": True})
