@@ -30,13 +30,15 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_user_simulator import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "math" / "math500_level5.jsonl"
@@ -50,20 +52,6 @@ def serve(latency_ms: float, ready_file: str) -> None:
 
     server.register_responder("bench-policy", lambda messages, request: QUESTION)
     server.main(["--latency-ms", str(latency_ms), "--ready-file", ready_file, "--scripted-max-turns", "1000"])
-
-
-def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
-    ready = Path(tempfile.mkdtemp()) / "url"
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--latency-ms", str(latency_ms), "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("local LLM server did not start")
-        time.sleep(0.05)
-    return proc, ready.read_text().strip()
 
 
 def one_round(base_url: str, out: Path, args) -> dict:
@@ -166,7 +154,7 @@ def main(argv=None) -> None:
     os.environ[KEY_ENV] = "local"
     import logging
 
-    proc, base_url = start_server(args.latency_ms)
+    proc, base_url = start_server(args.latency_ms, [sys.executable, __file__, "--serve"])
     try:
         with tempfile.TemporaryDirectory() as tmp:
             one_round(base_url, Path(tmp) / "warmup", args)
