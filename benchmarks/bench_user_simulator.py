@@ -42,14 +42,16 @@ CHAT = [
 ]
 
 
-def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(latency_ms: float, command: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the local server in its own process; ``command`` replaces ``python -m ...offline.server`` (it gets
+    ``--latency-ms`` and ``--ready-file`` appended). Returns the process and the base URL."""
     ready = Path(tempfile.mkdtemp()) / "url"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collabllm_verl.recipe.offline.server", "--latency-ms", str(latency_ms),
-         "--ready-file", str(ready)],
+        [*(command or [sys.executable, "-m", "collabllm_verl.recipe.offline.server"]),
+         "--latency-ms", str(latency_ms), "--ready-file", str(ready)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("local LLM server did not start")

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunStore", "stable_key"]
+__all__ = ["RunStore", "read_records", "stable_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,33 @@ def stable_key(*parts: Any) -> str:
     the same key in every run and on every machine."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def read_records(path: str | os.PathLike, *, key_field: str = "key") -> tuple[dict[str, dict[str, Any]], int]:
+    """Read the complete records of a JSONL record file without changing it.
+
+    Returns:
+        ``(records, complete_end)``: key -> record in first-written order (the last record of a key wins),
+        and the length in bytes of the complete lines (a partial last line, left by a killed run, is not
+        read).
+
+    Raises:
+        ValueError: a complete line is not a JSON object with a string key field (names file and line).
+    """
+    data = Path(path).read_bytes()
+    complete_end = data.rfind(b"\n") + 1
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(data[:complete_end].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(key_field), str):
+            raise ValueError(f"{path}: line {number}: expected a JSON object with a string {key_field!r}")
+        records[record[key_field]] = record
+    return records, complete_end
 
 
 class RunStore:
@@ -52,22 +79,12 @@ class RunStore:
             self._load()
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
-        complete_end = data.rfind(b"\n") + 1
-        if complete_end < len(data):
+        records, complete_end = read_records(self.path, key_field=self.key_field)
+        if complete_end < self.path.stat().st_size:
             logger.warning("%s: dropping a partial last line left by an interrupted run", self.path)
             with open(self.path, "r+b") as fh:
                 fh.truncate(complete_end)
-        for number, line in enumerate(data[:complete_end].decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{self.path}: line {number}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(self.key_field), str):
-                raise ValueError(f"{self.path}: line {number}: expected a JSON object with a string {self.key_field!r}")
-            self._records[record[self.key_field]] = record
+        self._records = records
 
     def __contains__(self, key: str) -> bool:
         return key in self._records

@@ -35,6 +35,10 @@ CORE_MODULES = [
     "collabllm_verl.recipe.offline.server",
     "collabllm_verl.recipe.offline.scripted_judges",
     "collabllm_verl.recipe.offline.scripted_assistant",
+    # evaluation: the pipeline imports tasks, conversations, statistics and report; compare is separate
+    "collabllm_verl.recipe.evaluation.pipeline",
+    "collabllm_verl.recipe.evaluation.compare",
+    "collabllm_verl.recipe.serving.hf_chat",
 ]
 
 _PROBE = """

@@ -47,13 +47,14 @@ from verl.workers.config import HFModelConfig
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 from verl.workers.rollout.utils import get_max_position_embeddings
 
-from .hf_generation import (
+from collabllm_verl.recipe.serving.hf_generation import (
     LOGPROBS_MODES,
     STOP_ABORTED,
     GenerationRequest,
     GenerationResult,
     end_of_sequence_ids,
     generate_batch,
+    group_by_settings,
     load_causal_lm,
     load_named_weights,
     parse_sampling_params,
@@ -238,7 +239,8 @@ class HFRolloutServer:
 
         Args:
             prompt_ids: prompt token ids.
-            sampling_params: see :func:`.hf_generation.parse_sampling_params`.
+            sampling_params: see
+                :func:`collabllm_verl.recipe.serving.hf_generation.parse_sampling_params`.
             request_id: id used for logging and aborts.
             image_data, video_data, audio_data: must be None (text-only backend).
             mm_processor_kwargs, priority: accepted and ignored.
@@ -302,10 +304,7 @@ class HFRolloutServer:
             if not self._pending:
                 self._wakeup.clear()
             self._taken = batch
-            groups: dict[Any, list[_Pending]] = defaultdict(list)
-            for item in batch:
-                groups[item.request.settings].append(item)
-            for items in groups.values():
+            for items in group_by_settings(batch, lambda item: item.request.settings):
                 await self._run_group(items)
             self._taken = []
 
@@ -350,7 +349,8 @@ class HFRolloutServer:
 
         Returns:
             The number of tensors loaded. Raises ``KeyError``/``ValueError`` from
-            :func:`.hf_generation.load_named_weights` on unknown names or shape mismatches.
+            :func:`collabllm_verl.recipe.serving.hf_generation.load_named_weights` on unknown names or
+            shape mismatches.
         """
         self._ensure_started()
         async with self._model_lock:

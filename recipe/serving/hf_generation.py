@@ -3,7 +3,9 @@
 This module holds the model-facing half of the ``hf`` backend (docs/design.md §4): turning verl's
 per-request ``sampling_params`` into sampling settings, loading the model, sampling a batch of prompts with
 ``transformers``' ``generate`` and scoring the sampled tokens, and loading trainer weights into the model.
-It knows nothing about Ray or verl's replica machinery; :mod:`.hf_server` drives it.
+It knows nothing about Ray or verl (no verl import): the ``hf`` rollout server of the CPU backend
+(:mod:`collabllm_verl.recipe.cpu.hf_server`) and the chat server that evaluation uses for a checkpoint
+(:mod:`collabllm_verl.recipe.serving.hf_chat`) both drive it.
 
 Log-probabilities are recomputed with one forward pass over prompt + response after sampling, the way the
 verl actor computes ``old_log_prob``: ``log_softmax(logits / temperature)`` at each response position
@@ -20,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import (
@@ -33,6 +35,8 @@ from transformers import (
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 """Supported ``rollout.logprobs_mode`` values (vLLM's names)."""
@@ -121,7 +125,8 @@ class GenerationResult:
 
     Attributes:
         token_ids: sampled response token ids, including the end-of-sequence token when one was produced.
-        log_probs: one natural-log probability per entry of ``token_ids`` (see the module docstring).
+        log_probs: one natural-log probability per entry of ``token_ids`` (see the module docstring); empty
+            when :func:`generate_batch` ran with ``with_log_probs=False``.
         stop_reason: ``"completed"`` (an end-of-sequence/stop token was produced), ``"length"`` (the token
             budget ran out) or ``"aborted"`` (generation was interrupted; ``token_ids`` holds what was
             produced so far).
@@ -203,6 +208,15 @@ def parse_sampling_params(
     return settings, max_new_tokens
 
 
+def group_by_settings(items: Iterable[T], settings_of: Callable[[T], SamplingSettings]) -> list[list[T]]:
+    """Split queued requests into groups with equal :class:`SamplingSettings`, each group in arrival order
+    and the groups in order of their first request; every group is one :func:`generate_batch` call."""
+    groups: dict[SamplingSettings, list[T]] = {}
+    for item in items:
+        groups.setdefault(settings_of(item), []).append(item)
+    return list(groups.values())
+
+
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     """Map a dtype name (``"float32"``, ``"bfloat16"``, ``"fp16"``, ...) to a ``torch.dtype``.
 
@@ -226,7 +240,7 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     override_config: Mapping[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """Load a causal LM for sampling on the CPU, in eval mode.
+    """Load a causal LM for sampling, in eval mode, on the CPU (move it with ``.to(device)`` for a GPU).
 
     Args:
         model_path: local directory of a Hugging Face model.
@@ -312,6 +326,7 @@ def generate_batch(
     logprobs_mode: str = "processed_logprobs",
     should_abort: Callable[[], bool] | None = None,
     logit_bias: Mapping[int, float] | None = None,
+    with_log_probs: bool = True,
 ) -> list[GenerationResult]:
     """Sample continuations of several prompts that share one :class:`SamplingSettings`.
 
@@ -330,6 +345,8 @@ def generate_batch(
             returned with ``stop_reason="aborted"``.
         logit_bias: token id -> value added to its logit before temperature scaling (like vLLM's and
             OpenAI's ``logit_bias``); None or empty for the model's own distribution.
+        with_log_probs: False skips the scoring pass (a chat server that returns text only); every
+            result's ``log_probs`` is then empty.
 
     Returns:
         One :class:`GenerationResult` per request, in order.
@@ -386,6 +403,8 @@ def generate_batch(
         kept.append(tokens)
         reasons.append(reason)
 
+    if not with_log_probs:
+        return [GenerationResult(t, [], reason) for t, reason in zip(kept, reasons, strict=True)]
     log_probs = score_tokens(
         model,
         [r.prompt_ids for r in requests],
