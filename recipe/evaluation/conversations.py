@@ -114,13 +114,21 @@ class _MeteredPolicy:
         self.inner = inner
         self.usage = dict.fromkeys(USAGE_KEYS, 0.0)
 
+    @property
+    def tokens_after_prompt(self) -> int:
+        return self.inner.tokens_after_prompt
+
+    @property
+    def last_reply_truncated(self) -> bool:
+        return self.inner.last_reply_truncated
+
     async def add_user_message(self, content: str) -> None:
         await self.inner.add_user_message(content)
 
-    async def reply(self) -> str | None:
+    async def reply(self, max_new_tokens: int | None = None) -> str | None:
         with usage_scope() as counters:
             try:
-                return await self.inner.reply()
+                return await self.inner.reply(max_new_tokens=max_new_tokens)
             finally:
                 for key in USAGE_KEYS:
                     self.usage[key] += float(counters.get(key, 0.0))
