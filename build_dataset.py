@@ -23,7 +23,6 @@ continues a killed or partly failed run. See README.md ("Building datasets") for
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from collabllm_verl.recipe.data_engine.task import tasks_from_rows
 from collabllm_verl.recipe.dataset.rows import DatasetFormatError
 from collabllm_verl.recipe.dataset.source import add_source_arguments, load_rows, system_prompt_from_arg
 from collabllm_verl.recipe.llm_client import LLMSettings
-from collabllm_verl.recipe.model_args import add_model_arguments, model_config
+from collabllm_verl.recipe.model_args import add_model_arguments, local_server, model_config
 from collabllm_verl.recipe.multiturn_reward import RewardSettings, resolve_settings
 
 logger = logging.getLogger("build_dataset")
@@ -50,7 +49,6 @@ ROLES = ("user", "assistant", "judge")
 DEFAULT_MODELS = dict.fromkeys(ROLES, "gpt-4o-mini")
 PRESET_BY_ABILITY = {"math": "math", "writing": "document", "coding": "code"}
 # The local stand-in server accepts any key; it is passed like every key, through an environment variable.
-LOCAL_SERVER_KEY_ENV = "COLLABLLM_LOCAL_SERVER_KEY"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,8 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="retries of one LLM call after its first attempt, with back-off (default 3)")
     r.add_argument("--task_retries", type=int, default=1,
                    help="extra attempts of a task that failed after the LLM layer's retries (default 1)")
-    r.add_argument("--local_server", action="store_true",
-                   help="start the offline stand-in server and use it as --api_base (for the openai/scripted-* models)")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -126,7 +122,7 @@ def reward_kwargs(args: argparse.Namespace, ability: str) -> dict[str, Any]:
     return {
         "metric_weights": weights,
         "metric_kwargs": {metric: opts for metric, opts in options.items() if metric in weights},
-        "llm_judge_kwargs": role_config(args, "judge", **call_limits(args)),
+        "llm_judge_kwargs": model_config(args, "judge", **call_limits(args)),
     }
 
 
@@ -139,20 +135,12 @@ def call_limits(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def role_config(args: argparse.Namespace, role: str, *, model_key: str = "model", **settings: Any) -> dict:
-    """:func:`model_config` of ``role``, with the local server's key when it serves that role."""
-    config = model_config(args, role, model_key=model_key, **settings)
-    if args.local_server and not getattr(args, f"{role}_api_base"):
-        config["api_key_env"] = LOCAL_SERVER_KEY_ENV
-    return config
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the dataset described by ``args``; returns the exit code (0 done, 1 some task failed)."""
     spec, rows, filters = load_rows(args)
     tasks = tasks_from_rows(spec, rows, mode=args.mode)
     limits = call_limits(args)
-    user = role_config(args, "user", model_key="user_model", **limits)
+    user = model_config(args, "user", model_key="user_model", **limits)
     interaction = CollabLLMInteraction({"name": "collabllm", **user})
     manifest: dict[str, Any] = {
         "source": args.dataset,
@@ -176,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         )
         kwargs = reward_kwargs(args, spec.ability)
         reward = RewardSettings.from_reward_kwargs(kwargs)
-        assistant = role_config(
+        assistant = model_config(
             args, "assistant", temperature=args.assistant_temperature, max_tokens=args.assistant_max_tokens, **limits
         )
         engine = Engine(
@@ -231,14 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
-        with contextlib.ExitStack() as stack:
-            if args.local_server:  # the offline stand-ins, chosen explicitly: imported only then
-                from collabllm_verl.recipe.offline.server import LocalLLMServer
-
-                if args.api_base:
-                    raise ValueError("--local_server sets the endpoint itself: drop --api_base")
-                args.api_base = stack.enter_context(LocalLLMServer()).base_url
-                os.environ.setdefault(LOCAL_SERVER_KEY_ENV, "local")
+        with local_server(args):
             return run(args)
     except (DatasetFormatError, UnknownMetricError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)

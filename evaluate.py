@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from collabllm_verl.recipe.dataset.rows import DatasetFormatError
     from collabllm_verl.recipe.evaluation.pipeline import metric_line, run_evaluation
+    from collabllm_verl.recipe.model_args import local_server
 
     try:
-        summary = run_evaluation(args)
+        with local_server(args):
+            summary = run_evaluation(args)
     except (DatasetFormatError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2

@@ -5,16 +5,23 @@ Each role (``user`` = the user simulator, ``judge``, ``assistant`` or ``policy``
 (any litellm model string), ``--<role>_api_base`` and ``--<role>_api_key_env``; ``--api_base`` and
 ``--api_key_env`` apply to every role that does not override them. Keys are only ever read from the
 environment variable named by ``*_api_key_env``, so they never appear on a command line, in a printed
-configuration or in an output file. No verl import.
+configuration or in an output file. ``--local_server`` starts the offline stand-in server
+(:mod:`collabllm_verl.recipe.offline.server`, for the ``openai/scripted-*`` models) for the run and uses it
+as the shared ``--api_base``. No verl import.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["ROLE_HELP", "add_model_arguments", "model_config"]
+__all__ = ["LOCAL_SERVER_KEY_ENV", "ROLE_HELP", "add_model_arguments", "local_server", "model_config"]
+
+# The placeholder key of the offline stand-in server, set in the environment while it runs.
+LOCAL_SERVER_KEY_ENV = "COLLABLLM_LOCAL_SERVER_KEY"
 
 ROLE_HELP = {
     "user": "the user simulator",
@@ -45,6 +52,11 @@ def add_model_arguments(
         help="name of the environment variable holding the API key, shared like --api_base "
         "(default: the provider's usual variable, e.g. OPENAI_API_KEY)",
     )
+    group.add_argument(
+        "--local_server",
+        action="store_true",
+        help="start the offline stand-in server for this run and use it as --api_base (openai/scripted-* models)",
+    )
     for role in roles:
         what = ROLE_HELP[role]
         default = defaults.get(role)
@@ -71,12 +83,36 @@ def model_config(args: argparse.Namespace, role: str, *, model_key: str = "model
             dropped.
 
     Returns:
-        ``{model_key: ..., "api_base": ..., "api_key_env": ..., **settings}`` without None values.
+        ``{model_key: ..., "api_base": ..., "api_key_env": ..., **settings}`` without None values; a role
+        served by the local server (``--local_server`` and no role endpoint of its own) gets its key variable.
     """
+    key_env = getattr(args, f"{role}_api_key_env") or args.api_key_env
+    if getattr(args, "local_server", False) and not getattr(args, f"{role}_api_base"):
+        key_env = LOCAL_SERVER_KEY_ENV
     config = {
         model_key: getattr(args, f"{role}_model"),
         "api_base": getattr(args, f"{role}_api_base") or args.api_base,
-        "api_key_env": getattr(args, f"{role}_api_key_env") or args.api_key_env,
+        "api_key_env": key_env,
         **settings,
     }
     return {key: value for key, value in config.items() if value is not None}
+
+
+@contextlib.contextmanager
+def local_server(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--local_server``: run the offline stand-in server for the block and point ``args.api_base`` at it.
+
+    Raises:
+        ValueError: ``--local_server`` together with ``--api_base``.
+    """
+    if not getattr(args, "local_server", False):
+        yield
+        return
+    if args.api_base:
+        raise ValueError("--local_server sets the endpoint itself: drop --api_base")
+    from collabllm_verl.recipe.offline.server import LocalLLMServer  # the stand-ins: imported only when asked
+
+    with LocalLLMServer() as server:
+        args.api_base = server.base_url
+        os.environ.setdefault(LOCAL_SERVER_KEY_ENV, "local")
+        yield

@@ -128,3 +128,21 @@ async def test_asks_question_looks_at_the_first_reply_and_ignores_math_and_code(
     assert await spec.score(ctx([("assistant", "Sure, what is the problem?"), ("user", "x"), ("assistant", "ok")])) == 1
     assert await spec.score(ctx([("assistant", "The answer is 4."), ("user", "why?"), ("assistant", "ok?")])) == 0
     assert await spec.score(ctx([])) == 0
+
+
+def test_local_server_flag_serves_the_stand_ins_for_the_block():
+    import httpx
+
+    from collabllm_verl.recipe.model_args import LOCAL_SERVER_KEY_ENV, local_server
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser, ["user", "judge"], {"user": "openai/scripted-user", "judge": "openai/scripted-judge"})
+    args = parser.parse_args(["--local_server", "--judge_api_base", "http://elsewhere/v1"])
+    with local_server(args):
+        assert args.api_base.startswith("http://127.0.0.1:")
+        assert httpx.get(args.api_base.removesuffix("/v1") + "/health", timeout=5).status_code < 500
+        assert model_config(args, "user")["api_key_env"] == LOCAL_SERVER_KEY_ENV  # served locally
+        assert "api_key_env" not in model_config(args, "judge")  # has its own endpoint
+    both = parser.parse_args(["--local_server", "--api_base", "http://x/v1"])
+    with pytest.raises(ValueError, match="drop --api_base"), local_server(both):
+        pass
