@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collabllm_verl.metrics import MetricContext, MetricError, MetricSpec, resolve_metrics
 from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMSettings, usage_scope
+from collabllm_verl.recipe.validation import Finite, NonNegative, NotText, validate
 
 __all__ = [
     "DUMP_KWARGS_KEYS",
@@ -59,6 +59,7 @@ REWARD_KWARGS_KEYS = ("metric_weights", "llm_judge_kwargs", "metric_kwargs", "fa
 DUMP_KWARGS_KEYS = ("conversation_dump",)
 # The verl recipe's judge default (docs/design.md §1): deterministic grading.
 JUDGE_DEFAULTS = {"temperature": 0.0}
+Count = Annotated[int, NotText, Field(ge=0)]
 
 
 def _plain(value: Any) -> Any:
@@ -68,23 +69,53 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class RewardSettings:
-    """Validated ``reward_kwargs`` of the ``collabllm`` reward manager.
+class RewardSettings(BaseModel):
+    """Validated ``reward_kwargs`` of the ``collabllm`` reward manager (a frozen pydantic model).
 
     Attributes:
-        metric_weights: metric name -> weight (any real number; negative to penalise, 0 to log only).
-        judge: settings of the LLM judge (``llm_judge_kwargs``), or None when no metric needs one.
+        metric_weights: metric name -> weight (any finite number; negative to penalise, 0 to log only).
+        judge: settings of the LLM judge (key ``llm_judge_kwargs``), or None when no metric needs one.
         metric_kwargs: metric name -> that metric's options (see each metric's documentation).
         failure_policy: ``"drop"`` or ``"zero"`` (see the module docstring).
         skip_penalty: reward of a response whose forward sampling was skipped.
     """
 
-    metric_weights: dict[str, float]
-    judge: LLMSettings | None = None
-    metric_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failure_policy: str = "drop"
-    skip_penalty: float = -1.0
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    metric_weights: dict[str, Finite] = Field(None, validate_default=True)  # required; the hint below
+    judge: LLMSettings | None = Field(None, alias="llm_judge_kwargs")
+    metric_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    failure_policy: Literal["drop", "zero"] = "drop"
+    skip_penalty: Finite = -1.0
+
+    @field_validator("metric_weights", mode="before")
+    @classmethod
+    def _weights_given(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping) or not value:
+            raise ValueError(
+                "reward_kwargs.metric_weights must be a non-empty mapping of metric name -> weight, e.g. "
+                "+reward.reward_kwargs.metric_weights.accuracy=1"
+            )
+        return value
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_settings(cls, value: Any) -> Any:
+        if value is None or isinstance(value, LLMSettings):
+            return value
+        where = "reward_kwargs.llm_judge_kwargs"
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: must be a mapping")
+        bad = sorted(set(value) - set(LLM_SETTINGS_KEYS) - {"model"})
+        if bad:
+            raise ValueError(f"{where}: unknown key(s) {bad}; known: {sorted(LLM_SETTINGS_KEYS | {'model'})}")
+        if value.get("api_key"):
+            logger.warning(
+                "%s.api_key is part of the trainer config, which verl prints; put the key in an environment "
+                "variable and set llm_judge_kwargs.api_key_env=<VAR> instead (train_rl_collabllm.sh does this)",
+                where,
+            )
+        return LLMSettings.from_config({**JUDGE_DEFAULTS, **value}, where=where)
 
     @classmethod
     def from_reward_kwargs(cls, reward_kwargs: Mapping[str, Any]) -> RewardSettings:
@@ -94,72 +125,14 @@ class RewardSettings:
             TypeError: ``reward_kwargs`` is not a mapping.
             ValueError: an unknown key, an empty or non-numeric ``metric_weights``, an unknown
                 ``failure_policy``, bad ``llm_judge_kwargs`` (unknown keys, no ``model``) or a malformed
-                ``metric_kwargs``. Messages name the offending ``reward_kwargs`` key.
+                ``metric_kwargs``. Each message names the offending key
+                (``reward_kwargs.metric_weights.accuracy: ...``).
         """
         kwargs = _plain(reward_kwargs) or {}
         if not isinstance(kwargs, Mapping):
             raise TypeError(f"reward_kwargs must be a mapping, got {type(kwargs).__name__}")
-        unknown = sorted(set(kwargs) - set(REWARD_KWARGS_KEYS) - set(DUMP_KWARGS_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown reward_kwargs key(s) {unknown}; known keys: {[*REWARD_KWARGS_KEYS, *DUMP_KWARGS_KEYS]}"
-            )
-
-        raw_weights = kwargs.get("metric_weights")
-        if not isinstance(raw_weights, Mapping) or not raw_weights:
-            raise ValueError(
-                "reward_kwargs.metric_weights must be a non-empty mapping of metric name -> weight, e.g. "
-                "+reward.reward_kwargs.metric_weights.accuracy=1"
-            )
-        weights: dict[str, float] = {}
-        for name, weight in raw_weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise ValueError(
-                    f"reward_kwargs.metric_weights.{name} must be a finite number, got {weight!r}"
-                )
-            weights[str(name)] = float(weight)
-
-        judge_cfg = kwargs.get("llm_judge_kwargs")
-        judge = None
-        if judge_cfg is not None:
-            if not isinstance(judge_cfg, Mapping):
-                raise ValueError("reward_kwargs.llm_judge_kwargs must be a mapping")
-            bad = sorted(set(judge_cfg) - set(LLM_SETTINGS_KEYS) - {"model"})
-            if bad:
-                raise ValueError(
-                    f"unknown reward_kwargs.llm_judge_kwargs key(s) {bad}; "
-                    f"known: {sorted(LLM_SETTINGS_KEYS | {'model'})}"
-                )
-            if judge_cfg.get("api_key"):
-                logger.warning(
-                    "reward_kwargs.llm_judge_kwargs.api_key is part of the trainer config, which verl prints; "
-                    "put the key in an environment variable and set llm_judge_kwargs.api_key_env=<VAR> instead"
-                )
-            judge = LLMSettings.from_config({**JUDGE_DEFAULTS, **judge_cfg})
-
-        metric_kwargs = kwargs.get("metric_kwargs") or {}
-        if not isinstance(metric_kwargs, Mapping) or not all(
-            isinstance(v, Mapping) for v in metric_kwargs.values()
-        ):
-            raise ValueError("reward_kwargs.metric_kwargs must map metric name -> mapping of options")
-
-        policy = kwargs.get("failure_policy", "drop")
-        if policy not in FAILURE_POLICIES:
-            raise ValueError(
-                f"reward_kwargs.failure_policy={policy!r}; expected one of {list(FAILURE_POLICIES)}"
-            )
-
-        penalty = kwargs.get("skip_penalty", -1.0)
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
-            raise ValueError(f"reward_kwargs.skip_penalty must be a finite number, got {penalty!r}")
-
-        return cls(
-            metric_weights=weights,
-            judge=judge,
-            metric_kwargs={str(k): dict(v) for k, v in metric_kwargs.items()},
-            failure_policy=str(policy),
-            skip_penalty=float(penalty),
-        )
+        kwargs = {k: v for k, v in kwargs.items() if k not in DUMP_KWARGS_KEYS}
+        return validate(cls, kwargs, where="reward_kwargs", known=[*REWARD_KWARGS_KEYS, *DUMP_KWARGS_KEYS])
 
     @classmethod
     def from_trainer_config(cls, config: Any) -> RewardSettings:
@@ -222,116 +195,53 @@ def resolve_settings(settings: RewardSettings) -> dict[str, MetricSpec]:
     return specs
 
 
-def _count(fields: Mapping[str, Any], key: str) -> int:
-    """A non-negative integer counter of the ``collabllm`` extra fields (0 when absent)."""
-    value = fields.get(key, 0)
-    if value is None:
-        return 0
-    if not _is_count(value):
-        raise ValueError(f"extra_fields['collabllm'][{key!r}] must be an int >= 0, got {value!r}")
-    return int(value)
-
-
-def _is_count(value: Any) -> bool:
-    """An integer >= 0 (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
-
-
-def _sequence(fields: Mapping[str, Any], key: str) -> list:
-    """A list field of the ``collabllm`` extra fields (empty when absent); numpy arrays are accepted."""
-    value = fields.get(key)
-    if value is None:
-        return []
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"extra_fields['collabllm'][{key!r}] must be a list, got {type(value).__name__}")
-    return list(value)
-
-
-@dataclass(frozen=True)
-class ForwardSamples:
-    """One response's forward-sampling result, read from ``extra_fields["collabllm"]``.
+class ForwardSamples(BaseModel):
+    """One response's forward-sampling result, read from ``extra_fields["collabllm"]`` (a frozen pydantic
+    model; the input keys, where they differ from the attribute names, are given in brackets).
 
     Attributes:
-        conversations: the S (possibly fewer) full conversations.
+        conversations (``future_conversations``): the S (possibly fewer) full conversations.
         num_history_messages: messages before the trained response in each conversation.
-        skipped: forward sampling was skipped; the response gets ``skip_penalty``.
+        skipped (``forward_sampling_skipped``): forward sampling was skipped; the response gets
+            ``skip_penalty``.
         skip_reason: why (``"truncated"``, ``"empty"``, ``"malformed_think"``), or None.
         future_turns: per conversation, the assistant + user messages added after the trained response.
         end_reasons: per conversation, why it ended (``"terminated"``, ``"turn_limit"``,
             ``"simulator_failure"``, ``"context_limit"``); may be empty (optional for producers).
         early_terminations: conversations the user simulator ended with its termination signal.
         simulator_failures: conversations ended by a user-simulator failure.
-        seconds: wall-clock seconds the agent loop spent on forward sampling for this response.
+        seconds (``forward_sampling_seconds``): wall-clock seconds the agent loop spent on forward sampling
+            for this response.
     """
 
-    conversations: list[list[dict[str, Any]]]
-    num_history_messages: int = 0
-    skipped: bool = False
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    conversations: list[list[dict[str, Any]]] = Field(default_factory=list, alias="future_conversations")
+    num_history_messages: Count = 0
+    skipped: bool = Field(False, alias="forward_sampling_skipped")
     skip_reason: str | None = None
-    future_turns: list[int] = field(default_factory=list)
-    end_reasons: list[str] = field(default_factory=list)
-    early_terminations: int = 0
-    simulator_failures: int = 0
-    seconds: float = 0.0
+    future_turns: list[Count] = Field(default_factory=list)
+    end_reasons: list[str] = Field(default_factory=list)
+    early_terminations: Count = 0
+    simulator_failures: Count = 0
+    seconds: NonNegative = Field(0.0, alias="forward_sampling_seconds")
 
     @classmethod
     def from_extra_fields(cls, fields: Mapping[str, Any]) -> ForwardSamples:
         """Validate the agent loop's ``collabllm`` dict (docs/architecture.md, extra_fields contract).
 
-        The counters (``future_turns``, ``end_reasons``, ``early_terminations``, ``simulator_failures``,
-        ``forward_sampling_seconds``) default to empty / 0 when absent.
+        Absent or None fields take their defaults (empty / 0); unknown keys are ignored. numpy arrays
+        and integers are accepted where lists and integers are expected.
 
         Raises:
-            TypeError: ``fields`` is not a mapping, or ``future_turns`` / ``end_reasons`` is not a list.
-            ValueError: any other field has the wrong type or a negative value (the message names it).
+            TypeError: ``fields`` is not a mapping, or a field is of the wrong kind (e.g. ``future_turns``
+                not a list).
+            ValueError: any other bad value (negative, fractional, text); the message names the field,
+                e.g. ``extra_fields['collabllm']['future_turns'][1]: ...``.
         """
-        if not isinstance(fields, Mapping):
-            raise TypeError(f"extra_fields['collabllm'] must be a mapping, got {type(fields).__name__}")
-        skipped = bool(fields.get("forward_sampling_skipped", False))
-        conversations = fields.get("future_conversations")
-        if conversations is None:
-            conversations = []
-        if not isinstance(conversations, (list, tuple)) or not all(
-            isinstance(c, (list, tuple)) and all(isinstance(m, Mapping) for m in c) for c in conversations
-        ):
-            raise ValueError(
-                "extra_fields['collabllm']['future_conversations'] must be a list of message lists"
-            )
-        num_history = fields.get("num_history_messages", 0)
-        if isinstance(num_history, bool) or not isinstance(num_history, int) or num_history < 0:
-            raise ValueError(
-                f"extra_fields['collabllm']['num_history_messages'] must be an int >= 0, got {num_history!r}"
-            )
-        future_turns = _sequence(fields, "future_turns")
-        if not all(_is_count(t) for t in future_turns):
-            raise ValueError(
-                f"extra_fields['collabllm']['future_turns'] must be a list of ints >= 0, got {future_turns!r}"
-            )
-        end_reasons = [str(r) for r in _sequence(fields, "end_reasons")]
-        seconds = fields.get("forward_sampling_seconds", 0.0)
-        seconds = 0.0 if seconds is None else seconds
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, numbers.Real)
-            or not math.isfinite(seconds)
-            or seconds < 0
-        ):
-            raise ValueError(
-                f"extra_fields['collabllm']['forward_sampling_seconds'] must be a number >= 0, got {seconds!r}"
-            )
-        return cls(
-            conversations=[[dict(m) for m in c] for c in conversations],
-            num_history_messages=num_history,
-            skipped=skipped,
-            skip_reason=fields.get("skip_reason"),
-            future_turns=[int(t) for t in future_turns],
-            end_reasons=end_reasons,
-            early_terminations=_count(fields, "early_terminations"),
-            simulator_failures=_count(fields, "simulator_failures"),
-            seconds=float(seconds),
-        )
+        if isinstance(fields, Mapping):
+            fields = {k: v for k, v in fields.items() if v is not None}
+        return validate(cls, fields, where="extra_fields['collabllm']", style="item")
 
     def extra_info(self) -> dict[str, float]:
         """Forward-sampling columns of ``reward_extra_info`` (prefix ``fs/``; the same keys for every
