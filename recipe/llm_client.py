@@ -223,6 +223,13 @@ class LLMSettings(BaseModel):
         """The endpoint URL from ``completion_kwargs`` (None means the provider's default)."""
         return self.completion_kwargs.get("api_base")
 
+    def describe(self) -> str:
+        """``"<model> at <endpoint>"`` for messages (never the key), e.g.
+        ``"openai/scripted-judge at http://127.0.0.1:8011/v1"`` or ``"gpt-4o-mini at the provider's
+        default endpoint"``."""
+        endpoint = _scrub(self.api_base) if self.api_base else "the provider's default endpoint"
+        return f"{self.model} at {endpoint}"
+
     @classmethod
     def from_config(cls, cfg: Mapping, *, model_key: str = "model", where: str = "LLM config") -> LLMSettings:
         """Build settings from a flat config mapping (plain dict or OmegaConf ``DictConfig``).
