@@ -363,12 +363,12 @@ async def test_step_summary_reports_forward_sampling_totals(capsys):
     assert sampling["end_reasons"]["terminated"] == 2 and sampling["simulator_failures"] == 1
     assert sampling["seconds"] == {"mean": pytest.approx(1.0), "max": pytest.approx(1.5)}
     # test_value: 1 (the failed simulator conversation is not scored) and 0.5
-    assert summary["metrics"]["test_value"] == {"mean": 0.75, "weighted": pytest.approx((1.0 + 1.0) / 3),
-                                                "scored": 2, "failures": 0}
+    # weighted: over the responses whose forward sampling ran (2 * 1 and 2 * 0.5, both clamped to 1)
+    assert summary["metrics"]["test_value"] == {"mean": 0.75, "weighted": 1.0, "scored": 2, "failures": 0}
     assert summary["reward"]["mean"] == pytest.approx(sum(r.reward for r in reports) / 3)
     line = format_summary(summary)
     assert line.startswith("[collabllm reward] step 7: 3 responses (3 trained, 0 excluded, 1 skipped)")
-    assert "test_value: mean 0.75, weighted 0.6667, 2 scored, 0 failed" in line
+    assert "test_value: mean 0.75, weighted 1, 2 scored, 0 failed" in line
     assert "future turns mean 2, ended: simulator_failure 1, terminated 2;" in line
 
 
