@@ -12,8 +12,8 @@ Two CPU training set-ups, each as small as the behaviour allows:
 * **PPO, killed and resumed** (``ALGORITHM=ppo``, a checkpoint every step, the user simulator and judges
   on a local server with 200 ms latency so step 2 takes a few seconds): the run is killed during step 2,
   then resumed from ``global_step_1``. Both steps log ``critic/vf_loss``; training continues at step 2; the
-  conversation dump and the step summary hold each step once; the judge's API key appears in no output
-  and no file.
+  conversation dump and the step summary hold each step once; the judge's API key, given on the command
+  line in the blog's form, appears in no output and no file (the conversation dump, checkpoints, metrics).
 """
 
 from __future__ import annotations
@@ -178,9 +178,10 @@ def ppo_resumed(rl_data, tmp_path_factory):
             SAVE_FREQ="1",
             LOCAL_LLM_SERVER="0",
             LLM_API_BASE=server.base_url,
-            LLM_API_KEY=SECRET,
+            LLM_API_KEY="local",
         )
-        first = _start(out, env)
+        judge_key = f"+reward_model.reward_kwargs.llm_judge_kwargs.api_key={SECRET}"  # the blog's form
+        first = _start(out, env, judge_key)
         try:
             checkpointed = out / "checkpoints" / "latest_checkpointed_iteration.txt"
             _wait_until(
@@ -199,7 +200,7 @@ def ppo_resumed(rl_data, tmp_path_factory):
         )
         first_metrics = _metrics(out)
         interrupted = read_records(conversations / "step_000002.jsonl")
-        resumed = _start(out, env, str(out / "checkpoints" / "global_step_1"))
+        resumed = _start(out, env, str(out / "checkpoints" / "global_step_1"), judge_key)
         resumed.wait(timeout=900)
         yield resumed.returncode, first_metrics, interrupted, out
 
