@@ -26,6 +26,7 @@ Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
     +reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini
     +reward.reward_kwargs.failure_policy=drop          # optional
     +reward.reward_kwargs.skip_penalty=-1.0            # optional
+    +reward.reward_kwargs.max_failure_rate=0.2         # optional: failure budget per step
     +reward.reward_kwargs.metric_kwargs.token_amount.unit=tokens   # optional, per-metric options
 
 The original README's ``+reward_model.reward_kwargs.*`` form is accepted too (with a warning); where a

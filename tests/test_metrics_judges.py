@@ -7,8 +7,6 @@ failure handling are exercised end to end; the scores themselves are the stand-i
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import sacrebleu
 
@@ -104,12 +102,13 @@ async def test_one_bad_answer_is_retried(judge, llm_server, fault):
 
 
 async def test_request_level_malformed_mode(judge, llm_server):
-    noisy = dataclasses.replace(
-        judge,
-        completion_kwargs={
-            **judge.completion_kwargs,
-            "extra_body": {"scripted_judge": {"answer": "malformed"}},
-        },
+    noisy = judge.model_copy(
+        update={
+            "completion_kwargs": {
+                **judge.completion_kwargs,
+                "extra_body": {"scripted_judge": {"answer": "malformed"}},
+            }
+        }
     )
     with pytest.raises(MetricError):
         await get_metric("interactivity").score(ctx(noisy, "Do you want steps?"))

@@ -88,15 +88,13 @@ def _wait_until(proc: subprocess.Popen, condition, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the run's process group (bash, the trainer, its Ray processes), SIGKILL after 30 s."""
+def _kill(proc: subprocess.Popen) -> None:
+    """``kill -9`` of the run's process group (bash, the trainer's driver); the Ray processes it started
+    die with it (Ray sets them to die with their parent). Waits a few seconds for them to go."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        time.sleep(5)
 
 
 def _summaries(out: Path) -> list[dict]:
@@ -129,7 +127,7 @@ def outage_run(rl_data, tmp_path_factory):
             judges.configure(fault_rate=1.0, fault_modes=["server_error"])  # from step 2 on: a dead judge
             proc.wait(timeout=600)
         finally:
-            _stop(proc)
+            _kill(proc)
         yield proc.returncode, (out / "run.log").read_text(errors="replace"), out, judges.base_url
 
 
@@ -194,7 +192,7 @@ def ppo_resumed(rl_data, tmp_path_factory):
                 timeout=600,
             )
         finally:
-            _stop(first)
+            _kill(first)
         assert checkpointed.read_text().strip() == "1", (
             "step 2 finished before the kill; the test needs it cut"
         )
