@@ -70,18 +70,22 @@ class LedgerClient:
     def __init__(self) -> None:
         self._handle: Any = None
         self._looked_up = False
-        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def _find() -> Any:
+        try:
+            return ray.get_actor(LEDGER_NAME)
+        except ValueError:  # no such actor
+            return None
 
     async def _ledger(self) -> Any:
-        async with self._lock:
+        # No lock: concurrent first calls may each look the actor up (harmless), and the client stays
+        # usable from any event loop (tests run one loop per test).
+        if not self._looked_up:
+            handle = await asyncio.to_thread(self._find) if ray.is_initialized() else None
             if not self._looked_up:
-                self._looked_up = True
-                if ray.is_initialized():
-                    try:
-                        self._handle = await asyncio.to_thread(ray.get_actor, LEDGER_NAME)
-                    except ValueError:
-                        self._handle = None
-                if self._handle is None:
+                self._handle, self._looked_up = handle, True
+                if handle is None:
                     logger.warning(
                         "collabllm reward: no step ledger (%s): the per-step breakdown, the failure budget and "
                         "the stop on non-transient errors are off. train_rl_collabllm.sh enables them with "
@@ -89,7 +93,7 @@ class LedgerClient:
                         "trainer.v1.sampler.custom_sampler.name=CollabLLMReplayBuffer",
                         LEDGER_NAME,
                     )
-            return self._handle
+        return self._handle
 
     async def report(self, report: ResponseReport) -> None:
         """Send one report (awaited: it is stored before this returns)."""
