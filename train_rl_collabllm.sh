@@ -51,14 +51,21 @@
 #   TOTAL_EPOCHS         epochs                                                                    (20 / 1)
 #   SAVE_FREQ, TEST_FREQ checkpoint / validation every N steps (-1: never; the last step always saves)
 #                                                                                    (100, 10 / 2, -1)
-#   PROJECT_NAME, EXPERIMENT_NAME  tracking names     (collabllm-rl, <model>-math-hard-grpo / tiny-cpu-grpo)
+#   PROJECT_NAME, EXPERIMENT_NAME  tracking names (collabllm-rl, <model>-math-hard-$ALGORITHM / tiny-cpu-$ALGORITHM)
 #   SAVE_DIR             checkpoints            (checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME / $OUTPUT_DIR/checkpoints)
 #   CONVERSATION_DIR     JSONL of every scored response with its future conversations  ($SAVE_DIR/conversations)
 #   LOGGER               trainer.logger                                          ([console] / [console,file])
 #   OUTPUT_DIR           CPU only: tiny model, checkpoints, metrics.jsonl, conversations   (outputs/rl_cpu)
 #   PYTHON               interpreter                                                                (python)
+#   ALGORITHM            grpo | ppo (PPO with a critic: algorithm.adv_estimator=gae)           (grpo / grpo)
+#   CRITIC_LR            ppo only: critic learning rate                                       (1e-5 / 1e-4)
 # Extra arguments are Hydra overrides of verl's PPO config; they take precedence over the defaults set here
-# (a default is dropped when you override the same key, with or without a leading '+').
+# (a default is dropped when you override the same key, with or without a leading '+'). The original
+# recipe's forms are accepted: reward_model.reward_manager=X (-> reward.reward_manager.name=X) and
+# +reward_model.reward_kwargs.K=V (-> +reward.reward_kwargs.K=V; where both forms set K, the
+# reward.reward_kwargs one wins); llm_judge_kwargs.base_url is llm_judge_kwargs.api_base; an
+# llm_judge_kwargs.api_key given here is moved into the environment (COLLABLLM_JUDGE_API_KEY, passed as
+# llm_judge_kwargs.api_key_env) so that neither this script's echo nor verl's printed config shows it.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -89,11 +96,16 @@ PROJECT_NAME=${PROJECT_NAME:-collabllm-rl}
 NNODES=${NNODES:-1}
 MAX_USER_TURNS=${MAX_USER_TURNS:-2}
 MAX_ASSISTANT_TURNS=${MAX_ASSISTANT_TURNS:-3}
+ALGORITHM=${ALGORITHM:-grpo}
+if [[ "$ALGORITHM" != grpo && "$ALGORITHM" != ppo ]]; then
+  echo "ALGORITHM must be grpo or ppo, got '$ALGORITHM'" >&2
+  exit 2
+fi
 
 case "$DEVICE" in
   gpu|cuda)
     MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-7B-Instruct}
-    EXPERIMENT_NAME=${EXPERIMENT_NAME:-$(basename "$MODEL_PATH")-math-hard-grpo}
+    EXPERIMENT_NAME=${EXPERIMENT_NAME:-$(basename "$MODEL_PATH")-math-hard-$ALGORITHM}
     SAVE_DIR=${SAVE_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
     N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}
     TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-16}
@@ -120,7 +132,7 @@ case "$DEVICE" in
     ;;
   cpu)
     OUTPUT_DIR=${OUTPUT_DIR:-outputs/rl_cpu}
-    EXPERIMENT_NAME=${EXPERIMENT_NAME:-tiny-cpu-grpo}
+    EXPERIMENT_NAME=${EXPERIMENT_NAME:-tiny-cpu-$ALGORITHM}
     SAVE_DIR=${SAVE_DIR:-$OUTPUT_DIR/checkpoints}
     N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-1}
     TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-2}
@@ -205,11 +217,49 @@ export COLLABLLM_USER_MODEL=${COLLABLLM_USER_MODEL:-$USER_MODEL}
 if [[ -n "${LLM_API_BASE:-}" ]]; then export COLLABLLM_USER_API_BASE=${COLLABLLM_USER_API_BASE:-$LLM_API_BASE}; fi
 if [[ -n "${LLM_API_KEY:-}" ]]; then export COLLABLLM_USER_API_KEY=${COLLABLLM_USER_API_KEY:-$LLM_API_KEY}; fi
 
+# The caller's overrides in the forms this recipe uses (the header lists the rewrites); the judge's API key
+# leaves the command line here.
+JUDGE_KEY_ENV=COLLABLLM_JUDGE_API_KEY
+USER_ARGS=()
+GIVEN=" "
+for arg in "$@"; do
+  hydra_override_key key "$arg"
+  GIVEN="$GIVEN$key "
+done
+for arg in "$@"; do
+  hydra_override_key key "$arg"
+  value=${arg#*=}
+  case "$key" in
+    reward_model.reward_manager)
+      arg="reward.reward_manager.name=$value" ;;
+    reward_model.reward_kwargs.*)
+      key="reward.reward_kwargs.${key#reward_model.reward_kwargs.}"
+      if [[ "$GIVEN" == *" $key "* ]]; then
+        echo "+ ignoring the legacy override of $key: the reward.reward_kwargs form is also given" >&2
+        continue
+      fi
+      arg="+$key=$value" ;;
+  esac
+  case "$key" in
+    reward.reward_kwargs.llm_judge_kwargs.base_url)
+      if [[ "$GIVEN" != *" reward.reward_kwargs.llm_judge_kwargs.api_base "* ]]; then
+        arg="+reward.reward_kwargs.llm_judge_kwargs.api_base=$value"
+      fi ;;
+    reward.reward_kwargs.llm_judge_kwargs.api_key)
+      value=${value#[\'\"]}; value=${value%[\'\"]}
+      export "$JUDGE_KEY_ENV=$value"
+      echo "+ the judge's API key from the command line is passed in \$$JUDGE_KEY_ENV (not printed)"
+      arg="+reward.reward_kwargs.llm_judge_kwargs.api_key_env=$JUDGE_KEY_ENV" ;;
+  esac
+  USER_ARGS+=("$arg")
+done
+set -- ${USER_ARGS[@]+"${USER_ARGS[@]}"}
+
 # Keys the caller overrides; `add` leaves our default for such a key out (scripts/common.sh).
 collect_user_keys "$@"
 
 # Algorithm and data
-add "algorithm.adv_estimator=grpo"
+if [[ "$ALGORITHM" == ppo ]]; then add "algorithm.adv_estimator=gae"; else add "algorithm.adv_estimator=grpo"; fi
 add "data.train_files=$TRAIN_FILE"
 add "data.val_files=$VAL_FILE"
 add "data.train_batch_size=$TRAIN_BATCH_SIZE"
@@ -258,6 +308,17 @@ if [[ -n "${LLM_API_KEY:-}" ]]; then
   add "+reward.reward_kwargs.llm_judge_kwargs.api_key_env=COLLABLLM_JUDGE_API_KEY"
 fi
 add "+reward.reward_kwargs.conversation_dump.dir=$CONVERSATION_DIR"
+# Per-step reward breakdown as training metrics, the failure budget (reward_kwargs.max_failure_rate) and the
+# stop on non-transient reward errors: the recipe's replay buffer on the trainer's driver.
+add "trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.replay_buffer"
+add "trainer.v1.sampler.custom_sampler.name=CollabLLMReplayBuffer"
+# PPO: the critic starts from the policy's weights.
+if [[ "$ALGORITHM" == ppo ]]; then
+  add "critic.model.path=$MODEL_PATH"
+  add "critic.strategy=fsdp2"
+  add "critic.fsdp.strategy=fsdp2"
+  add "critic.checkpoint.save_contents=[model,optimizer,extra]"
+fi
 # Trainer
 add "trainer.project_name=$PROJECT_NAME"
 add "trainer.experiment_name=$EXPERIMENT_NAME"
@@ -296,6 +357,15 @@ if [[ "$DEVICE" == cpu ]]; then
   add "actor_rollout_ref.model.use_remove_padding=False"
   add "data.dataloader_num_workers=0"
   add "reward.num_workers=1"
+  if [[ "$ALGORITHM" == ppo ]]; then
+    # the critic's attention: recipe/cpu/platform.py patch 3 passes it to verl's value-model loader
+    add "+critic.model.override_config.attn_implementation=sdpa"
+    add "critic.model.use_remove_padding=False"
+    add "critic.model.enable_gradient_checkpointing=False"
+    add "critic.fsdp.use_torch_compile=False"
+    add "critic.optim.lr=${CRITIC_LR:-1e-4}"
+    add "critic.ppo_micro_batch_size_per_gpu=4"
+  fi
   add "trainer.device=cpu"
   add "trainer.val_before_train=False"
   add "+ray_kwargs.ray_init.num_gpus=$N_GPUS_PER_NODE"
@@ -320,6 +390,10 @@ else
   add "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"
   add "actor_rollout_ref.model.enable_gradient_checkpointing=True"
   add "trainer.val_before_train=False"
+  if [[ "$ALGORITHM" == ppo ]]; then
+    add "critic.optim.lr=${CRITIC_LR:-1e-5}"
+    add "critic.ppo_micro_batch_size_per_gpu=4"
+  fi
 fi
 
 CMD=("$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" "$@")

@@ -49,6 +49,8 @@ from collabllm_verl.recipe.forward_sampling import (
     unusable_response_reason,
     visible_history,
 )
+from collabllm_verl.recipe.llm_client import usage_scope
+from collabllm_verl.recipe.multiturn_reward import SIMULATOR_USAGE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +239,19 @@ def _future_token_budget(rollout_config: Any, response_length: int) -> int:
     return value
 
 
+def _simulator_report(interaction: Any, conversations: list, usage: Mapping[str, float]) -> dict[str, Any]:
+    """The user simulator's part of the payload: its usage for this response (``simulator_usage``), its
+    model and endpoint (``simulator``, no key) and the last failure (``simulator_error``), read by the
+    reward manager's failure accounting (docs/metrics_and_reward.md, "Failures")."""
+    settings = getattr(interaction, "llm", None)
+    errors = [c.error for c in conversations if c.error]
+    return {
+        "simulator_usage": {k: float(usage.get(k, 0.0)) for k in SIMULATOR_USAGE_KEYS},
+        "simulator": settings.describe() if hasattr(settings, "describe") else type(interaction).__name__,
+        "simulator_error": errors[-1] if errors else None,
+    }
+
+
 def _register_unless_configured(cls: type[AgentLoopBase]) -> type[AgentLoopBase]:
     """verl's ``@register(AGENT_NAME)``, unless an agent-loop YAML has already defined ``AGENT_NAME``.
 
@@ -419,30 +434,33 @@ class CollabLLMAgentLoop(AgentLoopBase):
         else:
             start = time.perf_counter()
             future_params = self._future_sampling_params(sampling_params)
-            conversations = await asyncio.gather(
-                *[
-                    sample_future_conversation(
-                        history=history,
-                        response=response_text,
-                        policy=_PolicyChat(
-                            self, [*messages, {"role": "assistant", "content": response_text}],
-                            prompt_ids + response_ids, future_params, prompt_length=len(prompt_ids),
-                        ),
-                        interaction=interaction,
-                        interaction_kwargs=interaction_kwargs,
-                        limits=self.turn_limits,
-                        token_budget=self.future_token_budget,
-                    )
-                    for _ in range(self.num_repeat_rollouts)
-                ]
-            )
+            with usage_scope() as simulator_usage:  # only the simulator's calls go through the LLM layer
+                conversations = await asyncio.gather(
+                    *[
+                        sample_future_conversation(
+                            history=history,
+                            response=response_text,
+                            policy=_PolicyChat(
+                                self, [*messages, {"role": "assistant", "content": response_text}],
+                                prompt_ids + response_ids, future_params, prompt_length=len(prompt_ids),
+                            ),
+                            interaction=interaction,
+                            interaction_kwargs=interaction_kwargs,
+                            limits=self.turn_limits,
+                            token_budget=self.future_token_budget,
+                        )
+                        for _ in range(self.num_repeat_rollouts)
+                    ]
+                )
             seconds = time.perf_counter() - start
             summary = summarize_forward_sampling(conversations, num_history_messages=len(history), seconds=seconds)
+            simulator_report = _simulator_report(interaction, conversations, simulator_usage)
             # verl logs agent_loop/tool_calls/{min,max,mean}: here it is the forward-sampling wall time.
             metrics["tool_calls"] = seconds
 
         extra_fields = dict(output.extra_fields)
-        extra_fields.update({"turn_scores": [], "tool_rewards": [], "collabllm": summary.as_dict()})
+        payload = {**summary.as_dict(), **(simulator_report if skip_reason is None else {})}
+        extra_fields.update({"turn_scores": [], "tool_rewards": [], "collabllm": payload})
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
             response_ids=response_ids[: self.response_length],

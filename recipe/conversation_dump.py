@@ -14,20 +14,19 @@ Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
     +reward.reward_kwargs.conversation_dump.keep_last_steps=5    # optional; default: keep every step
 
 Record fields (all JSON): ``step``, ``uid`` (the prompt's id, shared by its GRPO group), ``session_id``
-(0..n-1 within the group), ``data_source``, ``ground_truth``, ``reward``, ``metrics`` (name -> ``weight``,
-``mean`` over conversations, ``weighted`` = clamp(weight * mean, -1, 1), ``failures``, ``values`` per
-conversation or null where the metric failed), ``forward_sampling`` (``skipped``, ``skip_reason``,
-``num_conversations``), ``history`` (messages before the trained response), ``response`` (its text) and
-``future_conversations`` (per conversation: the messages after the trained response). Validation rollouts
-(``trainer.test_freq``) are scored by the same manager and land in the file of the step they ran at.
+(0..n-1 within the group), ``data_source``, ``ground_truth``, ``reward``, ``excluded`` (why the response
+was kept out of the policy gradient, or null), ``metrics`` (name -> ``weight``, ``mean`` over
+conversations, ``weighted`` = clamp(weight * mean, -1, 1), ``failures``, ``scored``, ``values`` per
+conversation or null where the metric failed or the conversation was not scored), ``forward_sampling``
+(``skipped``, ``skip_reason``, ``num_conversations`` and the agent loop's counters), ``history``
+(messages before the trained response), ``response`` (its text) and ``future_conversations`` (per
+conversation: the messages after the trained response). Validation rollouts (``trainer.test_freq``) are
+scored by the same manager and land in the file of the step they ran at.
 
-Per-step reward breakdown: verl 0.9.1 logs ``reward_extra_info`` only for validation, so the writer also
-summarises each training step once its ``data.train_batch_size * rollout.n`` responses are in the file:
-the process that writes the last of them prints one line (reward and, per metric, the mean raw value and
-the mean weighted contribution, then the forward-sampling totals: skipped responses, future conversations,
-mean future turns, early terminations, simulator failures, mean seconds per response) to stdout, which Ray
-forwards to the trainer's console, and appends the same numbers as one JSON object to
-``<dir>/summary.jsonl``.
+The per-step summary (``<dir>/summary.jsonl``, one row per training step) is written by the trainer's
+driver (``recipe/replay_buffer.py``) with :func:`write_summary`; on a resumed run it replaces the rows of
+the steps being redone, and :func:`keep_step_records` drops the records an interrupted run left in the
+file of the step being redone, so neither file has a duplicated or missing step.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,14 @@ CONFIG_KEY = "conversation_dump"
 """Key under ``reward.reward_kwargs`` holding the dump settings."""
 
 _FILE_RE = re.compile(r"^step_(\d+)\.jsonl$")
-_SAMPLING_STATS = ("simulator_failures", "early_terminations", "future_turns", "forward_sampling_seconds")
+_SAMPLING_STATS = (
+    "simulator_failures",
+    "early_terminations",
+    "future_turns",
+    "end_reasons",
+    "forward_sampling_seconds",
+)
+SUMMARY_FILE = "summary.jsonl"
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,10 @@ class DumpSettings:
     Attributes:
         dir: output folder (created on first write).
         keep_last_steps: keep only the files of the newest K steps (K >= 1); None keeps all.
-        responses_per_step: trained responses per step (``data.train_batch_size * rollout.n``); the step
-            summary is written when a step's file holds this many records. None: no summaries.
     """
 
     dir: str
     keep_last_steps: int | None = None
-    responses_per_step: int | None = None
 
     @classmethod
     def from_mapping(cls, value: Any) -> DumpSettings | None:
@@ -170,11 +173,13 @@ def build_record(
     session_id: int | None,
     data_source: str | None,
     ground_truth: Any,
-    reward: float,
+    reward: float | None,
     weights: Mapping[str, float],
     means: Mapping[str, float],
     weighted: Mapping[str, float],
     failures: Mapping[str, int] | None = None,
+    scored: Mapping[str, int] | None = None,
+    excluded: str | None = None,
     per_conversation: Mapping[str, Sequence[float | None]] | None = None,
     conversations: Sequence[Sequence[Mapping[str, Any]]] = (),
     num_history_messages: int = 0,
@@ -190,8 +195,9 @@ def build_record(
         step: trainer step of the batch (``global_steps``), or None.
         uid, session_id: the prompt's id and the response's index within its GRPO group.
         data_source, ground_truth: from the dataset row.
-        reward: the multiturn-aware reward given to the response.
-        weights, means, weighted, failures: per metric, as computed by the reward manager.
+        reward: the multiturn-aware reward given to the response (None when it was excluded).
+        weights, means, weighted, failures, scored: per metric, as computed by the reward manager.
+        excluded: why the response was kept out of the policy gradient, or None.
         per_conversation: per metric, one value per conversation (None where it failed), optional.
         conversations: the forward-sampled conversations, each = history + trained response + future turns.
         num_history_messages: messages before the trained response in each conversation.
@@ -209,6 +215,7 @@ def build_record(
             "mean": _number(means.get(name)),
             "weighted": _number(weighted.get(name)),
             "failures": int((failures or {}).get(name, 0)),
+            "scored": int((scored or {}).get(name, 0)),
             "values": [_number(v) if v is not None else None for v in values] if values else None,
         }
     if conversations:
@@ -235,6 +242,7 @@ def build_record(
         "data_source": None if data_source is None else str(data_source),
         "ground_truth": _jsonable(ground_truth),
         "reward": _number(reward),
+        "excluded": excluded,
         "metrics": metrics,
         "forward_sampling": {
             "skipped": bool(skipped),
@@ -252,92 +260,6 @@ def build_record(
     }
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def summarize_step(step: int, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-step reward breakdown over the records of one step.
-
-    Returns:
-        ``{"step", "responses", "reward": {mean, min, max}, "metrics": {name: {"mean", "weighted"}},
-        "skipped", "conversations", "future_turns_mean", "early_terminations", "simulator_failures",
-        "forward_sampling_seconds": {mean, max}}``: ``metrics.<name>.mean`` averages the per-response means
-        (raw metric values), ``weighted`` the per-response clamped weighted contributions; ``skipped`` counts
-        responses whose forward sampling was skipped, ``conversations`` the forward-sampled conversations.
-        From the agent loop's counters of the responses that were not skipped: ``future_turns_mean``
-        averages the messages added per conversation (None when there is none), ``early_terminations``
-        and ``simulator_failures`` are summed over conversations, ``forward_sampling_seconds`` is the mean
-        and max wall-clock seconds per response (None when no record has them).
-    """
-    rewards = [r.get("reward") for r in records if r.get("reward") is not None]
-    names: list[str] = []
-    for record in records:
-        for name in record.get("metrics") or {}:
-            if name not in names:
-                names.append(name)
-    metrics = {}
-    for name in names:
-        entries = [
-            (r.get("metrics") or {}).get(name) or {} for r in records if not r["forward_sampling"]["skipped"]
-        ]
-        metrics[name] = {
-            "mean": _mean([e.get("mean") for e in entries]),
-            "weighted": _mean([e.get("weighted") for e in entries]),
-        }
-    sampled = [r["forward_sampling"] for r in records if not r["forward_sampling"]["skipped"]]
-    turns = [t for f in sampled for t in (f.get("future_turns") or ()) if _number(t) is not None]
-    seconds = [
-        _number(f.get("forward_sampling_seconds"))
-        for f in sampled
-        if _number(f.get("forward_sampling_seconds")) is not None
-    ]
-    return {
-        "step": step,
-        "responses": len(records),
-        "reward": {
-            "mean": _mean(rewards),
-            "min": min(rewards) if rewards else None,
-            "max": max(rewards) if rewards else None,
-        },
-        "metrics": metrics,
-        "skipped": sum(1 for r in records if r["forward_sampling"]["skipped"]),
-        "conversations": sum(r["forward_sampling"]["num_conversations"] for r in records),
-        "future_turns_mean": _mean([float(t) for t in turns]),
-        "early_terminations": sum(int(f.get("early_terminations") or 0) for f in sampled),
-        "simulator_failures": sum(int(f.get("simulator_failures") or 0) for f in sampled),
-        "forward_sampling_seconds": {"mean": _mean(seconds), "max": max(seconds) if seconds else None},
-    }
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """One console line for :func:`summarize_step`'s result."""
-
-    def num(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.4g}"
-
-    reward = summary["reward"]
-    parts = [
-        f"[collabllm reward] step {summary['step']}: {summary['responses']} responses,",
-        f"reward mean {num(reward['mean'])} (min {num(reward['min'])}, max {num(reward['max'])})",
-    ]
-    for name, values in summary["metrics"].items():
-        parts.append(f"| {name}: mean {num(values['mean'])}, weighted {num(values['weighted'])}")
-    parts.append(
-        f"| forward sampling skipped for {summary['skipped']}, {summary['conversations']} future conversations"
-    )
-    if "future_turns_mean" in summary:  # summaries written before these counters existed lack them
-        seconds = summary["forward_sampling_seconds"]
-        parts.append(
-            f"(future turns mean {num(summary['future_turns_mean'])}, "
-            f"early terminations {summary['early_terminations']}, "
-            f"simulator failures {summary['simulator_failures']}, "
-            f"{num(seconds['mean'])} s per response, max {num(seconds['max'])} s)"
-        )
-    return " ".join(parts)
-
-
 class ConversationDumpWriter:
     """Appends records to per-step JSONL files (safe across processes on one machine).
 
@@ -350,8 +272,7 @@ class ConversationDumpWriter:
         self._pruned_up_to: int | None = None
 
     def write(self, record: Mapping[str, Any]) -> Path:
-        """Append one record to the file of ``record["step"]``; returns that file. Prints and stores the
-        step summary when this record completes the step (see the module docstring).
+        """Append one record to the file of ``record["step"]``; returns that file.
 
         Raises:
             OSError: the folder or file cannot be written.
@@ -361,34 +282,15 @@ class ConversationDumpWriter:
         step = record.get("step")
         path = step_file(directory, step)
         line = json.dumps(_jsonable(dict(record)), ensure_ascii=False, default=str) + "\n"
-        summary = None
-        with open(path, "a+", encoding="utf-8") as fh:
+        with open(path, "a", encoding="utf-8") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 fh.write(line)
-                fh.flush()
-                expected = self.settings.responses_per_step
-                if expected and step is not None:
-                    fh.seek(0)
-                    lines = [text for text in fh.read().splitlines() if text.strip()]
-                    if len(lines) == expected:
-                        summary = summarize_step(int(step), [json.loads(text) for text in lines])
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        if summary is not None:
-            self._publish(directory, summary)
         if step is not None and self.settings.keep_last_steps is not None:
             self._prune(directory, int(step))
         return path
-
-    def _publish(self, directory: Path, summary: dict[str, Any]) -> None:
-        print(format_summary(summary), flush=True)
-        with open(directory / "summary.jsonl", "a", encoding="utf-8") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                fh.write(json.dumps(summary) + "\n")
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     async def awrite(self, record: Mapping[str, Any]) -> Path:
         """:meth:`write` in a worker thread, for use inside an event loop."""
@@ -403,6 +305,54 @@ class ConversationDumpWriter:
             if match and int(match.group(1)) < oldest_kept:
                 path.unlink(missing_ok=True)  # another process may have pruned it first
         self._pruned_up_to = oldest_kept
+
+
+def _rewrite_locked(path: Path, keep: Any, extra_lines: Sequence[str] = ()) -> None:
+    """Atomically replace ``path`` with its lines for which ``keep(record)`` is true, plus ``extra_lines``,
+    holding an exclusive ``flock`` on ``path`` meanwhile (the writers of this module use the same lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            lines = [line for line in fh.read().splitlines() if line.strip() and keep(json.loads(line))]
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in [*lines, *extra_lines]), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def write_summary(directory: str | os.PathLike, summary: Mapping[str, Any]) -> Path:
+    """Append a step summary to ``<directory>/summary.jsonl``, first removing the rows of this step and
+    of later ones (left by an interrupted run that a resumed one redoes). Returns the file.
+
+    Raises:
+        OSError: the file cannot be written; ValueError: a line of it is not JSON.
+    """
+    path = Path(directory) / SUMMARY_FILE
+    step = int(summary["step"])
+    _rewrite_locked(path, lambda row: int(row.get("step", -1)) < step, [json.dumps(_jsonable(dict(summary)))])
+    return path
+
+
+def previous_totals(directory: str | os.PathLike, step: int) -> dict[str, float]:
+    """``totals`` of the last summary row before ``step`` in ``<directory>/summary.jsonl`` (running totals
+    of a resumed run continue from it), or ``{}``."""
+    path = Path(directory) / SUMMARY_FILE
+    rows = [r for r in read_records(path) if int(r.get("step", -1)) < step] if path.is_file() else []
+    return dict(rows[-1].get("totals") or {}) if rows else {}
+
+
+def keep_step_records(directory: str | os.PathLike, step: int, uids: Collection[str]) -> int:
+    """Drop, from the file of ``step``, the records whose ``uid`` is not in ``uids`` (records an interrupted
+    run wrote before a resumed run redid the step). Returns how many were dropped."""
+    path = step_file(directory, step)
+    if not path.is_file():
+        return 0
+    before = len(read_records(path))
+    _rewrite_locked(path, lambda record: record.get("uid") in uids)
+    return before - len(read_records(path))
 
 
 def writer_from_trainer_config(config: Any) -> ConversationDumpWriter | None:
@@ -421,18 +371,7 @@ def writer_from_trainer_config(config: Any) -> ConversationDumpWriter | None:
     else:
         value = None
     settings = DumpSettings.from_mapping(value)
-    if settings is None:
-        return None
-    select = (
-        (lambda key: OmegaConf.select(config, key, default=None)) if OmegaConf.is_config(config) else None
-    )
-    batch = select("data.train_batch_size") if select else None
-    n = select("actor_rollout_ref.rollout.n") if select else None
-    if batch and n:
-        settings = DumpSettings(
-            settings.dir, settings.keep_last_steps, responses_per_step=int(batch) * int(n)
-        )
-    return ConversationDumpWriter(settings)
+    return None if settings is None else ConversationDumpWriter(settings)
 
 
 def sample_record(
@@ -447,7 +386,7 @@ def sample_record(
             ``skipped``, ``skip_reason`` and the counters ``simulator_failures``, ``early_terminations``,
             ``future_turns``, ``seconds``; see ``multiturn_reward.ForwardSamples``).
         score: the reward breakdown (attributes ``reward``, ``means``, ``weighted``, ``failures`` and,
-            optionally, ``per_conversation``).
+            optionally, ``scored``, ``excluded`` and ``per_conversation``).
         weights: metric name -> weight.
         tokenizer: decodes the response when no conversation holds it (skipped forward sampling).
     """
@@ -472,11 +411,13 @@ def sample_record(
         session_id=int(session_id) if session_id is not None else None,
         data_source=non_tensor.get("data_source"),
         ground_truth=ground_truth,
-        reward=score.reward,
+        reward=None if getattr(score, "excluded", None) else score.reward,
         weights=weights,
         means=score.means,
         weighted=score.weighted,
         failures=score.failures,
+        scored=getattr(score, "scored", None),
+        excluded=getattr(score, "excluded", None),
         per_conversation=getattr(score, "per_conversation", None),
         conversations=samples.conversations,
         num_history_messages=samples.num_history_messages,
@@ -486,6 +427,7 @@ def sample_record(
             "simulator_failures": samples.simulator_failures,
             "early_terminations": samples.early_terminations,
             "future_turns": samples.future_turns,
+            "end_reasons": samples.end_reasons,
             "forward_sampling_seconds": samples.seconds,
         },
         fallback_history=[m for m in (_jsonable(raw_prompt) or []) if isinstance(m, Mapping)],

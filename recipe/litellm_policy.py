@@ -12,7 +12,6 @@ No verl import.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from collabllm_verl.recipe.llm_client import LLMSettings, acomplete_text
@@ -77,9 +76,8 @@ class LiteLLMPolicy:
         """
         settings = self.settings
         if max_new_tokens is not None:
-            settings = replace(
-                settings, completion_kwargs={**settings.completion_kwargs, "max_tokens": int(max_new_tokens)}
-            )
+            kwargs = {**settings.completion_kwargs, "max_tokens": int(max_new_tokens)}
+            settings = settings.model_copy(update={"completion_kwargs": kwargs})
         text = await acomplete_text(list(self.messages), settings, purpose=self.purpose)
         self.messages.append({"role": "assistant", "content": text})
         return text

@@ -44,13 +44,15 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import json_repair
 import litellm
 from aiolimiter import AsyncLimiter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from collabllm_verl.recipe.validation import validate
 
 __all__ = [
     "LITELLM_PASSTHROUGH_KEYS",
@@ -161,9 +163,11 @@ def _scrub(text: str, settings: LLMSettings | None = None) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LLMSettings:
+class LLMSettings(BaseModel):
     """How to call one LLM: model, litellm keyword arguments, timeout, retries and per-process limits.
+
+    A frozen pydantic model: direct construction validates too (``pydantic.ValidationError``, a
+    ``ValueError``); :meth:`from_config` is the entry point for user configs (shorter messages).
 
     Attributes:
         model: any litellm model string (``gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest``,
@@ -174,53 +178,43 @@ class LLMSettings:
         timeout: seconds allowed for one HTTP request (one attempt), > 0.
         num_retries: retries after the first attempt (so at most ``num_retries + 1`` requests), >= 0.
         max_concurrency: requests in flight at once in this process for this model/endpoint, >= 1.
-        requests_per_minute: request-start rate limit for this model/endpoint in this process, or None
-            for no rate limit.
+        requests_per_minute: request-start rate limit for this model/endpoint in this process, > 0, or
+            None for no rate limit.
         backoff_initial: seconds before the first retry (before jitter), > 0.
-        backoff_max: upper bound in seconds of any single back-off sleep (``Retry-After`` included).
+        backoff_max: upper bound in seconds of any single back-off sleep (``Retry-After`` included),
+            >= ``backoff_initial``.
     """
 
-    model: str
-    completion_kwargs: dict = field(default_factory=dict)
-    timeout: float = 60.0
-    num_retries: int = 3
-    max_concurrency: int = 64
-    requests_per_minute: float | None = None
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError(f"LLMSettings.model must be a non-empty litellm model string, got {self.model!r}")
-        bad = _RESERVED_KWARGS & set(self.completion_kwargs)
+    model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    completion_kwargs: dict[str, Any] = Field(default_factory=dict)
+    timeout: Annotated[float, Field(gt=0)] = 60.0
+    num_retries: Annotated[int, Field(ge=0)] = 3
+    max_concurrency: Annotated[int, Field(ge=1)] = 64
+    requests_per_minute: Annotated[float, Field(gt=0)] | None = None
+    backoff_initial: Annotated[float, Field(gt=0)] = 0.5
+    backoff_max: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("completion_kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = _RESERVED_KWARGS & set(value)
         if bad:
+            raise ValueError(f"must not set {sorted(bad)}; use the LLMSettings fields instead")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> LLMSettings:
+        if self.backoff_max < self.backoff_initial:
             raise ValueError(
-                f"LLMSettings.completion_kwargs must not set {sorted(bad)}; use the LLMSettings fields instead"
+                f"backoff_max ({self.backoff_max}) must be >= backoff_initial ({self.backoff_initial})"
             )
-        if not self.timeout or self.timeout <= 0:
-            raise ValueError(f"LLMSettings.timeout must be > 0 seconds, got {self.timeout!r}")
-        if int(self.num_retries) != self.num_retries or self.num_retries < 0:
-            raise ValueError(f"LLMSettings.num_retries must be an integer >= 0, got {self.num_retries!r}")
-        if int(self.max_concurrency) != self.max_concurrency or self.max_concurrency < 1:
-            raise ValueError(f"LLMSettings.max_concurrency must be an integer >= 1, got {self.max_concurrency!r}")
-        if self.requests_per_minute is not None and self.requests_per_minute <= 0:
-            raise ValueError(
-                f"LLMSettings.requests_per_minute must be > 0 or None, got {self.requests_per_minute!r}"
-            )
-        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
-            raise ValueError(
-                "LLMSettings needs 0 < backoff_initial <= backoff_max, got "
-                f"{self.backoff_initial!r} and {self.backoff_max!r}"
-            )
+        return self
 
     def __repr__(self) -> str:  # never show the API key
-        kw = redact_secrets(self.completion_kwargs)
-        return (
-            f"LLMSettings(model={self.model!r}, completion_kwargs={kw!r}, timeout={self.timeout}, "
-            f"num_retries={self.num_retries}, max_concurrency={self.max_concurrency}, "
-            f"requests_per_minute={self.requests_per_minute}, backoff_initial={self.backoff_initial}, "
-            f"backoff_max={self.backoff_max})"
-        )
+        fields = {**self.__dict__, "completion_kwargs": redact_secrets(self.completion_kwargs)}
+        return f"LLMSettings({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
     __str__ = __repr__
 
@@ -229,8 +223,15 @@ class LLMSettings:
         """The endpoint URL from ``completion_kwargs`` (None means the provider's default)."""
         return self.completion_kwargs.get("api_base")
 
+    def describe(self) -> str:
+        """``"<model> at <endpoint>"`` for messages (never the key), e.g.
+        ``"openai/scripted-judge at http://127.0.0.1:8011/v1"`` or ``"gpt-4o-mini at the provider's
+        default endpoint"``."""
+        endpoint = _scrub(self.api_base) if self.api_base else "the provider's default endpoint"
+        return f"{self.model} at {endpoint}"
+
     @classmethod
-    def from_config(cls, cfg: Mapping, *, model_key: str = "model") -> LLMSettings:
+    def from_config(cls, cfg: Mapping, *, model_key: str = "model", where: str = "LLM config") -> LLMSettings:
         """Build settings from a flat config mapping (plain dict or OmegaConf ``DictConfig``).
 
         ``cfg[model_key]`` is the litellm model string (e.g. ``user_model`` for the user simulator).
@@ -243,45 +244,31 @@ class LLMSettings:
         trainer prints (verl's ``main_ppo`` prints its whole resolved config). Other keys are ignored: the
         caller validates its own keys (see :data:`LLM_SETTINGS_KEYS`).
 
+        Args:
+            where: how the user names ``cfg`` in error messages (``"reward_kwargs.llm_judge_kwargs"``).
+
         Raises:
-            ValueError: the model key is missing/empty, a value is out of range, or ``api_key_env`` names
-                a variable that is not set (message names the key or variable).
+            ValueError: the model key is missing/empty, a value has the wrong type or is out of range, or
+                ``api_key_env`` names a variable that is not set; the message names the key
+                (``<where>.<key>``) or the variable.
         """
-        cfg = _to_plain_dict(cfg)
-        model = cfg.get(model_key)
-        if not model:
-            raise ValueError(f"LLM config is missing the model key {model_key!r} (got keys {sorted(cfg)})")
-        kwargs: dict[str, Any] = {}
-        for key in LITELLM_PASSTHROUGH_KEYS:
-            if cfg.get(key) is not None:
-                kwargs[key] = cfg[key]
-        if cfg.get("base_url") is not None and "api_base" not in kwargs:
-            kwargs["api_base"] = cfg["base_url"]
+        cfg = {k: v for k, v in _to_plain_dict(cfg).items() if v is not None}
+        if not cfg.get(model_key):
+            raise ValueError(f"{where}.{model_key}: required, the litellm model string (got keys {sorted(cfg)})")
+        kwargs: dict[str, Any] = {k: cfg[k] for k in LITELLM_PASSTHROUGH_KEYS if k in cfg}
+        if "base_url" in cfg:
+            kwargs.setdefault("api_base", cfg["base_url"])
         key_env = cfg.get("api_key_env")
         if key_env is not None and "api_key" not in kwargs:
             if not os.environ.get(str(key_env)):
-                raise ValueError(f"LLM config key 'api_key_env' names {key_env!r}, which is not set in the environment")
+                raise ValueError(f"{where}.api_key_env names {key_env!r}, which is not set in the environment")
             kwargs["api_key"] = os.environ[str(key_env)]
         extra = cfg.get("completion_kwargs") or {}
         if not isinstance(extra, Mapping):
-            raise ValueError(f"LLM config key 'completion_kwargs' must be a mapping, got {type(extra).__name__}")
+            raise ValueError(f"{where}.completion_kwargs: must be a mapping, got {type(extra).__name__}")
         kwargs.update({k: v for k, v in extra.items() if v is not None})
-        fields: dict[str, Any] = {}
-        for key in _SETTINGS_FIELD_KEYS:
-            if cfg.get(key) is not None:
-                fields[key] = cfg[key]
-        try:
-            if "timeout" in fields:
-                fields["timeout"] = float(fields["timeout"])
-            for key in ("num_retries", "max_concurrency"):
-                if key in fields:
-                    fields[key] = int(fields[key])
-            for key in ("requests_per_minute", "backoff_initial", "backoff_max"):
-                if key in fields:
-                    fields[key] = float(fields[key])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"LLM config has a non-numeric value: {exc}") from None
-        return cls(model=str(model), completion_kwargs=kwargs, **fields)
+        fields = {k: cfg[k] for k in _SETTINGS_FIELD_KEYS if k in cfg}
+        return validate(cls, {"model": str(cfg[model_key]), "completion_kwargs": kwargs, **fields}, where=where)
 
 
 def _to_plain_dict(cfg: Any) -> dict:

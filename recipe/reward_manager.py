@@ -4,10 +4,18 @@ For each response, the agent loop has already run S forward-sampled future conve
 (``extra_fields["collabllm"]``, docs/architecture.md). This manager reads them from verl's ``DataProto``,
 validates them (``ForwardSamples``), scores and aggregates them with
 :func:`collabllm_verl.recipe.multiturn_reward.score_sample`, optionally writes the conversation dump, and
-returns the reward with its breakdown (``mr/`` and ``fs/`` keys) as ``reward_extra_info``. verl 0.9.1's
-default (v1) trainer logs ``reward_extra_info`` only during validation (``val-aux/...``), not on training
-steps; the training-time breakdown is the ``[collabllm reward]`` console line, ``summary.jsonl`` and the
-conversation dump (docs/metrics_and_reward.md).
+returns the reward with its breakdown (``mr/`` and ``fs/`` keys) as ``reward_extra_info``.
+
+Every response also produces a :class:`~collabllm_verl.recipe.step_summary.ResponseReport`, sent to the
+trainer's driver through the step ledger (``recipe/step_ledger.py``): there the recipe's replay buffer
+(``recipe/replay_buffer.py``) logs the breakdown as training metrics every step, enforces the failure
+budget and stops the run on non-transient errors. Outages (docs/metrics_and_reward.md, "Failures"):
+
+* a response whose reward could not be computed because of a judge or simulator outage
+  (:attr:`SampleScore.excluded`) raises :class:`ResponseExcluded` after its report is sent; verl 0.9.1's
+  ``AgentLoopWorkerTQ._run_prompt`` then drops it from its group and the step trains on the rest;
+* any other error (bad data such as a missing ground truth, a bad metric option met at run time) is
+  reported as ``fatal`` and raised; the driver stops training with it.
 
 Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
 
@@ -18,6 +26,7 @@ Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
     +reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini
     +reward.reward_kwargs.failure_policy=drop          # optional
     +reward.reward_kwargs.skip_penalty=-1.0            # optional
+    +reward.reward_kwargs.max_failure_rate=0.2         # optional: failure budget per step
     +reward.reward_kwargs.metric_kwargs.token_amount.unit=tokens   # optional, per-metric options
 
 The original README's ``+reward_model.reward_kwargs.*`` form is accepted too (with a warning); where a
@@ -38,11 +47,14 @@ from collabllm_verl.recipe.conversation_dump import sample_record, writer_from_t
 from collabllm_verl.recipe.multiturn_reward import (
     ForwardSamples,
     RewardSettings,
+    SampleScore,
     resolve_settings,
     score_sample,
 )
+from collabllm_verl.recipe.step_ledger import LedgerClient
+from collabllm_verl.recipe.step_summary import ResponseReport
 
-__all__ = ["CollabLLMRewardManager", "collabllm_fields"]
+__all__ = ["CollabLLMRewardManager", "ResponseExcluded", "collabllm_fields"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +79,16 @@ def collabllm_fields(data_item: Any) -> Mapping[str, Any]:
         "sample has no forward-sampling result (extra_fields['collabllm']); the collabllm reward manager "
         "needs rows run by the collabllm_agent agent loop (agent_name column)"
     )
+
+
+class ResponseExcluded(RuntimeError):
+    """Raised by :meth:`CollabLLMRewardManager.run_single` for a response that an outage left without a
+    reward; verl drops the sample from its group (module docstring). The message says why."""
+
+
+def _value(non_tensor: Mapping[str, Any], key: str) -> Any:
+    value = non_tensor.get(key)
+    return value.item() if hasattr(value, "item") else value
 
 
 @register("collabllm")
@@ -100,6 +122,7 @@ class CollabLLMRewardManager(RewardManagerBase):
         self.settings = RewardSettings.from_trainer_config(config)
         self.specs = resolve_settings(self.settings)
         self.conversation_dump = writer_from_trainer_config(config)  # None unless configured
+        self.ledger = LedgerClient()
         logger.info(
             "collabllm reward: weights=%s failure_policy=%s skip_penalty=%s judge=%s",
             self.settings.metric_weights,
@@ -108,6 +131,16 @@ class CollabLLMRewardManager(RewardManagerBase):
             self.settings.judge,  # LLMSettings.__repr__ masks the API key
         )
 
+    def _context(self) -> dict[str, Any]:
+        """The settings the driver needs to judge a step (:class:`ResponseReport`.context)."""
+        judge = self.settings.judge
+        return {
+            "metric_weights": dict(self.settings.metric_weights),
+            "max_failure_rate": self.settings.max_failure_rate,
+            "judge": judge.describe() if judge is not None else None,
+            "dump_dir": self.conversation_dump.settings.dir if self.conversation_dump is not None else None,
+        }
+
     async def run_single(self, data: DataProto) -> dict:
         """Reward of the last sequence of ``data`` (one trajectory), as verl's reward loop expects.
 
@@ -115,8 +148,43 @@ class CollabLLMRewardManager(RewardManagerBase):
             ``{"reward_score": float, "reward_extra_info": dict[str, float]}``; the extra info holds the
             reward breakdown (:meth:`SampleScore.extra_info`, ``mr/``) and the forward-sampling counters
             (:meth:`ForwardSamples.extra_info`, ``fs/``).
+
+        Raises:
+            ResponseExcluded: an outage left the response without a reward (it is reported first).
+            ValueError, TypeError, ...: bad data or configuration (reported as ``fatal`` first).
         """
         item = data[len(data) - 1]
+        non_tensor = item.non_tensor_batch
+        report = ResponseReport(
+            step=_value(non_tensor, "global_steps"),
+            uid=_value(non_tensor, "uid"),
+            session_id=_value(non_tensor, "session_id"),
+            data_source=_value(non_tensor, "data_source"),
+            context=self._context(),
+        )
+        try:
+            samples, score = await self._score(item)
+        except Exception as exc:
+            report.fatal = f"{type(exc).__name__}: {exc}"
+            await self.ledger.report(report)
+            raise
+        info = {**score.extra_info(), **samples.extra_info()}
+        report.reward = None if score.excluded else float(score.reward)
+        report.skipped, report.skip_reason, report.excluded = samples.skipped, samples.skip_reason, score.excluded
+        report.columns, report.metric_errors = info, dict(score.errors)
+        report.simulator_error = samples.simulator_error
+        report.context["simulator"] = samples.simulator
+        if self.conversation_dump is not None:
+            await self.conversation_dump.awrite(
+                sample_record(item, samples, score, self.settings.metric_weights, self.tokenizer)
+            )
+        await self.ledger.report(report)
+        if score.excluded:
+            logger.warning("collabllm reward: response left out of the policy gradient: %s", score.excluded)
+            raise ResponseExcluded(f"collabllm reward: response left out of the policy gradient: {score.excluded}")
+        return {"reward_score": float(score.reward), "reward_extra_info": info}
+
+    async def _score(self, item: Any) -> tuple[ForwardSamples, SampleScore]:
         non_tensor = item.non_tensor_batch
         samples = ForwardSamples.from_extra_fields(collabllm_fields(item))
         reward_model = non_tensor.get("reward_model")
@@ -132,11 +200,4 @@ class CollabLLMRewardManager(RewardManagerBase):
             data_source=non_tensor.get("data_source"),
             tokenizer=self.tokenizer,
         )
-        if self.conversation_dump is not None:
-            await self.conversation_dump.awrite(
-                sample_record(item, samples, score, self.settings.metric_weights, self.tokenizer)
-            )
-        return {
-            "reward_score": float(score.reward),
-            "reward_extra_info": {**score.extra_info(), **samples.extra_info()},
-        }
+        return samples, score

@@ -172,6 +172,11 @@ async def test_future_conversations_structure_tokens_and_goals(tmp_path, llm_ser
         assert payload["end_reasons"] == ["turn_limit"] * 3
         assert payload["early_terminations"] == 0 and payload["simulator_failures"] == 0
         assert payload["forward_sampling_seconds"] > 0
+        # the simulator's usage for this response: 3 conversations x 2 user turns, no failure
+        assert payload["simulator_usage"]["calls"] == 6 and payload["simulator_usage"]["failures"] == 0
+        assert payload["simulator_usage"]["prompt_tokens"] > 0
+        assert payload["simulator"] == f"openai/scripted-user at {llm_server.base_url}"
+        assert payload["simulator_error"] is None
         for conversation in payload["future_conversations"]:
             roles = [m["role"] for m in conversation]
             assert roles == ["user", "assistant", "user", "assistant", "user", "assistant"]
@@ -327,6 +332,9 @@ async def test_simulator_failure_ends_only_that_conversation(tmp_path, llm_serve
     failed = payload["end_reasons"].index("simulator_failure")
     assert payload["future_turns"][failed] in (0, 2)
     assert sorted(payload["future_turns"])[1:] == [4, 4]
+    # the failure and its endpoint are reported for the failure budget; 1 of the 6 calls failed
+    assert "InternalServerError" in payload["simulator_error"]
+    assert payload["simulator_usage"]["failures"] == 1 and payload["simulator_usage"]["calls"] in (5, 6)
 
     # every request fails: the batch still completes, with every conversation reported as failed
     llm_server.reset()

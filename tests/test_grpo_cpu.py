@@ -115,12 +115,22 @@ def test_reward_breakdown_is_logged_for_every_step(cpu_run):
         assert set(summary["metrics"]) == METRICS
         assert _finite(summary["reward"]["mean"])
         # the breakdown agrees with the reward the trainer used
-        assert math.isclose(
-            summary["reward"]["mean"],
-            _step_metrics(out)[summary["step"]]["critic/score/mean"],
-            rel_tol=1e-4,
-            abs_tol=1e-5,
-        )
+        metrics = _step_metrics(out)[summary["step"]]
+        assert math.isclose(summary["reward"]["mean"], metrics["critic/score/mean"], rel_tol=1e-4, abs_tol=1e-5)
+        assert summary["excluded"] == 0 and summary["trained"] == BATCH * N
+        # ... and is a training metric of the step too (console, file logger, wandb): every mr/ and fs/
+        # column of reward_extra_info, the step's counts and usage, the running totals
+        for name in METRICS:
+            block = summary["metrics"][name]
+            assert block["failures"] == 0 and block["scored"] == metrics[f"collabllm/step/{name}_scored"]
+            if block["mean"] is not None:
+                assert metrics[f"collabllm/mr/{name}"] == pytest.approx(block["mean"])
+            assert f"collabllm/mr/{name}_weighted" in metrics
+        for key in ("fs/future_turns_mean", "fs/end_turn_limit", "fs/simulator_calls", "mr/judge_calls",
+                    "step/judge_prompt_tokens", "step/simulator_cost_usd", "total/judge_tokens"):
+            assert _finite(metrics[f"collabllm/{key}"]), key
+        assert metrics["collabllm/total/judge_tokens"] >= metrics["collabllm/step/judge_prompt_tokens"] > 0
+        assert f"step:{summary['step']} - " in console and "collabllm/step/trained:" in console  # verl's line
 
 
 @pytest.mark.slow
@@ -238,12 +248,12 @@ def _record(step: int, reward: float, accuracy: float) -> dict:
 def _write_records(directory: str, step: int, rewards: list[float]) -> None:
     from collabllm_verl.recipe.conversation_dump import ConversationDumpWriter, DumpSettings
 
-    writer = ConversationDumpWriter(DumpSettings(directory, responses_per_step=8))
+    writer = ConversationDumpWriter(DumpSettings(directory))
     for reward in rewards:
         writer.write(_record(step, reward, accuracy=1.0))
 
 
-def test_step_summary_is_written_once_when_the_step_is_complete(tmp_path):
+def test_records_of_concurrent_writers_are_all_kept(tmp_path):
     import multiprocessing
 
     rewards = [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]]
@@ -254,17 +264,35 @@ def test_step_summary_is_written_once_when_the_step_is_complete(tmp_path):
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
-    summaries = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
-    assert len(summaries) == 1 and summaries[0]["step"] == 3 and summaries[0]["responses"] == 8
-    assert math.isclose(summaries[0]["reward"]["mean"], 0.45)
-    assert summaries[0]["metrics"]["token_amount"] == {"mean": 2.0, "weighted": -1.0}
     records = read_records(tmp_path / "step_000003.jsonl")
-    assert len(records) == 8
+    assert sorted(r["reward"] for r in records) == pytest.approx([x for pair in rewards for x in pair])
     futures = records[0]["future_conversations"]
     assert [len(f["messages"]) for f in futures] == [2, 0]  # the messages after the trained response
     assert futures[0]["scores"] == {"accuracy": 1.0, "token_amount": 3.0}
     assert futures[1]["scores"] == {"accuracy": None, "token_amount": 1.0}  # the judge failed there
     assert records[0]["response"] == "Do you mean in base 10?"
+
+
+def test_resumed_step_replaces_the_interrupted_runs_summary_and_records(tmp_path):
+    """A run killed during step 2 left a summary row and records for it; the resumed run redoes step 2:
+    its summary row replaces the old one and the old records are dropped (no duplicated step)."""
+    from collabllm_verl.recipe.conversation_dump import keep_step_records, previous_totals, write_summary
+
+    for step in (1, 2):
+        write_summary(tmp_path, {"step": step, "totals": {"judge_tokens": 10.0 * step}})
+    _write_records(str(tmp_path), 2, [0.1, 0.2])  # the interrupted run's records (uid "u")
+    assert previous_totals(tmp_path, 2) == {"judge_tokens": 10.0}
+    write_summary(tmp_path, {"step": 2, "totals": {"judge_tokens": 15.0}})  # the resumed run's step 2
+    rows = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["totals"] == {"judge_tokens": 15.0}
+    from collabllm_verl.recipe.conversation_dump import build_record
+
+    fresh = build_record(step=2, uid="v", session_id=0, data_source="math", ground_truth="4", reward=0.5,
+                         weights={"accuracy": 1.0}, means={"accuracy": 0.5}, weighted={"accuracy": 0.5})
+    with open(tmp_path / "step_000002.jsonl", "a") as fh:
+        fh.write(json.dumps(fresh) + "\n")
+    assert keep_step_records(tmp_path, 2, {"v"}) == 2
+    assert [r["uid"] for r in read_records(tmp_path / "step_000002.jsonl")] == ["v"]
 
 
 def test_dump_settings_are_validated_and_old_steps_pruned(tmp_path):

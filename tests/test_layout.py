@@ -16,6 +16,8 @@ CORE_MODULES = [
     "collabllm_verl.recipe.forward_sampling",
     "collabllm_verl.recipe.multiturn_reward",
     "collabllm_verl.recipe.llm_client",
+    "collabllm_verl.recipe.validation",
+    "collabllm_verl.recipe.step_summary",
     "collabllm_verl.interactions.collabllm_interaction",
     "collabllm_verl.interactions.loader",
     "collabllm_verl.metrics",

@@ -64,12 +64,12 @@ def test_settings_from_config_maps_keys_and_drops_nulls():
 @pytest.mark.parametrize(
     "cfg, match",
     [
-        ({"temperature": 0}, "missing the model key 'model'"),
+        ({"temperature": 0}, "model: required"),
         ({"model": "m", "timeout": 0}, "timeout"),
         ({"model": "m", "num_retries": -1}, "num_retries"),
         ({"model": "m", "max_concurrency": 0}, "max_concurrency"),
         ({"model": "m", "completion_kwargs": {"stream": True}}, "stream"),
-        ({"model": "m", "timeout": "soon"}, "non-numeric"),
+        ({"model": "m", "timeout": "soon"}, "timeout: Input should be a valid number"),
     ],
 )
 def test_settings_reject_bad_values(cfg, match):

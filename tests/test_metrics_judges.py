@@ -7,8 +7,6 @@ failure handling are exercised end to end; the scores themselves are the stand-i
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import sacrebleu
 from nltk.translate.bleu_score import sentence_bleu
@@ -80,7 +78,7 @@ async def test_interactivity_averages_anchor_values(judge):
 
     anchors = {"thought": "t", "understanding": 0.7, "clarification": 0.3, "suggestion": 1.0}
     register_responder("anchor-judge", lambda messages, request: json.dumps(anchors))
-    anchor_judge = dataclasses.replace(judge, model="openai/anchor-judge")
+    anchor_judge = judge.model_copy(update={"model": "openai/anchor-judge"})
     assert await get_metric("interactivity").score(ctx(anchor_judge, "42.")) == pytest.approx(2.0 / 3)
 
 
@@ -161,12 +159,13 @@ async def test_one_bad_answer_is_retried(judge, llm_server, fault):
 
 
 async def test_request_level_malformed_mode(judge, llm_server):
-    noisy = dataclasses.replace(
-        judge,
-        completion_kwargs={
-            **judge.completion_kwargs,
-            "extra_body": {"scripted_judge": {"answer": "malformed"}},
-        },
+    noisy = judge.model_copy(
+        update={
+            "completion_kwargs": {
+                **judge.completion_kwargs,
+                "extra_body": {"scripted_judge": {"answer": "malformed"}},
+            }
+        }
     )
     with pytest.raises(MetricError):
         await get_metric("interactivity").score(ctx(noisy, "Do you want steps?"))

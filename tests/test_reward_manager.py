@@ -10,7 +10,6 @@ whose values are read from the conversations, so every expected number is comput
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -26,7 +25,15 @@ from verl.trainer.ppo.reward import load_reward_manager
 
 from collabllm_verl.metrics import MetricContext, MetricError, UnknownMetricError, register_metric
 from collabllm_verl.recipe.multiturn_reward import aggregate_metric
-from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager
+from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager, ResponseExcluded
+from collabllm_verl.recipe.step_summary import (
+    FailureBudgetExceeded,
+    FatalRewardError,
+    check_reports,
+    format_summary,
+    summarize_step,
+    training_metrics,
+)
 
 VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 
@@ -189,20 +196,40 @@ async def test_skipped_sample_gets_penalty(manager):
 
 
 async def test_unequal_conversation_counts_in_one_batch(manager):
-    """Samples with 3, 1 and 0 conversations, concurrently, as RewardLoopWorker.compute_score_batch."""
+    """Samples with 3, 1 and 0 usable conversations, concurrently, as RewardLoopWorker.compute_score_batch."""
     inputs = [
         reward_input(collab_fields([conversation("v=1"), conversation("v=0"), conversation("v=0.5")])),
         reward_input(collab_fields([conversation("a", "b", "v=-0.5")])),
-        reward_input(collab_fields([])),  # all user-simulator calls failed: nothing to score
+        # every user-simulator call failed: nothing is a sample of the future, the response is excluded
+        reward_input(collab_fields([conversation("v=1")] * 2, end_reasons=["simulator_failure"] * 2)),
     ]
     batch = DataProto.concat(inputs)
-    outputs = await asyncio.gather(*(manager.run_single(batch[i : i + 1]) for i in range(len(batch))))
-    assert [o["reward_score"] for o in outputs] == pytest.approx([1.0 - 0.1, -1.0 - 0.3, 0.0])
-    assert [o["reward_extra_info"]["mr/num_conversations"] for o in outputs] == [3.0, 1.0, 0.0]
+    outputs = await asyncio.gather(
+        *(manager.run_single(batch[i : i + 1]) for i in range(len(batch))), return_exceptions=True
+    )
+    assert isinstance(outputs[2], ResponseExcluded)
+    assert "all 2 future conversations ended by a user-simulator failure" in str(outputs[2])
+    outputs = outputs[:2]
+    assert [o["reward_score"] for o in outputs] == pytest.approx([1.0 - 0.1, -1.0 - 0.3])
+    assert [o["reward_extra_info"]["mr/num_conversations"] for o in outputs] == [3.0, 1.0]
     # the reward loop manager builds one numpy column per key from the first sample's keys
     keys = list(outputs[0]["reward_extra_info"])
     columns = {k: np.array([o["reward_extra_info"][k] for o in outputs]) for k in keys}
-    assert columns["mr/test_value"].tolist() == pytest.approx([0.5, -0.5, 0.0])
+    assert columns["mr/test_value"].tolist() == pytest.approx([0.5, -0.5])
+    assert columns["mr/test_value_scored"].tolist() == [3.0, 1.0]
+
+
+async def test_conversations_ended_by_a_simulator_failure_are_not_scored(manager):
+    """A conversation cut by a simulator failure is not a sample of the future: it is left out of every
+    metric (its values are None in the dump), the others are scored as usual."""
+    fields = collab_fields(
+        [conversation("v=0.1"), conversation("a", "b", "v=0.9")], end_reasons=["simulator_failure", "terminated"]
+    )
+    out = await manager.run_single(reward_input(fields))
+    info = out["reward_extra_info"]
+    assert info["mr/test_value"] == pytest.approx(0.9) and info["mr/test_value_scored"] == 1.0
+    assert info["mr/test_value_failures"] == 0.0 and info["mr/num_conversations"] == 2.0
+    assert out["reward_score"] == pytest.approx(1.0 - 0.1 * 3)  # 2 * 0.9 clamped to 1
 
 
 async def test_multi_sequence_trajectory_uses_last_sequence(manager):
@@ -217,10 +244,16 @@ FS_KEYS = {
     "fs/future_turns_mean",
     "fs/future_turns_max",
     "fs/early_terminations",
-    "fs/turn_limits",
-    "fs/context_limits",
-    "fs/token_budgets",
+    "fs/end_terminated",
+    "fs/end_turn_limit",
+    "fs/end_context_limit",
+    "fs/end_simulator_failure",
+    "fs/end_token_budget",
     "fs/simulator_failures",
+    "fs/simulator_calls",
+    "fs/simulator_prompt_tokens",
+    "fs/simulator_completion_tokens",
+    "fs/simulator_cost_usd",
     "fs/seconds",
 }
 
@@ -256,13 +289,13 @@ async def test_forward_sampling_counters_are_reported(manager):
     assert infos[0]["fs/future_turns_mean"] == pytest.approx(2.0)
     assert infos[0]["fs/future_turns_max"] == 4.0
     assert infos[0]["fs/early_terminations"] == 1.0
-    assert infos[0]["fs/turn_limits"] == 1.0 and infos[0]["fs/context_limits"] == 1.0
+    assert infos[0]["fs/end_turn_limit"] == 1.0 and infos[0]["fs/end_context_limit"] == 1.0
     assert infos[0]["fs/simulator_failures"] == 0.0
     assert infos[0]["fs/seconds"] == pytest.approx(2.5)
     assert infos[1]["fs/future_turns_mean"] == pytest.approx(1.0)
     assert infos[1]["fs/future_turns_max"] == 2.0
     assert infos[1]["fs/simulator_failures"] == 1.0 and infos[1]["fs/early_terminations"] == 1.0
-    assert infos[1]["fs/turn_limits"] == 0.0
+    assert infos[1]["fs/end_turn_limit"] == 0.0 and infos[1]["fs/end_simulator_failure"] == 1.0
     assert infos[1]["fs/seconds"] == pytest.approx(0.75)
     # the skipped sample: every counter 0
     assert {k: infos[2][k] for k in FS_KEYS} == dict.fromkeys(FS_KEYS, 0.0)
@@ -278,7 +311,7 @@ async def test_token_budget_ends_are_counted(manager):
         [conversation("q?", "a", "v=0.5"), conversation("q?", "v=0.5")], end_reasons=["token_budget", "token_budget"]
     )
     info = (await manager.run_single(reward_input(fields)))["reward_extra_info"]
-    assert info["fs/token_budgets"] == 2.0 and info["fs/turn_limits"] == 0.0
+    assert info["fs/end_token_budget"] == 2.0 and info["fs/end_turn_limit"] == 0.0
 
 
 async def test_forward_sampling_counters_without_end_reasons(manager):
@@ -286,19 +319,32 @@ async def test_forward_sampling_counters_without_end_reasons(manager):
     fields = collab_fields([conversation("q?", "a", "v=0.5")], seconds=1.25)  # 2 future turns
     del fields["end_reasons"]
     info = (await manager.run_single(reward_input(fields)))["reward_extra_info"]
-    assert info["fs/turn_limits"] == 0.0 and info["fs/context_limits"] == 0.0
+    assert info["fs/end_turn_limit"] == 0.0 and info["fs/end_context_limit"] == 0.0
     assert info["fs/future_turns_mean"] == 2.0 and info["fs/seconds"] == pytest.approx(1.25)
 
 
-async def test_step_summary_reports_forward_sampling_totals(tmp_path, capsys):
-    """With the conversation dump on, the per-step summary adds up the same counters (training steps do
-    not log reward_extra_info in verl 0.9.1, so this line is where they are seen during training)."""
-    m = make_manager(
-        *WEIGHTS,
-        f"+reward.reward_kwargs.conversation_dump.dir={tmp_path}",
-        "data.train_batch_size=1",
-        "actor_rollout_ref.rollout.n=3",
-    )
+class CollectingLedger:
+    """Stands in for the step ledger's client: keeps the reports the manager sends."""
+
+    def __init__(self):
+        self.reports = []
+
+    async def report(self, report):
+        self.reports.append(report)
+
+
+async def run_step(m, inputs, step=7):
+    """Run ``inputs`` through manager ``m`` as one step; returns (outputs or exceptions, reports)."""
+    m.ledger = CollectingLedger()
+    for data in inputs:
+        data.non_tensor_batch["global_steps"] = np.array([step])
+    outputs = await asyncio.gather(*(m.run_single(d) for d in inputs), return_exceptions=True)
+    return outputs, m.ledger.reports
+
+
+async def test_step_summary_reports_forward_sampling_totals(capsys):
+    """The driver's per-step summary adds up the reports the manager sends for every response."""
+    m = make_manager(*WEIGHTS)
     inputs = [
         reward_input(
             collab_fields(
@@ -316,18 +362,114 @@ async def test_step_summary_reports_forward_sampling_totals(tmp_path, capsys):
         ),
         reward_input(collab_fields([], skipped=True, skip_reason="empty")),
     ]
-    for data in inputs:
-        data.non_tensor_batch["global_steps"] = np.array([7])
-        await m.run_single(data)
-    (summary,) = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
+    _, reports = await run_step(m, inputs)
+    summary = summarize_step(7, reports)
     assert summary["step"] == 7 and summary["responses"] == 3 and summary["skipped"] == 1
-    assert summary["conversations"] == 3
-    assert summary["future_turns_mean"] == pytest.approx(2.0)  # (2 + 0 + 4) / 3; the skipped one has none
-    assert summary["early_terminations"] == 2 and summary["simulator_failures"] == 1
-    assert summary["forward_sampling_seconds"] == {"mean": pytest.approx(1.0), "max": pytest.approx(1.5)}
-    line = capsys.readouterr().out
-    assert "[collabllm reward] step 7: 3 responses" in line
-    assert "future turns mean 2, early terminations 2, simulator failures 1, 1 s per response" in line
+    assert summary["trained"] == 3 and summary["excluded"] == 0 and summary["skip_reasons"] == {"empty": 1}
+    sampling = summary["forward_sampling"]
+    assert sampling["conversations"] == 3
+    assert sampling["future_turns_mean"] == pytest.approx(2.0)  # (2 + 0 + 4) / 3; the skipped one has none
+    assert sampling["end_reasons"]["terminated"] == 2 and sampling["simulator_failures"] == 1
+    assert sampling["seconds"] == {"mean": pytest.approx(1.0), "max": pytest.approx(1.5)}
+    # test_value: 1 (the failed simulator conversation is not scored) and 0.5
+    # weighted: over the responses whose forward sampling ran (2 * 1 and 2 * 0.5, both clamped to 1)
+    assert summary["metrics"]["test_value"] == {"mean": 0.75, "weighted": 1.0, "scored": 2, "failures": 0}
+    assert summary["reward"]["mean"] == pytest.approx(sum(r.reward for r in reports) / 3)
+    line = format_summary(summary)
+    assert line.startswith("[collabllm reward] step 7: 3 responses (3 trained, 0 excluded, 1 skipped)")
+    assert "test_value: mean 0.75, weighted 1, 2 scored, 0 failed" in line
+    assert "future turns mean 2, ended: simulator_failure 1, terminated 2;" in line
+
+
+async def test_outage_excludes_responses_and_counts_them():
+    """A response whose weighted metric failed on every conversation is excluded (never rewarded on the
+    other metrics); the step's summary counts it, and a metric nobody scored reads n/a, not 0."""
+    m = make_manager(*WEIGHTS)
+    inputs = [
+        reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)),
+        reward_input(collab_fields([conversation("v=0.4"), conversation("JUDGE_FAIL")])),
+    ]
+    outputs, reports = await run_step(m, inputs, step=2)
+    assert isinstance(outputs[0], ResponseExcluded)
+    assert "metric 'test_value' could not be scored on any of its 3 future conversations" in str(outputs[0])
+    assert "judge unusable (test)" in str(outputs[0])
+    assert outputs[1]["reward_score"] == pytest.approx(2 * 0.4 - 0.1)
+    excluded = reports[0]
+    assert excluded.excluded and excluded.reward is None and excluded.columns["mr/test_value_failures"] == 3.0
+    summary = summarize_step(2, reports)
+    assert (summary["trained"], summary["excluded"]) == (1, 1)
+    assert summary["metrics"]["test_value"] == {"mean": pytest.approx(0.4), "weighted": pytest.approx(0.8),
+                                                "scored": 1, "failures": 4}
+    assert summary["judge"]["failed_calls"] == 0  # the test metric fails without calling an LLM
+    only_failures = summarize_step(3, reports[:1])
+    assert only_failures["metrics"]["test_value"]["mean"] is None
+    assert "test_value: mean n/a, weighted n/a, 0 scored, 3 failed" in format_summary(only_failures)
+    metrics = training_metrics(summary, reports)
+    assert metrics["collabllm/mr/test_value"] == pytest.approx(0.4)
+    assert metrics["collabllm/step/excluded"] == 1.0 and metrics["collabllm/step/test_value_failures"] == 4.0
+    assert "collabllm/mr/test_value" not in training_metrics(only_failures, reports[:1])
+
+
+async def test_failure_budget_stops_with_a_readable_error():
+    """4 of 5 test_value computations failed (80 %): above the default budget (20 %), not above 0.9."""
+    inputs = lambda: [  # noqa: E731
+        reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)),
+        reward_input(collab_fields([conversation("v=0.4"), conversation("JUDGE_FAIL")])),
+    ]
+    _, reports = await run_step(make_manager(*WEIGHTS), inputs(), step=5)
+    with pytest.raises(FailureBudgetExceeded) as err:
+        check_reports(5, reports)
+    message = str(err.value)
+    for part in ("step 5", "metric 'test_value'", "4 of 5", "80%", "max_failure_rate=0.2", "judge unusable (test)"):
+        assert part in message
+    _, reports = await run_step(
+        make_manager(*WEIGHTS, "+reward.reward_kwargs.max_failure_rate=0.9"), inputs(), step=5
+    )
+    check_reports(5, reports)  # within the budget
+
+
+async def test_simulator_failures_count_against_the_budget():
+    m = make_manager(*WEIGHTS)
+    fields = collab_fields([conversation("v=1")] * 2, end_reasons=["simulator_failure"] * 2)
+    fields.update(
+        simulator="openai/scripted-user at http://127.0.0.1:9/v1", simulator_error="APIConnectionError: refused"
+    )
+    _, reports = await run_step(m, [reward_input(fields), reward_input(collab_fields([conversation("v=1")]))])
+    with pytest.raises(FailureBudgetExceeded) as err:
+        check_reports(7, reports)
+    message = str(err.value)
+    assert "the user simulator (openai/scripted-user at http://127.0.0.1:9/v1)" in message
+    assert "2 of 3 future conversations (67%)" in message and "APIConnectionError: refused" in message
+
+
+async def test_non_transient_errors_stop_the_run():
+    """A row without ground truth is not an outage: it is reported as fatal and the driver stops."""
+    m = make_manager(*WEIGHTS)
+    data = reward_input(collab_fields([conversation("v=1")]))
+    data.non_tensor_batch["reward_model"] = np.array([{"style": "rule"}], dtype=object)
+    outputs, reports = await run_step(m, [data, reward_input(collab_fields([conversation("v=1")]))])
+    assert isinstance(outputs[0], ValueError) and reports[0].fatal
+    with pytest.raises(FatalRewardError, match=r"1 response.*no reward_model\.ground_truth"):
+        check_reports(7, reports)
+
+
+async def test_breakdown_per_data_source_and_running_totals(llm_server):
+    m = make_manager(*judge_overrides(llm_server.base_url))
+    math_row = reward_input(collab_fields([conversation("It is 42.")]))
+    code_row = reward_input(collab_fields([conversation("It is 41.")]))
+    code_row.non_tensor_batch["data_source"] = np.array(["code"], dtype=object)
+    _, reports = await run_step(m, [math_row, code_row], step=1)
+    summary = summarize_step(1, reports, previous_totals={"judge_tokens": 100.0, "judge_cost_usd": 1.0})
+    assert set(summary["data_sources"]) == {"collabllm/test", "code"}
+    assert summary["data_sources"]["code"]["metrics"]["accuracy"] == 0.0
+    assert summary["data_sources"]["collabllm/test"]["metrics"]["accuracy"] == 1.0
+    judge_tokens = summary["judge"]["prompt_tokens"] + summary["judge"]["completion_tokens"]
+    assert summary["judge"]["calls"] == 4 and judge_tokens > 0 and summary["judge"]["cost_usd"] > 0
+    assert summary["totals"]["judge_tokens"] == pytest.approx(100 + judge_tokens)
+    assert summary["totals"]["judge_cost_usd"] == pytest.approx(1 + summary["judge"]["cost_usd"])
+    metrics = training_metrics(summary, reports)
+    assert metrics["collabllm/code/mr/accuracy"] == 0.0 and metrics["collabllm/mr/accuracy"] == 0.5
+    assert metrics["collabllm/total/judge_tokens"] == pytest.approx(100 + judge_tokens)
 
 
 @pytest.mark.parametrize(
@@ -375,10 +517,16 @@ async def test_failure_policy_zero():
     assert out["reward_score"] == pytest.approx(2 * 0.15 - 0.1)
 
 
-async def test_all_conversations_failing_contribute_nothing(manager):
-    out = await manager.run_single(reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)))
-    info = out["reward_extra_info"]
-    assert info["mr/test_value_weighted"] == 0.0 and info["mr/test_value_failures"] == 3.0
+async def test_all_conversations_failing_exclude_the_response(manager):
+    """Under drop, a weighted metric with no scored conversation excludes the response instead of letting
+    the other metrics alone make its reward (an outage must not reshape the reward)."""
+    with pytest.raises(ResponseExcluded, match="metric 'test_value' could not be scored"):
+        await manager.run_single(reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)))
+    zero = make_manager(*WEIGHTS, "+reward.reward_kwargs.failure_policy=zero")  # opt-in: failures score 0
+    out = await zero.run_single(reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)))
+    assert out["reward_score"] == pytest.approx(-0.1)
+    log_only = make_manager(WEIGHTS[1], "+reward.reward_kwargs.metric_weights.test_value=0")  # weight 0: logged
+    out = await log_only.run_single(reward_input(collab_fields([conversation("JUDGE_FAIL")] * 3)))
     assert out["reward_score"] == pytest.approx(-0.1)
 
 

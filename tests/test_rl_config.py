@@ -24,13 +24,14 @@ SCRIPT = REPO / "train_rl_collabllm.sh"
 
 
 def _compose(tmp_path: Path, *args: str, **env_overrides: str) -> tuple[list[str], OmegaConf]:
-    """Run the script with ``--cfg job``; return its ``+ ...`` echo lines and the composed config."""
+    """Run the script with ``--cfg job``; return its ``+ ...`` echo lines and the composed config (the whole
+    output, stdout and stderr, is also kept in ``_compose.output``)."""
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     for name in ("rl_train.parquet", "rl_validation.parquet"):
         (data / name).touch()  # existence is all --cfg job needs
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "COLLABLLM_"))}
-    env.update(PYTHON=sys.executable, DATA_DIR=str(data), HOME=str(tmp_path), **env_overrides)
+    env.update({"PYTHON": sys.executable, "DATA_DIR": str(data), "HOME": str(tmp_path), **env_overrides})
     proc = subprocess.run(
         ["bash", str(SCRIPT), *args, "--cfg", "job"],
         cwd=tmp_path,
@@ -41,6 +42,7 @@ def _compose(tmp_path: Path, *args: str, **env_overrides: str) -> tuple[list[str
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _compose.output = proc.stdout + proc.stderr
     echo = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
     body = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("+ "))
     return echo, OmegaConf.create(yaml.safe_load(body))
@@ -71,11 +73,15 @@ def _check_plugins_resolve(cfg) -> None:
     get_class(entries["collabllm_agent"]["_target_"])  # importable
 
     assert get_reward_manager_cls(cfg.reward.reward_manager.name) is CollabLLMRewardManager
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+    from verl.utils.import_utils import load_extern_object
+
+    sampler = cfg.trainer.v1.sampler.custom_sampler
+    assert issubclass(load_extern_object(sampler.path, sampler.name), ReplayBuffer)
     settings = RewardSettings.from_trainer_config(cfg)
     assert set(resolve_settings(settings)) == {"accuracy", "interactivity", "token_amount"}
     writer = writer_from_trainer_config(cfg)
-    assert writer is not None
-    assert writer.settings.responses_per_step == cfg.data.train_batch_size * cfg.actor_rollout_ref.rollout.n
+    assert writer is not None and writer.settings.dir == cfg.reward.reward_kwargs.conversation_dump.dir
 
 
 def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
@@ -164,6 +170,75 @@ def test_api_key_is_never_printed_and_reaches_the_judge_through_the_environment(
         LLMSettings.from_config(judge)
 
 
+# The original recipe's README and the verl blog post configure the reward manager this way (the blog also
+# puts the judge's base_url and api_key on the command line); run verbatim, only the values are ours.
+BLOG_LINES = (
+    "reward_model.reward_manager=collabllm",
+    "+reward_model.reward_kwargs.metric_weights.accuracy=1",
+    "+reward_model.reward_kwargs.metric_weights.interactivity=1",
+    "+reward_model.reward_kwargs.metric_weights.token_amount=-0.0001",
+    "+reward_model.reward_kwargs.llm_judge_kwargs.model=claude-3-5-sonnet-latest",
+    "+reward_model.reward_kwargs.llm_judge_kwargs.base_url=http://127.0.0.1:8000/v1",
+    "+reward_model.reward_kwargs.llm_judge_kwargs.api_key=sk-blog-DoNotPrint0123456789",
+    "+reward_model.reward_kwargs.llm_judge_kwargs.max_tokens=2048",
+    "+reward_model.reward_kwargs.llm_judge_kwargs.temperature=0",
+)
+
+
+def test_blog_seed_lines_beat_the_script_defaults_and_hide_the_key(tmp_path, monkeypatch):
+    secret = "sk-blog-DoNotPrint0123456789"
+    seen = tmp_path / "key_seen_by_verl"
+    wrapper = tmp_path / "python"  # records the key that the trainer's process receives, then runs Python
+    wrapper.write_text(f'#!/bin/sh\nprintf %s "$COLLABLLM_JUDGE_API_KEY" > {seen}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    echo, cfg = _compose(tmp_path, *BLOG_LINES, PYTHON=str(wrapper))
+    assert secret not in _compose.output and secret not in OmegaConf.to_yaml(cfg)
+    assert seen.read_text() == secret
+    assert cfg.reward.reward_manager.name == "collabllm"
+    judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
+    assert judge == {  # the user's model, endpoint and options, not the script's gpt-4o-mini
+        "model": "claude-3-5-sonnet-latest",
+        "api_base": "http://127.0.0.1:8000/v1",
+        "api_key_env": "COLLABLLM_JUDGE_API_KEY",
+        "max_tokens": 2048,
+        "temperature": 0,
+    }
+    assert OmegaConf.select(cfg, "reward_model.reward_kwargs") is None
+    assert echo[-1].count("llm_judge_kwargs.model=") == 1
+
+    from collabllm_verl.recipe.multiturn_reward import RewardSettings
+
+    monkeypatch.setenv("COLLABLLM_JUDGE_API_KEY", secret)
+    settings = RewardSettings.from_trainer_config(cfg)
+    assert settings.judge.model == "claude-3-5-sonnet-latest"
+    assert settings.judge.completion_kwargs["api_key"] == secret and secret not in repr(settings)
+    assert settings.metric_weights == {"accuracy": 1.0, "interactivity": 1.0, "token_amount": -0.0001}
+
+
+def test_current_form_wins_over_the_legacy_form_for_the_same_key(tmp_path):
+    _, cfg = _compose(
+        tmp_path,
+        "+reward_model.reward_kwargs.llm_judge_kwargs.model=legacy-judge",
+        "+reward.reward_kwargs.llm_judge_kwargs.model=current-judge",
+        "+reward_model.reward_kwargs.metric_weights.accuracy=3",
+    )
+    assert cfg.reward.reward_kwargs.llm_judge_kwargs.model == "current-judge"
+    assert cfg.reward.reward_kwargs.metric_weights.accuracy == 3
+    assert "ignoring the legacy override of reward.reward_kwargs.llm_judge_kwargs.model" in _compose.output
+
+
+def test_ppo_with_a_critic_composes_for_gpus(tmp_path):
+    """ALGORITHM=ppo: GAE with a critic that starts from the policy; every key is verl's (Hydra rejects
+    unknown keys without '+'), and verl's own check says a critic is needed."""
+    from verl.trainer.ppo.utils import need_critic
+
+    _, cfg = _compose(tmp_path, ALGORITHM="ppo")
+    assert cfg.algorithm.adv_estimator == "gae" and need_critic(cfg)
+    assert cfg.critic.model.path == cfg.actor_rollout_ref.model.path == "Qwen/Qwen2.5-7B-Instruct"
+    assert cfg.critic.strategy == "fsdp2" and cfg.critic.optim.lr == 1e-5
+    _check_plugins_resolve(cfg)
+
+
 def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
     echo, cfg = _compose(
         tmp_path,
@@ -193,6 +268,11 @@ def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
         and "VERL_PLATFORM=cpu" in echo[0]
     )
     _check_plugins_resolve(cfg)
+    _, ppo = _compose(
+        tmp_path, DEVICE="cpu", ALGORITHM="ppo", LOCAL_LLM_SERVER="0", MODEL_PATH=str(tmp_path / "tiny"),
+        OUTPUT_DIR=str(tmp_path / "out"),
+    )
+    assert ppo.algorithm.adv_estimator == "gae" and ppo.critic.model.override_config.attn_implementation == "sdpa"
 
     from verl.workers.rollout.replica import get_rollout_replica_class
 

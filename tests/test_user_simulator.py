@@ -211,6 +211,40 @@ async def test_shipped_yaml_with_environment_overrides(monkeypatch, llm_server, 
     assert "collabllm" in caplog.text and secret not in caplog.text and secret not in repr(sim)
 
 
+async def test_blog_style_yaml_with_a_literal_key_never_logs_it(tmp_path, llm_server, caplog):
+    """The verl blog writes the simulator's key into the interaction YAML. The file is read by the agent
+    loop only (verl's config holds its path, not its content); no log line, repr or error shows the key,
+    also with enable_log on and a failing endpoint."""
+    secret = "sk-yaml-DoNotPrint0123456789"
+    path = tmp_path / "collabllm_interaction_config.yaml"
+    path.write_text(textwrap.dedent(f"""
+        interaction:
+          - name: "collabllm"
+            class_name: "collabllm_verl.interactions.collabllm_interaction.CollabLLMInteraction"
+            config: {{
+              "user_model": "openai/scripted-user",
+              "base_url": "{llm_server.base_url}",
+              "api_key": "{secret}",
+              "num_retries": 1,
+              "backoff_initial": 0.01,
+              "max_tokens": 512,
+              "temperature": 1.0,
+              "enable_log": True
+            }}
+    """))
+    caplog.set_level(logging.DEBUG)
+    sim = load_interactions(str(path))["collabllm"]
+    assert sim.llm.completion_kwargs["api_key"] == secret
+    iid = await sim.start_interaction(single_turn_prompt=GOAL)
+    done, response, _, _ = await sim.generate_response(iid, [])  # logged: enable_log
+    assert not done and response
+    llm_server.configure(fault_rate=1.0, fault_modes=["server_error"])
+    done, _, _, meta = await sim.generate_response(iid, [{"role": "assistant", "content": "hi"}])
+    assert done and meta["simulator_failed"]
+    assert "user simulator" in caplog.text and secret not in caplog.text
+    assert secret not in repr(sim) and secret not in str(meta) and secret not in sim.llm.describe()
+
+
 def test_loader_errors_name_the_entry(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(textwrap.dedent("""

@@ -22,7 +22,7 @@ What the platform reports (docs/design.md §4):
 * The Ray resource is ``"GPU"``: verl's resource pools count only GPU/NPU resources, so start Ray with
   a *logical* GPU count, e.g. ``+ray_kwargs.ray_init.num_gpus=1`` (no CUDA device is touched).
 
-Two unavoidable patches of verl (applied idempotently on import, active only while the current platform
+Three unavoidable patches of verl (applied idempotently on import, active only while the current platform
 is this CPU platform; on any other platform the original code runs unchanged):
 
 1. ``verl/utils/distributed.py``: ``initialize_global_process_group`` and
@@ -44,6 +44,14 @@ is this CPU platform; on any other platform the original code runs unchanged):
    subclass that asks :meth:`CPUPlatform.is_pin_memory_available` and pins only where the platform can.
    Offloading itself is kept: with the CPU as the compute device the shards stay in ordinary host
    memory and FSDP2's host-to-device copies are no-ops.
+3. ``verl/utils/model.py``: ``load_valuehead_model`` builds PPO's critic (``algorithm.adv_estimator=gae``)
+   with a hard-coded ``attn_implementation="flash_attention_2"``; without flash-attn (never on a CPU) the
+   load fails and verl reports a misleading "please install trl". No setting changes it. The patch loads
+   the critic as verl's first branch does (``AutoModelForTokenClassification``, one label) but with the
+   attention implementation the config asks for (``critic.model.override_config.attn_implementation``,
+   which verl has put into the model config as ``_attn_implementation``; ``sdpa`` when unset). If that
+   load fails, verl's original function runs and reports its own error. ``transformer_impl`` imports the
+   function at call time, so replacing the module attribute is enough.
 """
 
 from __future__ import annotations
@@ -367,3 +375,41 @@ def _patch_fsdp2_offload_policy() -> None:
 
 
 _patch_fsdp2_offload_policy()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Patch of the critic's hard-coded attention implementation (see the module docstring, patch 3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _patch_valuehead_attention() -> None:
+    import verl.utils.model as vmodel
+
+    original = vmodel.load_valuehead_model
+    if getattr(original, _PATCH_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        if not is_cpu_platform_active():
+            return original(local_path, torch_dtype, model_config, trust_remote_code)
+        from transformers import AutoModelForTokenClassification
+
+        attention = getattr(model_config, "_attn_implementation", None) or "sdpa"
+        try:
+            return AutoModelForTokenClassification.from_pretrained(
+                pretrained_model_name_or_path=local_path,
+                torch_dtype=torch_dtype,
+                config=model_config,
+                attn_implementation=attention,
+                trust_remote_code=trust_remote_code,
+            )
+        except (OSError, ValueError) as exc:
+            logger.warning("critic load with attn_implementation=%s failed (%s); trying verl's loader", attention, exc)
+            return original(local_path, torch_dtype, model_config, trust_remote_code)
+
+    setattr(load_valuehead_model, _PATCH_MARK, True)
+    vmodel.load_valuehead_model = load_valuehead_model
+
+
+_patch_valuehead_attention()
