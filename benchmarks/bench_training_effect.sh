@@ -39,10 +39,12 @@ log() { echo "== $(date +%H:%M:%S) $*"; }
 stage() { [[ "$STAGES" == *",$1,"* ]]; }
 
 # The offline stand-ins (scripted user, judges) for stages 3-6, stopped on exit.
+rm -f "$RUN/llm_server.url"  # a file left by an earlier run would point at a dead server
 "$PYTHON" -m collabllm_verl.recipe.offline.server --port 0 --ready-file "$RUN/llm_server.url" >"$RUN/llm_server.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do [[ -s "$RUN/llm_server.url" ]] && break; sleep 0.2; done
+[[ -s "$RUN/llm_server.url" ]] || { echo "local LLM server did not start; see $RUN/llm_server.log" >&2; exit 1; }
 API_BASE=$(<"$RUN/llm_server.url")
 export LOCAL_KEY=local
 

@@ -34,6 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from collabllm_verl.recipe.cpu.tiny_model import CHAT_TEMPLATE as TINY_MODEL_CHAT_TEMPLATE
+
 __all__ = [
     "CHAT_TEMPLATE",
     "GGUF_FILENAME",
@@ -65,17 +67,7 @@ MAX_LENGTH = 8192  # the model's max_position_embeddings
 #: rendering depend on its position, which verl's multi-turn SFT dataset does not allow, since it checks
 #: that per-message renderings concatenate to the whole conversation.) Assistant content is wrapped in
 #: ``{% generation %}`` so ``return_assistant_tokens_mask=True`` works.
-CHAT_TEMPLATE: str = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
-    "{%- else %}"
-    "{{- message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+CHAT_TEMPLATE: str = TINY_MODEL_CHAT_TEMPLATE  # the same plain ChatML as the tiny test model
 
 #: Written last into the build directory; its presence (with the files below) marks a complete checkpoint.
 MANIFEST_NAME = "smollm2_source.json"
