@@ -36,6 +36,8 @@ case "$MODEL" in
   *) echo "--model must be tiny or smollm2, got '$MODEL'" >&2; exit 2 ;;
 esac
 OUT=${1:-outputs/quickstart}
+STEPS_TOTAL=3  # stages shown in the progress lines; the smollm2 variant adds an evaluation
+[[ "$MODEL" == smollm2 ]] && STEPS_TOTAL=4
 PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -50,9 +52,7 @@ echo "== 1/$STEPS_TOTAL data: simulated openers for the bundled MATH level-5 pro
 "$PYTHON" "$REPO/process_dataset.py" --dataset "$OPENERS" --local_dir "$DATA" --dataset_type rl
 "$PYTHON" "$REPO/process_dataset.py" --dataset "$MATH" --local_dir "$DATA" --dataset_type sft
 
-STEPS_TOTAL=3
 if [[ "$MODEL" == smollm2 ]]; then
-  STEPS_TOTAL=4
   echo "== materialising SmolLM2-135M-Instruct into $OUT/smollm2"
   "$PYTHON" -m collabllm_verl.recipe.cpu.smollm2 --out "$OUT/smollm2"
   export MODEL_PATH=$OUT/smollm2
