@@ -87,7 +87,7 @@ evaluate() {  # evaluate CHECKPOINT OUT LABEL
     --out "$2" --label "$3" --policy_checkpoint "$1" --policy_device cpu --max_tokens "$RESPONSE_LENGTH" \
     --num_rows "$EVAL_ROWS" --samples_per_row "$EVAL_SAMPLES" --max_messages 6 --metrics "$METRICS" \
     --user_model openai/scripted-user --judge_model openai/scripted-judge --api_base "$API_BASE" \
-    --api_key_env LOCAL_KEY --no_progress
+    --api_key_env LOCAL_KEY --timeout 1800 --num_retries 1 --no_progress  # CPU batches take minutes
 }
 
 TRAINED=$(ls -d "$RUN"/rl/checkpoints/global_step_"$STEPS"/actor/huggingface 2>/dev/null || true)
