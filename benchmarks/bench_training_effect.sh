@@ -23,12 +23,12 @@ RUN=${1:-outputs/training_effect}
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
 PYTHON=${PYTHON:-python}
-STEPS=${STEPS:-16}                   # GRPO steps
-SAVE_EVERY=${SAVE_EVERY:-8}           # checkpoint every N steps (the last step always saves)
+STEPS=${STEPS:-12}                   # GRPO steps
+SAVE_EVERY=${SAVE_EVERY:-6}           # checkpoint every N steps (the last step always saves)
 BATCH=${BATCH:-4}                    # prompts per step
 GROUP=${GROUP:-4}                    # responses per prompt (GRPO group)
 LR=${LR:-2e-5}
-RESPONSE_LENGTH=${RESPONSE_LENGTH:-192}  # tokens per policy turn
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-160}  # tokens per policy turn
 EVAL_ROWS=${EVAL_ROWS:-44}           # held-out tasks evaluated
 EVAL_SAMPLES=${EVAL_SAMPLES:-1}      # conversations per held-out task
 METRICS=math_accuracy,asks_question,interactivity,token_amount
