@@ -59,6 +59,7 @@ if [[ "$MODEL" == smollm2 ]]; then
   # a real model needs no nudging to end its turns or ask; longer turns than the tiny model's 64 tokens
   export EOS_LOGIT_BIAS=${EOS_LOGIT_BIAS:-0} QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-0}
   export MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-192}
+  export LR=${LR:-1e-5}  # SFT and GRPO; the tiny model's presets (1e-3 / 1e-4) would wreck a real model
 fi
 
 echo "== 2/$STEPS_TOTAL SFT of the $MODEL model on the CPU"
