@@ -155,10 +155,6 @@ class TurnLimits:
         """True when one more policy reply fits after ``assistant_turns`` assistant turns."""
         return self.max_assistant_turns is None or assistant_turns < self.max_assistant_turns
 
-    def allows_another_exchange(self, user_turns: int, assistant_turns: int) -> bool:
-        """True when one more (user turn, policy reply) pair fits in both limits."""
-        return self.allows_user_turn(user_turns) and self.allows_assistant_turn(assistant_turns)
-
 
 class PolicyChat(Protocol):
     """The policy side of one conversation (the agent loop implements it over verl's server manager;

@@ -555,8 +555,6 @@ def test_turn_limits_validation():
     with pytest.raises(ValueError, match="max_assistant_turns"):
         TurnLimits(2, 0)
     limits = TurnLimits(max_user_turns=2, max_assistant_turns=3)
-    assert limits.allows_another_exchange(1, 2) and not limits.allows_another_exchange(2, 2)
-    assert not limits.allows_another_exchange(1, 3)
     assert limits.allows_user_turn(1) and not limits.allows_user_turn(2)
     assert limits.allows_assistant_turn(2) and not limits.allows_assistant_turn(3)
     assert TurnLimits(None, 2).allows_user_turn(100)
