@@ -318,7 +318,7 @@ class LocalLLMServer:
                 raise RuntimeError(f"local LLM server did not start on {self.host}:{self.port}")
             time.sleep(0.01)
         logger.info(
-            "local OpenAI-compatible server at %s (responders: %s; offline stand-ins, not real LLMs)",
+            "local OpenAI-compatible server at %s (responders: %s; scripted-* are offline stand-ins, not LLMs)",
             self.base_url,
             ", ".join(registered_responders()),
         )
