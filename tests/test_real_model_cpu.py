@@ -32,8 +32,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    """Run the training-effect benchmark once with 1 GRPO step of 2 prompts x 2 responses, 64-token turns,
-    and 4 held-out tasks; returns the finished process and the run folder."""
+    """Run the training-effect benchmark once with 1 GRPO step of 2 prompts x 2 responses (one update), 64-token turns,
+    and 4 held-out tasks (one conversation each); returns the finished process and the run folder."""
     run = tmp_path_factory.mktemp("real_model") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "COLLABLLM_", "RAY_ADDRESS"))}
     env.update(
@@ -42,9 +42,10 @@ def bench_run(tmp_path_factory):
         SAVE_EVERY="1",
         BATCH="2",
         GROUP="2",
-        MINI_BATCH="1",
+        MINI_BATCH="2",
         RESPONSE_LENGTH="64",
         EVAL_ROWS=str(EVAL_ROWS),
+        EVAL_SAMPLES="1",
     )
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "bench_training_effect.sh"), str(run)],

@@ -3,7 +3,8 @@
 Both runs must have been evaluated on the same tasks (tasks are paired by ``task_id``, which depends only
 on the hidden goal and the reference). For each metric both runs report, the per-task difference
 B - A is averaged over the tasks scored in both, with a bootstrap interval over tasks
-(:func:`~.statistics.paired_difference`); wins, ties and losses count tasks. Pairing removes the variation
+(:func:`~.statistics.paired_difference`); wins, ties and losses count the tasks where B is higher than,
+equal to, lower than A (whether higher is better is the metric's arrow). Pairing removes the variation
 between tasks from the comparison, so the interval of the difference is usually much narrower than the
 two runs' own intervals suggest.
 
@@ -120,7 +121,7 @@ def compare_markdown(result: Mapping[str, Any]) -> str:
         f"Paired by task: difference = B ({label_b}) - A ({label_a}), mean over the tasks scored in both runs, "
         f"[{confidence} % bootstrap interval over tasks].",
         "",
-        "| metric | A | B | B - A | interval | tasks | B better / tie / A better | only in A / only in B |",
+        "| metric | A | B | B - A | interval | tasks | B higher / equal / lower | only in A / only in B |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in result["metrics"].items():
