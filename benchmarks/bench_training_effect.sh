@@ -2,7 +2,7 @@
 # Does CollabLLM training change a real model's behaviour? A small-scale run of the method on a CPU.
 #
 #   bash benchmarks/bench_training_effect.sh [RUN_DIR]        (default RUN_DIR: outputs/training_effect)
-#   EVAL_STEPS="6 12" bash benchmarks/bench_training_effect.sh  # the measured run: both checkpoints compared
+#   EVAL_STEPS="6 12" bash benchmarks/bench_training_effect.sh  # compare the step-6 and step-12 checkpoints
 #
 # Stages (each skipped when its output exists, so a re-run resumes; an evaluation counts as done when
 # every conversation was scored, else evaluate.py resumes it):
