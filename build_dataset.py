@@ -39,9 +39,9 @@ from collabllm_verl.recipe.data_engine.config import Engine, EngineConfig
 from collabllm_verl.recipe.data_engine.task import tasks_from_rows
 from collabllm_verl.recipe.dataset.rows import DatasetFormatError
 from collabllm_verl.recipe.dataset.source import add_source_arguments, load_rows, system_prompt_from_arg
-from collabllm_verl.recipe.llm_client import LLMSettings
-from collabllm_verl.recipe.model_args import add_model_arguments, local_server, model_config
-from collabllm_verl.recipe.multiturn_reward import RewardSettings, resolve_settings
+from collabllm_verl.recipe.core.llm_client import LLMSettings
+from collabllm_verl.recipe.cli.model_args import add_model_arguments, local_server, model_config
+from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
 
 logger = logging.getLogger("build_dataset")
 

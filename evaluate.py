@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags of an evaluation run."""
     from collabllm_verl.metrics.presets import TASK_PRESETS
     from collabllm_verl.recipe.dataset.source import add_source_arguments
-    from collabllm_verl.recipe.model_args import add_model_arguments
+    from collabllm_verl.recipe.cli.model_args import add_model_arguments
 
     p = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from collabllm_verl.recipe.dataset.rows import DatasetFormatError
     from collabllm_verl.recipe.evaluation.pipeline import metric_line, run_evaluation
-    from collabllm_verl.recipe.model_args import local_server
+    from collabllm_verl.recipe.cli.model_args import local_server
 
     try:
         with local_server(args):

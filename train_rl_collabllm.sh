@@ -128,7 +128,7 @@ case "$DEVICE" in
     SAVE_FREQ=${SAVE_FREQ:-100}
     TEST_FREQ=${TEST_FREQ:-10}
     LOGGER=${LOGGER:-[console]}
-    MODULES=(collabllm_verl.recipe.plugins)
+    MODULES=(collabllm_verl.recipe.verl_adapters.plugins)
     ;;
   cpu)
     OUTPUT_DIR=${OUTPUT_DIR:-outputs/rl_cpu}
@@ -156,7 +156,7 @@ case "$DEVICE" in
     TEST_FREQ=${TEST_FREQ:--1}
     LOGGER=${LOGGER:-[console,file]}
     # The CPU platform and the hf rollout backend (collabllm_verl.recipe.cpu), then the recipe's plug-ins.
-    MODULES=(collabllm_verl.recipe.cpu collabllm_verl.recipe.plugins)
+    MODULES=(collabllm_verl.recipe.cpu collabllm_verl.recipe.verl_adapters.plugins)
     export RAY_DEDUP_LOGS=${RAY_DEDUP_LOGS:-0}
     prepare_cpu_run
     ;;
@@ -310,7 +310,7 @@ fi
 add "+reward.reward_kwargs.conversation_dump.dir=$CONVERSATION_DIR"
 # Per-step reward breakdown as training metrics, the failure budget (reward_kwargs.max_failure_rate) and the
 # stop on non-transient reward errors: the recipe's replay buffer on the trainer's driver.
-add "trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.replay_buffer"
+add "trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.verl_adapters.replay_buffer"
 add "trainer.v1.sampler.custom_sampler.name=CollabLLMReplayBuffer"
 # PPO: the critic starts from the policy's weights.
 if [[ "$ALGORITHM" == ppo ]]; then

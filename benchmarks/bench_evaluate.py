@@ -56,7 +56,7 @@ def serve(latency_ms: float, ready_file: str) -> None:
 
 def one_round(base_url: str, out: Path, args) -> dict:
     import evaluate
-    from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+    from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
 
     reset_llm_stats()
     cpu_start, wall_start = time.process_time(), time.perf_counter()

@@ -59,7 +59,7 @@ def write_configs(folder: Path, base_url: str, max_concurrency: int) -> Path:
     agent_yaml = folder / "agent.yaml"
     agent_yaml.write_text(
         "- name: collabllm_agent\n"
-        "  _target_: collabllm_verl.recipe.collabllm_agent_loop.CollabLLMAgentLoop\n"
+        "  _target_: collabllm_verl.recipe.verl_adapters.agent_loop.CollabLLMAgentLoop\n"
         "  interaction_config_path: interaction.yaml\n"
     )
     return agent_yaml

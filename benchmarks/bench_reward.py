@@ -32,8 +32,8 @@ from verl import DataProto
 
 from collabllm_verl.metrics import MetricContext
 from collabllm_verl.metrics.judge import build_judge_messages
-from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
-from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager
+from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
+from collabllm_verl.recipe.verl_adapters.reward_manager import CollabLLMRewardManager
 
 METRICS = ("accuracy", "interactivity")
 

@@ -33,7 +33,7 @@ import litellm
 
 from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
 from collabllm_verl.interactions.simulator_prompt import build_simulator_messages
-from collabllm_verl.recipe import llm_client
+from collabllm_verl.recipe.core import llm_client
 
 SIGNAL = "[[TERMINATE CHAT]]"
 CHAT = [

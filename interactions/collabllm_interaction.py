@@ -4,7 +4,7 @@ Used for forward sampling (CollabLLM paper, section 3.2; docs/design.md §1): af
 the simulator writes the user's next turns until it sends the termination signal or the agent loop's
 turn budget ends. One object serves every conversation of a worker process concurrently; the hidden goal
 and all other per-conversation state are keyed by ``instance_id``, so a simulator request contains only
-its own conversation's goal. Every LLM call goes through :mod:`collabllm_verl.recipe.llm_client`.
+its own conversation's goal. Every LLM call goes through :mod:`collabllm_verl.recipe.core.llm_client`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from collabllm_verl.interactions.base import BaseInteraction
 from collabllm_verl.interactions.simulator_prompt import SIMULATOR_REQUIRED_KEYS, build_simulator_messages
-from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMCallError, LLMSettings, acomplete_json
+from collabllm_verl.recipe.core.llm_client import LLM_SETTINGS_KEYS, LLMCallError, LLMSettings, acomplete_json
 
 __all__ = ["DEFAULT_CONFIG", "PURPOSE", "CollabLLMInteraction"]
 
@@ -53,9 +53,9 @@ class CollabLLMInteraction(BaseInteraction):
         termination_signal: message that ends the conversation (``[[TERMINATE CHAT]]``).
         enable_log: log every simulator message at INFO level (instance id, turn, message).
         temperature, max_tokens, api_base, api_key, ...: forwarded to litellm
-            (see :data:`collabllm_verl.recipe.llm_client.LITELLM_PASSTHROUGH_KEYS`).
+            (see :data:`collabllm_verl.recipe.core.llm_client.LITELLM_PASSTHROUGH_KEYS`).
         timeout (s per request), num_retries, max_concurrency, requests_per_minute, backoff_initial,
-            backoff_max: see :class:`collabllm_verl.recipe.llm_client.LLMSettings`.
+            backoff_max: see :class:`collabllm_verl.recipe.core.llm_client.LLMSettings`.
 
     ``interaction_kwargs`` of :meth:`start_interaction`: ``single_turn_prompt`` (required, the hidden
     goal; may include the reference answer) and ``task_desc`` (optional short task description).

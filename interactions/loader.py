@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from collabllm_verl.interactions.base import BaseInteraction
-from collabllm_verl.recipe.llm_client import redact_secrets
+from collabllm_verl.recipe.core.llm_client import redact_secrets
 
 __all__ = ["interaction_entries", "load_interactions"]
 

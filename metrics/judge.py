@@ -1,6 +1,6 @@
 """Shared pieces of the LLM-judge metrics: the judge prompts and one call helper.
 
-Every judge call goes through :mod:`collabllm_verl.recipe.llm_client` (JSON repair, bounded retries,
+Every judge call goes through :mod:`collabllm_verl.recipe.core.llm_client` (JSON repair, bounded retries,
 per-process limits, counters) with ``purpose="judge:<metric>"``. The prompts are written for this
 project. Each asks for one JSON object; :data:`JUDGE_TASKS` lists the keys each task must return (the
 offline stand-in judges of :mod:`collabllm_verl.recipe.offline.scripted_judges` recognise a task by them).
@@ -174,7 +174,7 @@ async def ask_judge(
             never had the required keys/types.
         ValueError: no judge is configured (``llm_judge_kwargs`` missing), or a section is missing.
     """
-    from collabllm_verl.recipe.llm_client import LLMCallError, acomplete_json
+    from collabllm_verl.recipe.core.llm_client import LLMCallError, acomplete_json
 
     if ctx.judge is None:
         raise ValueError(f"metric {metric!r} needs an LLM judge; set reward_kwargs.llm_judge_kwargs.model")

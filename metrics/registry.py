@@ -3,7 +3,7 @@
 A metric scores ONE finished conversation (the trained response plus its forward-sampled future turns,
 docs/design.md §1) and returns a float in its documented range. The reward manager averages a metric over the
 S forward-sampled conversations of a response, multiplies by the metric's weight and clamps to [-1, 1]
-(see :mod:`collabllm_verl.recipe.reward_manager`).
+(see :mod:`collabllm_verl.recipe.verl_adapters.reward_manager`).
 
 Adding a metric means adding one module to ``metrics/`` that decorates an async function (or a class
 whose instances are async callables) with :func:`register_metric`; every module of the package is
@@ -78,7 +78,7 @@ class MetricContext:
         extra_info: the row's ``extra_info`` mapping (``interaction_kwargs`` with ``single_turn_prompt``
             and ``task_desc``, ...).
         data_source: the row's ``data_source`` (may be None).
-        judge: :class:`~collabllm_verl.recipe.llm_client.LLMSettings` for LLM judges, or None when no
+        judge: :class:`~collabllm_verl.recipe.core.llm_client.LLMSettings` for LLM judges, or None when no
             judge was configured (metrics that need one are rejected at start-up in that case).
         options: this metric's options (``reward_kwargs.metric_kwargs.<name>``), validated against the
             spec's documented ``options`` at start-up.
@@ -180,7 +180,7 @@ class MetricSpec:
         except Exception as exc:
             # An LLMCallError can only exist once the LLM layer is imported; looking it up here keeps
             # litellm out of processes that only run rule-based metrics.
-            llm_client = sys.modules.get("collabllm_verl.recipe.llm_client")
+            llm_client = sys.modules.get("collabllm_verl.recipe.core.llm_client")
             if llm_client is not None and isinstance(exc, llm_client.LLMCallError):
                 raise MetricError(self.name, exc.reason, judge_failure=True) from None
             raise

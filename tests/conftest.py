@@ -13,7 +13,7 @@ import pytest
 from collabllm_verl.recipe.offline.server import LocalLLMServer
 
 if TYPE_CHECKING:
-    from collabllm_verl.recipe.llm_client import LLMSettings
+    from collabllm_verl.recipe.core.llm_client import LLMSettings
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def user_simulator_config(llm_server: LocalLLMServer) -> dict:
 def judge(llm_server: LocalLLMServer) -> LLMSettings:
     """LLM settings of a judge served by the ``scripted-judge`` responder of ``llm_server`` (temperature 0,
     one retry with millisecond back-off so that fault tests stay quick)."""
-    from collabllm_verl.recipe.llm_client import LLMSettings  # litellm loads in seconds: only when used
+    from collabllm_verl.recipe.core.llm_client import LLMSettings  # litellm loads in seconds: only when used
 
     return LLMSettings(
         model="openai/scripted-judge",

@@ -1,4 +1,4 @@
-"""Tests of the CollabLLM agent loop (recipe/collabllm_agent_loop.py, recipe/forward_sampling.py).
+"""Tests of the CollabLLM agent loop (recipe/verl_adapters/agent_loop.py, recipe/core/forward_sampling.py).
 
 The loop runs in-process through verl's real ``AgentLoopWorker.generate_sequences`` (agent-loop YAML
 loading, hydra instantiation per sample, padding and batching), with
@@ -24,10 +24,10 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, _agent_loop
 from verl.protocol import DataProto
 
 from collabllm_verl.interactions.simulator_prompt import parse_simulator_prompt
-from collabllm_verl.recipe import collabllm_agent_loop as agent_loop_module
-from collabllm_verl.recipe.collabllm_agent_loop import resolve_interaction_config_path
+from collabllm_verl.recipe.verl_adapters import agent_loop as agent_loop_module
+from collabllm_verl.recipe.verl_adapters.agent_loop import resolve_interaction_config_path
 from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
-from collabllm_verl.recipe.forward_sampling import (
+from collabllm_verl.recipe.core.forward_sampling import (
     TurnLimits,
     reasoning_is_well_formed,
     unusable_response_reason,
@@ -71,7 +71,7 @@ def write_configs(tmp_path, server, *, num_retries: int = 1) -> str:
     )
     (folder / "agent.yaml").write_text(
         "- name: collabllm_agent\n"
-        "  _target_: collabllm_verl.recipe.collabllm_agent_loop.CollabLLMAgentLoop\n"
+        "  _target_: collabllm_verl.recipe.verl_adapters.agent_loop.CollabLLMAgentLoop\n"
         "  interaction_config_path: interaction.yaml\n"
     )
     return str(folder / "agent.yaml")
@@ -476,7 +476,7 @@ async def test_packaged_agent_yaml_runs_with_the_packaged_interaction_config(
     config = trainer_config(model_dir, packaged, s=2, max_user_turns=1)
     output = await run_batch(config, ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER), n=1)
     target = _agent_loop_registry["collabllm_agent"]["_target_"]
-    assert target == "collabllm_verl.recipe.collabllm_agent_loop.CollabLLMAgentLoop"
+    assert target == "collabllm_verl.recipe.verl_adapters.agent_loop.CollabLLMAgentLoop"
     assert payloads(output)[0]["future_turns"] == [2, 2]
     assert llm_server.stats()["model:scripted-user"] == 2
 
@@ -591,7 +591,7 @@ def test_resolve_interaction_config_path(tmp_path, monkeypatch):
 
 
 def test_payload_is_json_serialisable_contract_keys():
-    from collabllm_verl.recipe.forward_sampling import FutureConversation, summarize_forward_sampling
+    from collabllm_verl.recipe.core.forward_sampling import FutureConversation, summarize_forward_sampling
 
     conversations = [
         FutureConversation(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],

@@ -10,15 +10,15 @@ import pytest
 from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
 from collabllm_verl.metrics import MetricContext, resolve_metrics
 from collabllm_verl.metrics.presets import TASK_PRESETS, preset
-from collabllm_verl.recipe.forward_sampling import (
+from collabllm_verl.recipe.core.forward_sampling import (
     END_TERMINATED,
     END_TURN_LIMIT,
     TurnLimits,
     continue_conversation,
 )
-from collabllm_verl.recipe.litellm_policy import LiteLLMPolicy
-from collabllm_verl.recipe.llm_client import LLMSettings, llm_stats
-from collabllm_verl.recipe.model_args import add_model_arguments, model_config
+from collabllm_verl.recipe.core.litellm_policy import LiteLLMPolicy
+from collabllm_verl.recipe.core.llm_client import LLMSettings, llm_stats
+from collabllm_verl.recipe.cli.model_args import add_model_arguments, model_config
 
 GOAL = "Compute the sum of the first ten positive odd integers and give the result in a box."
 
@@ -133,7 +133,7 @@ async def test_asks_question_looks_at_the_first_reply_and_ignores_math_and_code(
 def test_local_server_flag_serves_the_stand_ins_for_the_block():
     import httpx
 
-    from collabllm_verl.recipe.model_args import LOCAL_SERVER_KEY_ENV, local_server
+    from collabllm_verl.recipe.cli.model_args import LOCAL_SERVER_KEY_ENV, local_server
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser, ["user", "judge"], {"user": "openai/scripted-user", "judge": "openai/scripted-judge"})

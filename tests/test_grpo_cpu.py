@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from collabllm_verl.recipe.conversation_dump import latest_step_file, read_records
+from collabllm_verl.recipe.verl_adapters.conversation_dump import latest_step_file, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, N, S = 2, 2, 2, 2
@@ -216,7 +216,7 @@ def test_checkpoint_is_saved_and_loads(cpu_run):
 
 
 def _record(step: int, reward: float, accuracy: float) -> dict:
-    from collabllm_verl.recipe.conversation_dump import build_record
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import build_record
 
     history = [{"role": "user", "content": "What is 2 + 2?"}]
     conversations = [
@@ -246,7 +246,7 @@ def _record(step: int, reward: float, accuracy: float) -> dict:
 
 
 def _write_records(directory: str, step: int, rewards: list[float]) -> None:
-    from collabllm_verl.recipe.conversation_dump import ConversationDumpWriter, DumpSettings
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import ConversationDumpWriter, DumpSettings
 
     writer = ConversationDumpWriter(DumpSettings(directory))
     for reward in rewards:
@@ -276,7 +276,7 @@ def test_records_of_concurrent_writers_are_all_kept(tmp_path):
 def test_resumed_step_replaces_the_interrupted_runs_summary_and_records(tmp_path):
     """A run killed during step 2 left a summary row and records for it; the resumed run redoes step 2:
     its summary row replaces the old one and the old records are dropped (no duplicated step)."""
-    from collabllm_verl.recipe.conversation_dump import keep_step_records, previous_totals, write_summary
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import keep_step_records, previous_totals, write_summary
 
     for step in (1, 2):
         write_summary(tmp_path, {"step": step, "totals": {"judge_tokens": 10.0 * step}})
@@ -285,7 +285,7 @@ def test_resumed_step_replaces_the_interrupted_runs_summary_and_records(tmp_path
     write_summary(tmp_path, {"step": 2, "totals": {"judge_tokens": 15.0}})  # the resumed run's step 2
     rows = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["totals"] == {"judge_tokens": 15.0}
-    from collabllm_verl.recipe.conversation_dump import build_record
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import build_record
 
     fresh = build_record(step=2, uid="v", session_id=0, data_source="math", ground_truth="4", reward=0.5,
                          weights={"accuracy": 1.0}, means={"accuracy": 0.5}, weighted={"accuracy": 0.5})
@@ -296,7 +296,7 @@ def test_resumed_step_replaces_the_interrupted_runs_summary_and_records(tmp_path
 
 
 def test_dump_settings_are_validated_and_old_steps_pruned(tmp_path):
-    from collabllm_verl.recipe.conversation_dump import ConversationDumpWriter, DumpSettings
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import ConversationDumpWriter, DumpSettings
 
     assert DumpSettings.from_mapping(None) is None
     assert DumpSettings.from_mapping({"dir": ""}) is None

@@ -13,11 +13,11 @@ import sys
 import pytest
 
 CORE_MODULES = [
-    "collabllm_verl.recipe.forward_sampling",
-    "collabllm_verl.recipe.multiturn_reward",
-    "collabllm_verl.recipe.llm_client",
-    "collabllm_verl.recipe.validation",
-    "collabllm_verl.recipe.step_summary",
+    "collabllm_verl.recipe.core.forward_sampling",
+    "collabllm_verl.recipe.core.multiturn_reward",
+    "collabllm_verl.recipe.core.llm_client",
+    "collabllm_verl.recipe.core.validation",
+    "collabllm_verl.recipe.verl_adapters.step_summary",
     "collabllm_verl.interactions.collabllm_interaction",
     "collabllm_verl.interactions.loader",
     "collabllm_verl.metrics",
@@ -67,7 +67,7 @@ def test_core_module_does_not_import_verl(module):
 def test_probe_detects_a_verl_import():
     """The check above can fail: the verl adapter module does import verl."""
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, "collabllm_verl.recipe.reward_manager"],
+        [sys.executable, "-c", _PROBE, "collabllm_verl.recipe.verl_adapters.reward_manager"],
         capture_output=True,
         text=True,
         check=True,

@@ -10,8 +10,8 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from collabllm_verl.recipe import llm_client
-from collabllm_verl.recipe.llm_client import (
+from collabllm_verl.recipe.core import llm_client
+from collabllm_verl.recipe.core.llm_client import (
     LLMCallError,
     LLMSettings,
     acomplete_json,

@@ -13,7 +13,7 @@ from nltk.translate.bleu_score import sentence_bleu
 
 from collabllm_verl.metrics import MetricContext, MetricError, get_metric
 from collabllm_verl.metrics.bleu_score import document_bleu
-from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
 from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
 
 GOAL = "Compute 7 * 6 and explain the steps briefly."

@@ -19,7 +19,7 @@ pytest.importorskip("bigcodebench.eval", reason="pass_rate needs the optional 'c
 
 from collabllm_verl.metrics import MetricContext, MetricError, get_metric
 from collabllm_verl.metrics.pass_rate import find_task
-from collabllm_verl.recipe.llm_client import LLMSettings
+from collabllm_verl.recipe.core.llm_client import LLMSettings
 
 TASKS_FILE = Path(__file__).resolve().parents[1] / "data" / "bigcodebench" / "bigcodebench_tasks.jsonl"
 TASKS = {row["task_id"]: row for row in map(json.loads, TASKS_FILE.read_text().splitlines())}

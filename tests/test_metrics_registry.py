@@ -15,7 +15,7 @@ from collabllm_verl.metrics import (
     register_metric,
     resolve_metrics,
 )
-from collabllm_verl.recipe.llm_client import LLMCallError
+from collabllm_verl.recipe.core.llm_client import LLMCallError
 
 BUILT_IN = {"accuracy", "interactivity", "token_amount", "bleu_score", "pass_rate", "math_accuracy"}
 

@@ -24,9 +24,9 @@ from verl import DataProto
 from verl.trainer.ppo.reward import load_reward_manager
 
 from collabllm_verl.metrics import MetricContext, MetricError, UnknownMetricError, register_metric
-from collabllm_verl.recipe.multiturn_reward import aggregate_metric
-from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager, ResponseExcluded
-from collabllm_verl.recipe.step_summary import (
+from collabllm_verl.recipe.core.multiturn_reward import aggregate_metric
+from collabllm_verl.recipe.verl_adapters.reward_manager import CollabLLMRewardManager, ResponseExcluded
+from collabllm_verl.recipe.verl_adapters.step_summary import (
     FailureBudgetExceeded,
     FatalRewardError,
     check_reports,
@@ -543,7 +543,7 @@ async def test_legacy_reward_model_form_is_accepted_with_warning(caplog):
         "+reward_model.reward_kwargs.metric_weights.test_value=2",
         "+reward_model.reward_kwargs.metric_weights.test_future_len=-0.1",
     )
-    with caplog.at_level(logging.WARNING, logger="collabllm_verl.recipe.reward_manager"):
+    with caplog.at_level(logging.WARNING, logger="collabllm_verl.recipe.verl_adapters.reward_manager"):
         m = make_manager(*legacy)
     assert any("+reward.reward_kwargs" in r.getMessage() for r in caplog.records)
     assert m.settings.metric_weights == {"test_value": 2.0, "test_future_len": -0.1}
@@ -604,7 +604,7 @@ async def test_sample_without_forward_sampling_result_is_rejected(manager):
 
 def test_api_key_is_not_logged(caplog):
     secret = "sk-test-0123456789abcdef"
-    with caplog.at_level(logging.INFO, logger="collabllm_verl.recipe.reward_manager"):
+    with caplog.at_level(logging.INFO, logger="collabllm_verl.recipe.verl_adapters.reward_manager"):
         make_manager(
             *WEIGHTS,
             "+reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini",
@@ -632,7 +632,7 @@ def judge_overrides(base_url: str) -> tuple[str, ...]:
 
 
 async def test_end_to_end_with_judges_over_http(llm_server):
-    from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+    from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
     from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER
 
     m = make_manager(*judge_overrides(llm_server.base_url))
@@ -660,7 +660,7 @@ async def test_end_to_end_with_judges_over_http(llm_server):
 
 
 async def test_judge_cost_is_attributed_per_sample(llm_server):
-    from collabllm_verl.recipe.llm_client import llm_stats, reset_llm_stats
+    from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
 
     m = make_manager(*judge_overrides(llm_server.base_url))
     short = reward_input(collab_fields([conversation("42")]))

@@ -55,10 +55,10 @@ def _check_plugins_resolve(cfg) -> None:
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config import RolloutConfig
 
-    import collabllm_verl.recipe.plugins  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES imports)
-    from collabllm_verl.recipe.conversation_dump import writer_from_trainer_config
-    from collabllm_verl.recipe.multiturn_reward import RewardSettings, resolve_settings
-    from collabllm_verl.recipe.reward_manager import CollabLLMRewardManager
+    import collabllm_verl.recipe.verl_adapters.plugins  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES imports)
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import writer_from_trainer_config
+    from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
+    from collabllm_verl.recipe.verl_adapters.reward_manager import CollabLLMRewardManager
 
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)  # as verl's workers do
     assert isinstance(rollout, RolloutConfig)
@@ -116,7 +116,7 @@ def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
     assert cfg.trainer.device == "cuda" and cfg.trainer.n_gpus_per_node == 8
     assert cfg.trainer.resume_mode == "auto"
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
-    assert "VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.plugins" in echo[0]
+    assert "VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.verl_adapters.plugins" in echo[0]
     assert "COLLABLLM_USER_MODEL=gpt-4o-mini" in echo[0]
     _check_plugins_resolve(cfg)
 
@@ -160,7 +160,7 @@ def test_api_key_is_never_printed_and_reaches_the_judge_through_the_environment(
     judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
     assert judge["api_key_env"] == "COLLABLLM_JUDGE_API_KEY"
 
-    from collabllm_verl.recipe.llm_client import LLMSettings
+    from collabllm_verl.recipe.core.llm_client import LLMSettings
 
     monkeypatch.setenv("COLLABLLM_JUDGE_API_KEY", secret)
     settings = LLMSettings.from_config(judge)
@@ -206,7 +206,7 @@ def test_blog_seed_lines_beat_the_script_defaults_and_hide_the_key(tmp_path, mon
     assert OmegaConf.select(cfg, "reward_model.reward_kwargs") is None
     assert echo[-1].count("llm_judge_kwargs.model=") == 1
 
-    from collabllm_verl.recipe.multiturn_reward import RewardSettings
+    from collabllm_verl.recipe.core.multiturn_reward import RewardSettings
 
     monkeypatch.setenv("COLLABLLM_JUDGE_API_KEY", secret)
     settings = RewardSettings.from_trainer_config(cfg)
@@ -264,7 +264,7 @@ def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
         tmp_path / "out" / "checkpoints" / "conversations"
     )
     assert (
-        "collabllm_verl.recipe.cpu,collabllm_verl.recipe.plugins" in echo[0]
+        "collabllm_verl.recipe.cpu,collabllm_verl.recipe.verl_adapters.plugins" in echo[0]
         and "VERL_PLATFORM=cpu" in echo[0]
     )
     _check_plugins_resolve(cfg)

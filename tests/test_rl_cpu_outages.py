@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from collabllm_verl.recipe.conversation_dump import read_records
+from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 from collabllm_verl.recipe.offline.server import LocalLLMServer
 
 REPO = Path(__file__).resolve().parents[1]

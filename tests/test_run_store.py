@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collabllm_verl.recipe.run_store import RunStore, stable_key
+from collabllm_verl.recipe.core.run_store import RunStore, stable_key
 
 
 def test_records_survive_a_restart_and_a_partial_last_line_is_dropped(tmp_path):

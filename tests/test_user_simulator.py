@@ -18,7 +18,7 @@ from collabllm_verl.interactions.simulator_prompt import (
     parse_simulator_prompt,
     strip_reasoning,
 )
-from collabllm_verl.recipe import llm_client
+from collabllm_verl.recipe.core import llm_client
 from collabllm_verl.recipe.offline.scripted_user import vague_opener
 
 SIGNAL = "[[TERMINATE CHAT]]"

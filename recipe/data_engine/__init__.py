@@ -3,7 +3,7 @@
 Given a single-turn task (a request with its reference answer), the user simulator writes a short, vague
 **opener**; then, turn by turn, the assistant proposes K candidate replies, each candidate's
 multiturn-aware reward (MR) is estimated by forward sampling and the metric registry, exactly as in
-training (:mod:`collabllm_verl.recipe.forward_sampling`, :mod:`collabllm_verl.recipe.multiturn_reward`),
+training (:mod:`collabllm_verl.recipe.core.forward_sampling`, :mod:`collabllm_verl.recipe.core.multiturn_reward`),
 the best candidate continues the conversation and the next user turn is taken from its longest future.
 Every candidate is kept with its score, so the output serves RL (prompts), SFT (best replies) and DPO
 (best against worst) alike.

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from collabllm_verl.recipe.run_store import RunStore
+from collabllm_verl.recipe.core.run_store import RunStore
 
 from .config import Engine
 from .conversation import build_conversation

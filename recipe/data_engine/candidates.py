@@ -1,11 +1,11 @@
 """Candidate replies for one assistant turn and their multiturn-aware reward (MR).
 
 For the conversation so far (ending with a user turn), K candidates are proposed concurrently by the
-assistant model (:class:`~collabllm_verl.recipe.litellm_policy.LiteLLMPolicy`), a configurable share of
+assistant model (:class:`~collabllm_verl.recipe.core.litellm_policy.LiteLLMPolicy`), a configurable share of
 them with a proactive instruction. Each candidate's MR is estimated exactly as in training: S forward-
-sampled conversations (:func:`~collabllm_verl.recipe.forward_sampling.sample_future_conversation`, the
+sampled conversations (:func:`~collabllm_verl.recipe.core.forward_sampling.sample_future_conversation`, the
 assistant model playing the assistant) scored by the metric registry
-(:func:`~collabllm_verl.recipe.multiturn_reward.score_sample`).
+(:func:`~collabllm_verl.recipe.core.multiturn_reward.score_sample`).
 
 Aggregation: a candidate's ``score`` is the training reward, ``sum over metrics of clamp(weight * mean
 over the S conversations, -1, 1)``. The original data engine averaged the unclamped per-conversation
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from collabllm_verl.interactions.simulator_prompt import strip_reasoning
-from collabllm_verl.recipe.forward_sampling import (
+from collabllm_verl.recipe.core.forward_sampling import (
     END_SIMULATOR_FAILURE,
     FutureConversation,
     sample_future_conversation,
     unusable_response_reason,
 )
-from collabllm_verl.recipe.litellm_policy import LiteLLMPolicy
-from collabllm_verl.recipe.multiturn_reward import ForwardSamples, SampleScore, score_sample
+from collabllm_verl.recipe.core.litellm_policy import LiteLLMPolicy
+from collabllm_verl.recipe.core.multiturn_reward import ForwardSamples, SampleScore, score_sample
 
 from .config import Engine
 from .task import EngineTask, TaskFailure

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from collabllm_verl.metrics import MetricSpec
-from collabllm_verl.recipe.forward_sampling import TurnLimits
-from collabllm_verl.recipe.llm_client import LLMSettings
-from collabllm_verl.recipe.multiturn_reward import RewardSettings
+from collabllm_verl.recipe.core.forward_sampling import TurnLimits
+from collabllm_verl.recipe.core.llm_client import LLMSettings
+from collabllm_verl.recipe.core.multiturn_reward import RewardSettings
 
 __all__ = ["PROACTIVE_INSTRUCTION", "Engine", "EngineConfig"]
 
@@ -92,7 +92,7 @@ class Engine:
         interaction: the user simulator (a ``BaseInteraction``; one object serves every conversation).
         assistant: the model that proposes candidates and plays the assistant in forward sampling.
         reward: metric weights, judge and metric options (the MR of training).
-        metrics: the resolved metrics (:func:`collabllm_verl.recipe.multiturn_reward.resolve_settings`).
+        metrics: the resolved metrics (:func:`collabllm_verl.recipe.core.multiturn_reward.resolve_settings`).
     """
 
     config: EngineConfig

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from collabllm_verl.interactions.simulator_prompt import strip_reasoning
-from collabllm_verl.recipe.forward_sampling import END_TERMINATED
+from collabllm_verl.recipe.core.forward_sampling import END_TERMINATED
 
 from .candidates import ScoredCandidate, best_index, scored_candidates
 from .config import Engine

@@ -1,10 +1,10 @@
 """Run many data-engine tasks at once: resumable, with retries, a progress bar and a cost summary.
 
-* **Resumable.** Each finished task is appended to a :class:`~collabllm_verl.recipe.run_store.RunStore`
+* **Resumable.** Each finished task is appended to a :class:`~collabllm_verl.recipe.core.run_store.RunStore`
   (one JSON line, written whole and fsynced) under its key (a hash of the task); tasks already there are
   skipped, so a re-run after a kill continues where the killed run stopped.
 * **Failures.** A task that raises :class:`~.task.TaskFailure` or
-  :class:`~collabllm_verl.recipe.llm_client.LLMCallError` is tried again up to ``task_retries`` times;
+  :class:`~collabllm_verl.recipe.core.llm_client.LLMCallError` is tried again up to ``task_retries`` times;
   any other error (data, configuration) is not retried. A task that still fails is reported in the
   summary and written nowhere: its rows never enter the dataset, and the next run tries it again.
 * **Concurrency.** At most ``max_concurrent_tasks`` tasks run at once; LLM requests are further bounded
@@ -25,8 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from collabllm_verl.recipe.llm_client import LLMCallError, llm_stats, usage_scope
-from collabllm_verl.recipe.run_store import RunStore
+from collabllm_verl.recipe.core.llm_client import LLMCallError, llm_stats, usage_scope
+from collabllm_verl.recipe.core.run_store import RunStore
 
 from .task import EngineTask, TaskFailure
 

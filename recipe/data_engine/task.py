@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collabllm_verl.recipe.dataset.rows import ConvertedRow, SourceSpec
-from collabllm_verl.recipe.run_store import stable_key
+from collabllm_verl.recipe.core.run_store import stable_key
 
 __all__ = ["EngineTask", "TaskFailure", "tasks_from_rows"]
 

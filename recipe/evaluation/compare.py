@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from collabllm_verl.recipe.run_store import read_records
+from collabllm_verl.recipe.core.run_store import read_records
 
 from .conversations import CONVERSATIONS_FILE
 from .report import SUMMARY_JSON, MetricDisplay, atomic_write_text, format_value, metric_display, save_figure

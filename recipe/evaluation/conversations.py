@@ -5,18 +5,18 @@ The protocol (the paper's experiments and the authors' evaluation script; docs/e
 1. the conversation starts **empty**; the user simulator, which knows the hidden goal, writes the first
    turn (by its rules a vague one);
 2. simulator and model under test alternate through the project's one conversation loop
-   (:func:`collabllm_verl.recipe.forward_sampling.continue_conversation`) until the simulator sends its
+   (:func:`collabllm_verl.recipe.core.forward_sampling.continue_conversation`) until the simulator sends its
    termination signal or ``max_messages`` messages (``max_messages // 2`` exchanges; 14 by default) are
    reached;
 3. the task's metrics are computed **once on the finished conversation** with the reward core
-   (:func:`collabllm_verl.recipe.multiturn_reward.score_sample`, ``num_history_messages=0``: every message
+   (:func:`collabllm_verl.recipe.core.multiturn_reward.score_sample`, ``num_history_messages=0``: every message
    counts as conversation, so ``token_amount`` counts all assistant turns).
 
 A conversation that the user simulator or the model under test could not finish (an LLM call that failed
 after the LLM layer's retries) is recorded with ``status: "conversation_failed"``, is not scored, and is run
 again on the next invocation; a metric that fails on a finished conversation is recorded as None and left
 out of that metric's mean. Records are appended to ``conversations.jsonl`` as they finish
-(:class:`collabllm_verl.recipe.run_store.RunStore`), so an interrupted run resumes where it stopped.
+(:class:`collabllm_verl.recipe.core.run_store.RunStore`), so an interrupted run resumes where it stopped.
 
 No verl import.
 """
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from collabllm_verl.metrics import MetricSpec
-from collabllm_verl.recipe.forward_sampling import PolicyChat, TurnLimits, continue_conversation
-from collabllm_verl.recipe.llm_client import LLMCallError, usage_scope
-from collabllm_verl.recipe.multiturn_reward import ForwardSamples, RewardSettings, score_sample
-from collabllm_verl.recipe.run_store import RunStore, stable_key
+from collabllm_verl.recipe.core.forward_sampling import PolicyChat, TurnLimits, continue_conversation
+from collabllm_verl.recipe.core.llm_client import LLMCallError, usage_scope
+from collabllm_verl.recipe.core.multiturn_reward import ForwardSamples, RewardSettings, score_sample
+from collabllm_verl.recipe.core.run_store import RunStore, stable_key
 
 from .tasks import EvalTask
 
@@ -62,7 +62,7 @@ STATUS_SCORED = "scored"
 STATUS_FAILED = "conversation_failed"
 END_POLICY_FAILURE = "policy_failure"  # the model under test failed after the LLM layer's retries
 _UNFINISHED = frozenset({"simulator_failure", END_POLICY_FAILURE})
-# LLM-layer counters kept per conversation and role (see collabllm_verl.recipe.llm_client.llm_stats).
+# LLM-layer counters kept per conversation and role (see collabllm_verl.recipe.core.llm_client.llm_stats).
 USAGE_KEYS = ("requests", "retries", "failures", "prompt_tokens", "completion_tokens", "cost_usd", "cost_unknown")
 
 PolicyFactory = Callable[[EvalTask, int], PolicyChat]

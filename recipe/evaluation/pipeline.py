@@ -3,7 +3,7 @@
 The CLI (``evaluate.py``) only parses flags; this module wires the core pieces together:
 :func:`~.tasks.load_tasks`, the task presets (:mod:`collabllm_verl.metrics.presets`), the user simulator
 (:class:`~collabllm_verl.interactions.collabllm_interaction.CollabLLMInteraction`), the model under test
-(:class:`~collabllm_verl.recipe.litellm_policy.LiteLLMPolicy`, over a checkpoint served by
+(:class:`~collabllm_verl.recipe.core.litellm_policy.LiteLLMPolicy`, over a checkpoint served by
 :func:`~collabllm_verl.recipe.serving.hf_chat.serve_checkpoint` when ``--policy_checkpoint`` is given),
 :class:`~.conversations.EvaluationRunner` and :mod:`.report`. No verl import.
 """
@@ -26,11 +26,11 @@ from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteracti
 from collabllm_verl.metrics import resolve_metrics
 from collabllm_verl.metrics.presets import PAPER_TOKEN_AMOUNT, TASK_PRESETS, preset
 from collabllm_verl.recipe.dataset.source import system_prompt_from_arg
-from collabllm_verl.recipe.litellm_policy import LiteLLMPolicy
-from collabllm_verl.recipe.llm_client import LLMSettings, redact_secrets
-from collabllm_verl.recipe.model_args import model_config
-from collabllm_verl.recipe.multiturn_reward import RewardSettings, resolve_settings
-from collabllm_verl.recipe.run_store import stable_key
+from collabllm_verl.recipe.core.litellm_policy import LiteLLMPolicy
+from collabllm_verl.recipe.core.llm_client import LLMSettings, redact_secrets
+from collabllm_verl.recipe.cli.model_args import model_config
+from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
+from collabllm_verl.recipe.core.run_store import stable_key
 
 from .conversations import CONVERSATIONS_FILE, EvalProtocol, EvaluationRunner, open_run_store
 from .report import build_summary, write_run_outputs

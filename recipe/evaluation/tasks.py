@@ -24,7 +24,7 @@ from typing import Any
 
 from collabllm_verl.recipe.dataset.rows import DatasetFormatError, row_matches
 from collabllm_verl.recipe.dataset.source import load_rows, parse_filters
-from collabllm_verl.recipe.run_store import stable_key
+from collabllm_verl.recipe.core.run_store import stable_key
 
 __all__ = ["PROCESSED_COLUMNS", "EvalTask", "TaskSource", "is_processed_parquet", "load_tasks", "tasks_from_rl_rows"]
 

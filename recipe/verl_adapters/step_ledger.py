@@ -5,8 +5,8 @@ verl 0.9.1 drops a sample whose reward computation raises: ``AgentLoopWorkerTQ._
 and the driver's ``ReplayBuffer.sample`` trains on the group's other trajectories. Such a sample never
 reaches the transfer queue, so the driver cannot learn from the trajectories why it is missing, nor how
 many judge calls failed for it. Every ``collabllm`` reward computation (scored, excluded or failed)
-therefore sends a :class:`~collabllm_verl.recipe.step_summary.ResponseReport` to one named Ray actor,
-:class:`StepLedger`, which the driver's replay buffer (``recipe/replay_buffer.py``) creates and drains
+therefore sends a :class:`~collabllm_verl.recipe.verl_adapters.step_summary.ResponseReport` to one named Ray actor,
+:class:`StepLedger`, which the driver's replay buffer (``recipe/verl_adapters/replay_buffer.py``) creates and drains
 after each sampling.
 
 Ordering: the reward manager awaits the report before it returns or raises; verl marks a group terminal
@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from collabllm_verl.recipe.step_summary import ResponseReport
+from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport
 
 __all__ = ["LEDGER_NAME", "LedgerClient", "StepLedger", "create_ledger", "drain"]
 
@@ -89,7 +89,7 @@ class LedgerClient:
                     logger.warning(
                         "collabllm reward: no step ledger (%s): the per-step breakdown, the failure budget and "
                         "the stop on non-transient errors are off. train_rl_collabllm.sh enables them with "
-                        "trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.replay_buffer "
+                        "trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.verl_adapters.replay_buffer "
                         "trainer.v1.sampler.custom_sampler.name=CollabLLMReplayBuffer",
                         LEDGER_NAME,
                     )

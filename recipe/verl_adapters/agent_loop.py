@@ -9,7 +9,7 @@ event loop and calls :meth:`CollabLLMAgentLoop.run` with the row's fields.
    ``prompt_ids``, ``response_ids``, ``response_mask`` (all 1) and ``response_logprobs``.
 2. Forward sampling (CollabLLM, Wu et al. 2025, §3.2): unless the response is unusable (truncated, empty, or
    with a malformed ``<think>`` block), ``num_repeat_rollouts`` future conversations run concurrently, each
-   alternating a user-simulator turn and a policy reply (:mod:`collabllm_verl.recipe.forward_sampling`).
+   alternating a user-simulator turn and a policy reply (:mod:`collabllm_verl.recipe.core.forward_sampling`).
 3. The future conversations and per-sample metrics go to ``AgentLoopOutput.extra_fields["collabllm"]`` for
    the reward manager, which scores them into the multiturn-aware reward.
 
@@ -39,7 +39,7 @@ from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
 from verl.workers.rollout.replica import TokenOutput
 
-from collabllm_verl.recipe.forward_sampling import (
+from collabllm_verl.recipe.core.forward_sampling import (
     REASONING_CLOSE,
     REASONING_OPEN,
     TurnLimits,
@@ -49,8 +49,8 @@ from collabllm_verl.recipe.forward_sampling import (
     unusable_response_reason,
     visible_history,
 )
-from collabllm_verl.recipe.llm_client import usage_scope
-from collabllm_verl.recipe.multiturn_reward import SIMULATOR_USAGE_KEYS
+from collabllm_verl.recipe.core.llm_client import usage_scope
+from collabllm_verl.recipe.core.multiturn_reward import SIMULATOR_USAGE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class _PolicyChat:
     generated with ``server_manager.generate`` under one request id (sticky session, prefix-cache friendly).
     ``prompt_length`` is the number of prompt tokens at the start of ``token_ids``; everything after them
     counts against the future-token budget. Implements
-    :class:`collabllm_verl.recipe.forward_sampling.PolicyChat`.
+    :class:`collabllm_verl.recipe.core.forward_sampling.PolicyChat`.
     """
 
     def __init__(
@@ -282,7 +282,7 @@ class CollabLLMAgentLoop(AgentLoopBase):
 
     Read from the trainer config (``actor_rollout_ref.rollout``): ``multi_turn.num_repeat_rollouts`` (S >= 1),
     ``multi_turn.max_user_turns``, ``multi_turn.max_assistant_turns`` (see
-    :class:`collabllm_verl.recipe.forward_sampling.TurnLimits`), ``prompt_length``, ``response_length``,
+    :class:`collabllm_verl.recipe.core.forward_sampling.TurnLimits`), ``prompt_length``, ``response_length``,
     ``max_model_len``, and ``custom.future_token_budget``: tokens allowed after the prompt in each future
     conversation (trained response, user turns and replies together, policy tokenization); default
     ``response_length``, as the verl recipe (docs/design.md §1).

@@ -52,7 +52,7 @@ from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from collabllm_verl.recipe.validation import validate
+from collabllm_verl.recipe.core.validation import validate
 
 __all__ = [
     "LITELLM_PASSTHROUGH_KEYS",

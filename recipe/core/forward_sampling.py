@@ -13,7 +13,7 @@ not depend on verl's token plumbing:
 * :func:`continue_conversation` is the project's one conversation loop between an interaction (the user
   simulator, :class:`collabllm_verl.interactions.base.BaseInteraction`) and a :class:`PolicyChat`
   (implemented by the agent loop over verl's server manager, and by
-  :class:`collabllm_verl.recipe.litellm_policy.LiteLLMPolicy` over any litellm model);
+  :class:`collabllm_verl.recipe.core.litellm_policy.LiteLLMPolicy` over any litellm model);
   :func:`sample_future_conversation` runs it after a trained response;
 * :func:`summarize_forward_sampling` builds the ``extra_fields["collabllm"]`` dict read by the reward
   manager (contract in ``docs/architecture.md``).
@@ -158,7 +158,7 @@ class TurnLimits:
 
 class PolicyChat(Protocol):
     """The policy side of one conversation (the agent loop implements it over verl's server manager;
-    :class:`collabllm_verl.recipe.litellm_policy.LiteLLMPolicy` over any litellm model).
+    :class:`collabllm_verl.recipe.core.litellm_policy.LiteLLMPolicy` over any litellm model).
 
     Each conversation gets its own ``PolicyChat``, which keeps that conversation's state.
     """

@@ -1,11 +1,11 @@
-"""A :class:`~collabllm_verl.recipe.forward_sampling.PolicyChat` over any litellm model.
+"""A :class:`~collabllm_verl.recipe.core.forward_sampling.PolicyChat` over any litellm model.
 
 Evaluation and data generation talk to the model under test (or to the assistant that proposes candidate
 replies) through the same conversation loop that training uses
-(:func:`collabllm_verl.recipe.forward_sampling.continue_conversation`); this class is the policy side of
+(:func:`collabllm_verl.recipe.core.forward_sampling.continue_conversation`); this class is the policy side of
 that loop when the policy is an API model, a vLLM server (``hosted_vllm/<name>`` with ``api_base``) or a
 checkpoint the project serves itself on 127.0.0.1. Every call goes through the LLM layer
-(:mod:`collabllm_verl.recipe.llm_client`): shared limits, bounded retries, counters under ``purpose``.
+(:mod:`collabllm_verl.recipe.core.llm_client`): shared limits, bounded retries, counters under ``purpose``.
 No verl import.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from collabllm_verl.recipe.llm_client import LLMSettings, acomplete_text
+from collabllm_verl.recipe.core.llm_client import LLMSettings, acomplete_text
 
 __all__ = ["LiteLLMPolicy"]
 
@@ -30,7 +30,7 @@ class LiteLLMPolicy:
             the system prompt above is used instead).
         purpose: label of this policy's calls in ``llm_stats()`` and logs (default ``"policy"``).
 
-    ``reply`` raises :class:`collabllm_verl.recipe.llm_client.LLMCallError` when the model fails after the
+    ``reply`` raises :class:`collabllm_verl.recipe.core.llm_client.LLMCallError` when the model fails after the
     LLM layer's retries; the conversation loop lets policy errors propagate, so the caller decides how to
     count the failed conversation. It never returns None (an API model reports a full context window as an
     error, not as a short answer). The future-token budget of forward sampling needs the policy's own

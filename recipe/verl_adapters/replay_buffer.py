@@ -5,19 +5,19 @@ loads a custom sampler from ``trainer.v1.sampler.custom_sampler.{path,name}``; i
 trainer's driver after every sampling, returns ``(batch, metrics)`` and the metrics join the step's
 training metrics (console, file logger, wandb). ``train_rl_collabllm.sh`` sets::
 
-    trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.replay_buffer
+    trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.verl_adapters.replay_buffer
     trainer.v1.sampler.custom_sampler.name=CollabLLMReplayBuffer
 
 After verl's own sampling, :meth:`CollabLLMReplayBuffer.sample` drains the step ledger
-(``recipe/step_ledger.py``: one report per response, the excluded and failed ones included) and
+(``recipe/verl_adapters/step_ledger.py``: one report per response, the excluded and failed ones included) and
 
 1. stops training (raises) on a non-transient reward error, when a metric's or the user simulator's
    failure share exceeds ``reward_kwargs.max_failure_rate``, or when every response was excluded
-   (:func:`~collabllm_verl.recipe.step_summary.check_reports`);
+   (:func:`~collabllm_verl.recipe.verl_adapters.step_summary.check_reports`);
 2. for training steps, prints the ``[collabllm reward] step N: ...`` line, writes the step's row of
    ``<conversation_dump.dir>/summary.jsonl`` (replacing rows an interrupted run left for this step) and
    drops stale records of an interrupted run from the step's conversation dump;
-3. adds the ``collabllm/...`` training metrics (:func:`~collabllm_verl.recipe.step_summary.training_metrics`).
+3. adds the ``collabllm/...`` training metrics (:func:`~collabllm_verl.recipe.verl_adapters.step_summary.training_metrics`).
 
 Validation samplings (``partition_id="val"``) only get check 1.
 """
@@ -29,9 +29,9 @@ from typing import Any
 
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-from collabllm_verl.recipe import conversation_dump
-from collabllm_verl.recipe.step_ledger import create_ledger, drain
-from collabllm_verl.recipe.step_summary import check_reports, format_summary, summarize_step, training_metrics
+from collabllm_verl.recipe.verl_adapters import conversation_dump
+from collabllm_verl.recipe.verl_adapters.step_ledger import create_ledger, drain
+from collabllm_verl.recipe.verl_adapters.step_summary import check_reports, format_summary, summarize_step, training_metrics
 
 __all__ = ["CollabLLMReplayBuffer"]
 

@@ -2,7 +2,7 @@
 
 Nothing here imports verl or Ray. The reward manager turns every scored (or excluded, or failed) response
 into a :class:`ResponseReport`; the trainer's driver collects the reports of one step
-(``recipe/replay_buffer.py``) and calls:
+(``recipe/verl_adapters/replay_buffer.py``) and calls:
 
 * :func:`check_reports`: stops training on a non-transient error (:class:`FatalRewardError`) or when a
   metric's or the user simulator's failure share exceeds ``max_failure_rate``

@@ -36,9 +36,9 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collabllm_verl.metrics import MetricContext, MetricError, MetricSpec, resolve_metrics
-from collabllm_verl.recipe import forward_sampling
-from collabllm_verl.recipe.llm_client import LLM_SETTINGS_KEYS, LLMSettings, usage_scope
-from collabllm_verl.recipe.validation import Finite, NonNegative, NotText, validate
+from collabllm_verl.recipe.core import forward_sampling
+from collabllm_verl.recipe.core.llm_client import LLM_SETTINGS_KEYS, LLMSettings, usage_scope
+from collabllm_verl.recipe.core.validation import Finite, NonNegative, NotText, validate
 
 __all__ = [
     "DUMP_KWARGS_KEYS",
@@ -84,7 +84,7 @@ REWARD_KWARGS_KEYS = (
     "skip_penalty",
     "max_failure_rate",
 )
-# Read by collabllm_verl.recipe.conversation_dump (JSONL of scored responses), not by RewardSettings.
+# Read by collabllm_verl.recipe.verl_adapters.conversation_dump (JSONL of scored responses), not by RewardSettings.
 DUMP_KWARGS_KEYS = ("conversation_dump",)
 # The verl recipe's judge default (docs/design.md §1): deterministic grading.
 JUDGE_DEFAULTS = {"temperature": 0.0}
@@ -109,7 +109,7 @@ class RewardSettings(BaseModel):
         skip_penalty: reward of a response whose forward sampling was skipped.
         max_failure_rate: failure budget in [0, 1]: training stops when, in one step, the share of a
             metric's failed computations (judge calls) or of future conversations ended by a user-simulator
-            failure exceeds it (enforced on the trainer's driver, recipe/replay_buffer.py).
+            failure exceeds it (enforced on the trainer's driver, recipe/verl_adapters/replay_buffer.py).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -303,7 +303,7 @@ class ForwardSamples(BaseModel):
             fs/early_terminations    conversations ended by the simulator's termination signal
             fs/simulator_failures    conversations ended by a simulator failure
             fs/end_<reason>          conversations that ended for <reason>, one column per END_* constant
-                                     of recipe/forward_sampling.py (from end_reasons)
+                                     of recipe/core/forward_sampling.py (from end_reasons)
             fs/simulator_<counter>   the simulator's LLM usage for this response: calls, failed_calls,
                                      prompt_tokens, completion_tokens, cost_usd
             fs/seconds               wall-clock seconds of forward sampling

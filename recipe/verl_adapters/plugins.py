@@ -9,9 +9,9 @@ imported, in the driver and in every Ray worker (``verl/__init__.py``). Importin
 
 Usage::
 
-    export VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.plugins
+    export VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.verl_adapters.plugins
     # on a CPU, add the platform and the hf rollout backend:
-    export VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.cpu,collabllm_verl.recipe.plugins
+    export VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.cpu,collabllm_verl.recipe.verl_adapters.plugins
 """
 
-from collabllm_verl.recipe import collabllm_agent_loop, reward_manager  # noqa: F401  (registration)
+from collabllm_verl.recipe.verl_adapters import agent_loop, reward_manager  # noqa: F401  (registration)

@@ -3,12 +3,12 @@
 For each response, the agent loop has already run S forward-sampled future conversations
 (``extra_fields["collabllm"]``, docs/architecture.md). This manager reads them from verl's ``DataProto``,
 validates them (``ForwardSamples``), scores and aggregates them with
-:func:`collabllm_verl.recipe.multiturn_reward.score_sample`, optionally writes the conversation dump, and
+:func:`collabllm_verl.recipe.core.multiturn_reward.score_sample`, optionally writes the conversation dump, and
 returns the reward with its breakdown (``mr/`` and ``fs/`` keys) as ``reward_extra_info``.
 
-Every response also produces a :class:`~collabllm_verl.recipe.step_summary.ResponseReport`, sent to the
-trainer's driver through the step ledger (``recipe/step_ledger.py``): there the recipe's replay buffer
-(``recipe/replay_buffer.py``) logs the breakdown as training metrics every step, enforces the failure
+Every response also produces a :class:`~collabllm_verl.recipe.verl_adapters.step_summary.ResponseReport`, sent to the
+trainer's driver through the step ledger (``recipe/verl_adapters/step_ledger.py``): there the recipe's replay buffer
+(``recipe/verl_adapters/replay_buffer.py``) logs the breakdown as training metrics every step, enforces the failure
 budget and stops the run on non-transient errors. Outages (docs/metrics_and_reward.md, "Failures"):
 
 * a response whose reward could not be computed because of a judge or simulator outage
@@ -43,16 +43,16 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from collabllm_verl.recipe.conversation_dump import sample_record, writer_from_trainer_config
-from collabllm_verl.recipe.multiturn_reward import (
+from collabllm_verl.recipe.verl_adapters.conversation_dump import sample_record, writer_from_trainer_config
+from collabllm_verl.recipe.core.multiturn_reward import (
     ForwardSamples,
     RewardSettings,
     SampleScore,
     resolve_settings,
     score_sample,
 )
-from collabllm_verl.recipe.step_ledger import LedgerClient
-from collabllm_verl.recipe.step_summary import ResponseReport
+from collabllm_verl.recipe.verl_adapters.step_ledger import LedgerClient
+from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport
 
 __all__ = ["CollabLLMRewardManager", "ResponseExcluded", "collabllm_fields"]
 

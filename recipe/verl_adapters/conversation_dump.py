@@ -24,7 +24,7 @@ conversation: the messages after the trained response). Validation rollouts (``t
 scored by the same manager and land in the file of the step they ran at.
 
 The per-step summary (``<dir>/summary.jsonl``, one row per training step) is written by the trainer's
-driver (``recipe/replay_buffer.py``) with :func:`write_summary`; on a resumed run it replaces the rows of
+driver (``recipe/verl_adapters/replay_buffer.py``) with :func:`write_summary`; on a resumed run it replaces the rows of
 the steps being redone, and :func:`keep_step_records` drops the records an interrupted run left in the
 file of the step being redone, so neither file has a duplicated or missing step.
 """
