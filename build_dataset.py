@@ -17,7 +17,7 @@ Examples::
 
 Writes ``train.parquet``, ``build_dataset.json`` (settings and run summary) and ``records.jsonl`` (resume
 state) into ``--local_dir``; failed tasks go to ``failures.jsonl``. Running the same command again
-continues a killed or partly failed run. See README.md ("Building datasets") for every flag.
+continues a killed or partly failed run. Every flag: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -31,22 +31,32 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not download its price map
 
+from pydantic import ValidationError
+
 from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
 from collabllm_verl.metrics import UnknownMetricError
 from collabllm_verl.metrics.presets import TASK_PRESETS, preset
+from collabllm_verl.recipe.cli.model_args import (
+    RoleEndpoint,
+    add_model_arguments,
+    local_server,
+    resolve_roles,
+)
+from collabllm_verl.recipe.core.llm_client import LLMSettings
+from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
+from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
+from collabllm_verl.recipe.core.task_runner import DEFAULT_FAILURE_BUDGET, TaskRunnerSettings
 from collabllm_verl.recipe.data_engine.build import MODES, build
 from collabllm_verl.recipe.data_engine.config import Engine, EngineConfig
+from collabllm_verl.recipe.data_engine.runner import RunSummary
 from collabllm_verl.recipe.data_engine.task import tasks_from_rows
-from collabllm_verl.recipe.dataset.rows import DatasetFormatError
+from collabllm_verl.recipe.dataset.rows import DatasetFormatError, SourceSpec
 from collabllm_verl.recipe.dataset.source import add_source_arguments, load_rows, system_prompt_from_arg
-from collabllm_verl.recipe.core.llm_client import LLMSettings
-from collabllm_verl.recipe.cli.model_args import add_model_arguments, local_server, model_config
-from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
 
 logger = logging.getLogger("build_dataset")
 
 ROLES = ("user", "assistant", "judge")
-DEFAULT_MODELS = dict.fromkeys(ROLES, "gpt-4o-mini")
+DEFAULT_MODELS = dict.fromkeys(ROLES, DEFAULT_LLM_MODEL)
 PRESET_BY_ABILITY = {"math": "math", "writing": "document", "coding": "code"}
 # The local stand-in server accepts any key; it is passed like every key, through an environment variable.
 
@@ -87,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="retries of one LLM call after its first attempt, with back-off (default 3)")
     r.add_argument("--task_retries", type=int, default=1,
                    help="extra attempts of a task that failed after the LLM layer's retries (default 1)")
+    r.add_argument("--failure_budget", type=float, default=DEFAULT_FAILURE_BUDGET,
+                   help="share of this run's tasks that may fail; one more stops the run, keeping the finished "
+                   f"ones (1: never; default {DEFAULT_FAILURE_BUDGET})")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -104,7 +117,7 @@ def _weights(text: str) -> dict[str, float]:
     return weights
 
 
-def reward_kwargs(args: argparse.Namespace, ability: str) -> dict[str, Any]:
+def reward_kwargs(args: argparse.Namespace, ability: str, judge: RoleEndpoint) -> dict[str, Any]:
     """``reward_kwargs`` of the MR (weights, judge, metric options) from the flags and the task's preset.
 
     Raises:
@@ -122,7 +135,7 @@ def reward_kwargs(args: argparse.Namespace, ability: str) -> dict[str, Any]:
     return {
         "metric_weights": weights,
         "metric_kwargs": {metric: opts for metric, opts in options.items() if metric in weights},
-        "llm_judge_kwargs": model_config(args, "judge", **call_limits(args)),
+        "llm_judge_kwargs": judge.config(**call_limits(args)),
     }
 
 
@@ -135,12 +148,105 @@ def call_limits(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def runner_settings(args: argparse.Namespace) -> TaskRunnerSettings:
+    """How the tasks run: ``--max_concurrent_tasks``, ``--task_retries``, ``--failure_budget``, ``--no_progress``.
+
+    Raises:
+        ValueError: a value out of range (names the flags).
+    """
+    try:
+        return TaskRunnerSettings(
+            max_concurrent=args.max_concurrent_tasks,
+            retries=args.task_retries,
+            failure_budget=args.failure_budget,
+            progress=not args.no_progress,
+        )
+    except ValidationError:
+        raise ValueError(
+            "--max_concurrent_tasks must be >= 1, --task_retries >= 0 and --failure_budget in [0, 1] (got "
+            f"{args.max_concurrent_tasks}, {args.task_retries}, {args.failure_budget})"
+        ) from None
+
+
+def conversation_engine(
+    args: argparse.Namespace, spec: SourceSpec, interaction: CollabLLMInteraction, roles: dict[str, RoleEndpoint]
+) -> tuple[Engine, dict[str, Any]]:
+    """The search's objects for ``--mode conversations`` and what the manifest records of them.
+
+    Returns:
+        ``(engine, manifest entries)``: the entries are ``models`` (assistant, judge), ``search`` and ``reward``.
+
+    Raises:
+        ValueError: bad search or metric flags (names the flag).
+        UnknownMetricError: an unknown metric name.
+    """
+    config = EngineConfig(
+        num_candidates=args.num_candidates,
+        proactive_share=args.proactive_share,
+        num_samples=args.num_samples,
+        max_new_turns=args.max_new_turns,
+        max_total_turns=args.max_total_turns,
+        system_prompt=system_prompt_from_arg(args.system_prompt),
+    )
+    kwargs = reward_kwargs(args, spec.ability, roles["judge"])
+    reward = RewardSettings.from_reward_kwargs(kwargs)
+    assistant = roles["assistant"].config(
+        temperature=args.assistant_temperature, max_tokens=args.assistant_max_tokens, **call_limits(args)
+    )
+    engine = Engine(
+        config=config,
+        interaction=interaction,
+        assistant=LLMSettings.from_config(assistant),
+        reward=reward,
+        metrics=resolve_settings(reward),
+    )
+    entries = {
+        "models": {"assistant": assistant["model"], "judge": kwargs["llm_judge_kwargs"]["model"]},
+        "search": {
+            "num_candidates": config.num_candidates,
+            "num_proactive": config.num_proactive,
+            "num_samples": config.num_samples,
+            "max_new_turns": config.max_new_turns,
+            "max_total_turns": config.max_total_turns,
+            "assistant_temperature": args.assistant_temperature,
+            "system_prompt": config.system_prompt,
+            "proactive_instruction": config.proactive_instruction,
+        },
+        "reward": {
+            "metric_weights": reward.metric_weights,
+            "metric_kwargs": reward.metric_kwargs,
+            "failure_policy": reward.failure_policy,
+            "score": "sum over metrics of clamp(weight * mean over the forward-sampled conversations, -1, 1)",
+        },
+    }
+    return engine, entries
+
+
+def report(args: argparse.Namespace, summary: RunSummary, files: dict[str, Any]) -> int:
+    """Print the run's summary; returns the exit code (0 done, 1 some task failed or the run was stopped)."""
+    for line in summary.lines():
+        print(line)
+    if files:
+        print(f"wrote {', '.join(str(path) for path in files.values())}")
+    if summary.failed:
+        print(f"{summary.failed} task(s) failed (listed in {args.local_dir}/failures.jsonl); run the same command "
+              "again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Build the dataset described by ``args``; returns the exit code (0 done, 1 some task failed)."""
+    """Build the dataset described by ``args``; returns the exit code (0 done, 1 some task failed or the
+    failure budget stopped the run).
+
+    Steps: read the source rows as tasks, resolve every role's model once, build the user simulator (and for
+    ``--mode conversations`` the search's objects), run the tasks, report.
+    """
+    runner = runner_settings(args)
     spec, rows, filters = load_rows(args)
     tasks = tasks_from_rows(spec, rows, mode=args.mode)
-    limits = call_limits(args)
-    user = model_config(args, "user", model_key="user_model", **limits)
+    roles = resolve_roles(args, ROLES)
+    user = roles["user"].config(model_key="user_model", **call_limits(args))
     interaction = CollabLLMInteraction({"name": "collabllm", **user})
     manifest: dict[str, Any] = {
         "source": args.dataset,
@@ -154,43 +260,9 @@ def run(args: argparse.Namespace) -> int:
     }
     engine = None
     if args.mode == "conversations":
-        config = EngineConfig(
-            num_candidates=args.num_candidates,
-            proactive_share=args.proactive_share,
-            num_samples=args.num_samples,
-            max_new_turns=args.max_new_turns,
-            max_total_turns=args.max_total_turns,
-            system_prompt=system_prompt_from_arg(args.system_prompt),
-        )
-        kwargs = reward_kwargs(args, spec.ability)
-        reward = RewardSettings.from_reward_kwargs(kwargs)
-        assistant = model_config(
-            args, "assistant", temperature=args.assistant_temperature, max_tokens=args.assistant_max_tokens, **limits
-        )
-        engine = Engine(
-            config=config,
-            interaction=interaction,
-            assistant=LLMSettings.from_config(assistant),
-            reward=reward,
-            metrics=resolve_settings(reward),
-        )
-        manifest["models"].update(assistant=assistant["model"], judge=kwargs["llm_judge_kwargs"]["model"])
-        manifest["search"] = {
-            "num_candidates": config.num_candidates,
-            "num_proactive": config.num_proactive,
-            "num_samples": config.num_samples,
-            "max_new_turns": config.max_new_turns,
-            "max_total_turns": config.max_total_turns,
-            "assistant_temperature": args.assistant_temperature,
-            "system_prompt": config.system_prompt,
-            "proactive_instruction": config.proactive_instruction,
-        }
-        manifest["reward"] = {
-            "metric_weights": reward.metric_weights,
-            "metric_kwargs": reward.metric_kwargs,
-            "failure_policy": reward.failure_policy,
-            "score": "sum over metrics of clamp(weight * mean over the forward-sampled conversations, -1, 1)",
-        }
+        engine, entries = conversation_engine(args, spec, interaction, roles)
+        manifest["models"].update(entries.pop("models"))
+        manifest.update(entries)
     summary, files = build(
         tasks=tasks,
         mode=args.mode,
@@ -198,19 +270,9 @@ def run(args: argparse.Namespace) -> int:
         interaction=interaction,
         engine=engine,
         manifest=manifest,
-        max_concurrent_tasks=args.max_concurrent_tasks,
-        task_retries=args.task_retries,
-        progress=not args.no_progress,
+        runner=runner,
     )
-    for line in summary.lines():
-        print(line)
-    if files:
-        print(f"wrote {', '.join(str(path) for path in files.values())}")
-    if summary.failed:
-        print(f"{summary.failed} task(s) failed (listed in {args.local_dir}/failures.jsonl); run the same command "
-              "again to retry them", file=sys.stderr)
-        return 1
-    return 0
+    return report(args, summary, files)
 
 
 def main(argv: list[str] | None = None) -> int:

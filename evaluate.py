@@ -7,7 +7,7 @@
 the task's hidden goal) opens, the model under test and the simulator alternate until the simulator ends
 the chat or ``--max_messages`` is reached, and the task's metrics are computed once on the finished
 conversation (docs/evaluation.md). Outputs in ``--out``: ``conversations.jsonl``, ``summary.json``, ``summary.md``
-and ``summary.png``; re-running the same command resumes. See README, "Evaluation: evaluate.py".
+and ``summary.png``; re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,14 +20,28 @@ from pathlib import Path
 
 logger = logging.getLogger("evaluate")
 
-DEFAULT_MODELS = {"user": "gpt-4o-mini", "judge": "gpt-4o-mini", "policy": ""}
+# evaluate.py's own flags, generated from EvaluationSettings (defaults and help live on its fields).
+FLAG_GROUPS = {
+    "evaluation": [
+        "out", "num_rows", "samples_per_row", "seed", "max_messages", "task", "metrics", "concurrency",
+        "task_retries", "failure_budget", "label", "overwrite", "bootstrap_resamples", "progress",
+    ],
+    "model under test (policy)": [
+        "policy_checkpoint", "policy_device", "policy_dtype", "policy_max_batch_size", "policy_max_model_len",
+        "temperature", "top_p", "max_tokens",
+    ],
+    "LLM calls": ["timeout", "num_retries", "llm_max_concurrency"],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of an evaluation run."""
-    from collabllm_verl.metrics.presets import TASK_PRESETS
-    from collabllm_verl.recipe.dataset.source import add_source_arguments
+    """The flags of an evaluation run: the source flags, :data:`FLAG_GROUPS` and the model flags."""
+    # imported here: litellm must not load before main() has chosen its bundled price map
     from collabllm_verl.recipe.cli.model_args import add_model_arguments
+    from collabllm_verl.recipe.cli.settings_flags import add_settings_arguments
+    from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
+    from collabllm_verl.recipe.dataset.source import add_source_arguments
+    from collabllm_verl.recipe.evaluation.settings import EVALUATION_ROLES, EvaluationSettings
 
     p = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -35,41 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Compare two runs: evaluate.py compare RUN_A RUN_B [--out DIR] (or --compare RUN_A RUN_B)",
     )
     add_source_arguments(p)
-    run = p.add_argument_group("evaluation")
-    run.add_argument("--out", required=True, help="run folder: outputs, and the records a re-run resumes from")
-    run.add_argument("--num_rows", type=int, default=None, help="evaluate the first N tasks (default all)")
-    run.add_argument("--samples_per_row", type=int, default=1, help="conversations per task, k (default 1)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of a served checkpoint (default 0)")
-    run.add_argument("--max_messages", type=int, default=14, help="messages per conversation, even (default 14)")
-    run.add_argument("--task", choices=sorted(TASK_PRESETS), default=None,
-                     help="metric preset (default: from the dataset: math, writing -> document, coding -> code)")
-    run.add_argument("--metrics", default=None, help="comma-separated metrics instead of the preset's")
-    run.add_argument("--concurrency", type=int, default=64, help="conversations in flight at once (default 64)")
-    run.add_argument("--label", default=None, help="name of the model in tables (default: the model string or path)")
-    run.add_argument("--overwrite", action="store_true", help="discard the records already in --out")
-    run.add_argument("--bootstrap_resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    run.add_argument("--no_progress", action="store_true", help="no progress bar")
-
-    policy = p.add_argument_group("model under test (policy)")
-    policy.add_argument("--policy_checkpoint", default=None,
-                        help="Hugging Face checkpoint folder served by the project on 127.0.0.1 (transformers)")
-    policy.add_argument("--policy_device", default="auto", help="auto (a GPU if any), cpu, cuda, cuda:N")
-    policy.add_argument("--policy_dtype", default="auto", help="auto (bfloat16 on a GPU, else float32), float32, ...")
-    policy.add_argument("--policy_max_batch_size", type=int, default=32, help="replies sampled together (default 32)")
-    policy.add_argument("--policy_max_model_len", type=int, default=None,
-                        help="context window in tokens (default: the model's max_position_embeddings)")
-    policy.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature of the model under test (default: math 0.6, document/code 0.8)")
-    policy.add_argument("--top_p", type=float, default=None, help="nucleus sampling (default: the server's)")
-    policy.add_argument("--max_tokens", type=int, default=2048, help="tokens per reply of the model under test")
-
-    llm = p.add_argument_group("LLM calls")
-    llm.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
-    llm.add_argument("--num_retries", type=int, default=3, help="retries after a failed request (default 3)")
-    llm.add_argument("--llm_max_concurrency", type=int, default=64,
-                     help="requests in flight per model and endpoint, shared by the process (default 64)")
-    add_model_arguments(p, ["user", "judge", "policy"], DEFAULT_MODELS)
+    add_settings_arguments(p, EvaluationSettings, FLAG_GROUPS)
+    add_model_arguments(p, EVALUATION_ROLES, {"user": DEFAULT_LLM_MODEL, "judge": DEFAULT_LLM_MODEL, "policy": ""})
     return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The run's :class:`~collabllm_verl.recipe.evaluation.settings.EvaluationSettings` from parsed flags; every
+    role's model and endpoint is resolved here, once (inside ``local_server`` when it runs).
+
+    Raises:
+        ValueError: a flag value the settings refuse (the message names the flag).
+    """
+    from collabllm_verl.recipe.cli import settings_flags
+    from collabllm_verl.recipe.cli.model_args import resolve_roles
+    from collabllm_verl.recipe.evaluation.settings import (
+        EVALUATION_ROLES,
+        EvaluationSettings,
+        SourceSelection,
+    )
+
+    roles = resolve_roles(args, EVALUATION_ROLES)
+    return settings_flags.settings_from_args(EvaluationSettings, args, source=SourceSelection.from_args(args), **roles)
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
@@ -108,7 +109,8 @@ def compare_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``evaluate.py`` / ``collabllm-evaluate``; returns the exit status (2: bad input)."""
+    """Entry point of ``evaluate.py`` / ``collabllm-evaluate``; returns the exit status (2: bad input, 1: the run
+    stopped because too many conversations could not be finished)."""
     # litellm's bundled price map, read before litellm is first imported (no download at start-up; set
     # LITELLM_LOCAL_MODEL_COST_MAP=False for the online one).
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -121,16 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     if "--compare" in argv:
         return compare_main(argv)
     args = build_parser().parse_args(argv)
+    from collabllm_verl.recipe.cli.model_args import local_server
+    from collabllm_verl.recipe.core.task_runner import FailureBudgetExceeded
     from collabllm_verl.recipe.dataset.rows import DatasetFormatError
     from collabllm_verl.recipe.evaluation.pipeline import metric_line, run_evaluation
-    from collabllm_verl.recipe.cli.model_args import local_server
 
     try:
         with local_server(args):
-            summary = run_evaluation(args)
+            summary = run_evaluation(settings_from_args(args))
     except (DatasetFormatError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
+    except FailureBudgetExceeded as err:
+        logger.error("%s", err)
+        return 1
     conversations = summary["conversations"]
     print(metric_line(summary))
     print(

@@ -15,7 +15,7 @@ Examples::
         --local_dir ~/data/collabllm-math-hard --dataset_type dpo
 
 Writes ``{kind}_train.parquet``, ``{kind}_validation.parquet`` and ``{kind}_preview.json`` (kind = rl, sft or
-dpo) into ``--local_dir``, all or nothing. See README.md ("Processing datasets") for every flag.
+dpo) into ``--local_dir``, all or nothing. Every flag: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
     """Run the conversion described by ``args``; return the written files.
 
     Raises:
-        DatasetFormatError: a source row lacks a required field (nothing is written).
+        DatasetFormatError: a source row lacks a required field or has one of the wrong type, or a line of
+            a JSON Lines source is not one JSON object (:class:`~collabllm_verl.recipe.dataset.rows.JsonLinesError`);
+            the message names file, row or line, and field. Nothing is written.
         ValueError: no row matched the filters, or the split sizes are impossible.
     """
     spec, converted, filters = load_rows(args)

@@ -16,26 +16,14 @@ from typing import Any
 
 from collabllm_verl.interactions.base import BaseInteraction
 from collabllm_verl.interactions.simulator_prompt import SIMULATOR_REQUIRED_KEYS, build_simulator_messages
-from collabllm_verl.recipe.core.llm_client import LLM_SETTINGS_KEYS, LLMCallError, LLMSettings, acomplete_json
+from collabllm_verl.recipe.core.llm_client import LLMCallError, acomplete_json
+from collabllm_verl.recipe.core.settings import SimulatorSettings
 
-__all__ = ["DEFAULT_CONFIG", "PURPOSE", "CollabLLMInteraction"]
+__all__ = ["PURPOSE", "CollabLLMInteraction"]
 
 logger = logging.getLogger(__name__)
 
 PURPOSE = "user_simulator"  # label of this module's calls in llm_stats() and logs
-
-# Defaults of the verl CollabLLM recipe (docs/design.md §1); any key can be overridden in the YAML.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "user_model": "gpt-4o-mini",
-    "temperature": 1.0,
-    "max_tokens": 512,
-    "num_retries": 3,
-    "timeout": 60.0,
-    "termination_signal": "[[TERMINATE CHAT]]",
-    "enable_log": False,
-}
-_OWN_KEYS = frozenset({"name", "user_model", "termination_signal", "enable_log"})
-
 
 @dataclass
 class _Conversation:
@@ -47,15 +35,8 @@ class _Conversation:
 class CollabLLMInteraction(BaseInteraction):
     """User simulator for CollabLLM forward sampling.
 
-    Config keys (all optional; defaults in :data:`DEFAULT_CONFIG`):
-        user_model: litellm model string of the simulator (``gpt-4o-mini``, ``anthropic/...``,
-            ``hosted_vllm/<model>`` with ``api_base``, ``openai/scripted-user`` for the local server).
-        termination_signal: message that ends the conversation (``[[TERMINATE CHAT]]``).
-        enable_log: log every simulator message at INFO level (instance id, turn, message).
-        temperature, max_tokens, api_base, api_key, ...: forwarded to litellm
-            (see :data:`collabllm_verl.recipe.core.llm_client.LITELLM_PASSTHROUGH_KEYS`).
-        timeout (s per request), num_retries, max_concurrency, requests_per_minute, backoff_initial,
-            backoff_max: see :class:`collabllm_verl.recipe.core.llm_client.LLMSettings`.
+    Config keys: those of :class:`~collabllm_verl.recipe.core.settings.SimulatorSettings` (all optional,
+    its defaults apply), plus ``name`` (the interaction's name, set by the loader).
 
     ``interaction_kwargs`` of :meth:`start_interaction`: ``single_turn_prompt`` (required, the hidden
     goal; may include the reference answer) and ``task_desc`` (optional short task description).
@@ -66,27 +47,17 @@ class CollabLLMInteraction(BaseInteraction):
 
     def __init__(self, config: Mapping[str, Any]):
         super().__init__(config)
-        unknown = set(self.config) - _OWN_KEYS - LLM_SETTINGS_KEYS
-        if unknown:
-            raise ValueError(
-                f"CollabLLMInteraction: unknown config key(s) {sorted(unknown)}; "
-                f"allowed: {sorted(_OWN_KEYS | LLM_SETTINGS_KEYS)}"
-            )
-        merged = {**DEFAULT_CONFIG, **{k: v for k, v in self.config.items() if v is not None}}
-        self.llm = LLMSettings.from_config(merged, model_key="user_model")
-        self.termination_signal = str(merged["termination_signal"]).strip()
-        if not self.termination_signal:
-            raise ValueError("CollabLLMInteraction: termination_signal must be a non-empty string")
-        self.enable_log = bool(merged["enable_log"])
+        settings = SimulatorSettings.from_mapping(
+            {k: v for k, v in self.config.items() if k != "name"}, where="user simulator config"
+        )
+        self.settings = settings
+        self.llm = settings.to_llm(where="user simulator config")
+        self.termination_signal = settings.termination_signal
+        self.enable_log = settings.enable_log
         self._conversations: dict[str, _Conversation] = {}
 
     def __repr__(self) -> str:
         return f"CollabLLMInteraction(name={self.name!r}, llm={self.llm!r})"
-
-    @property
-    def active_instances(self) -> int:
-        """Number of conversations started and not yet finalized."""
-        return len(self._conversations)
 
     async def start_interaction(self, instance_id: str | None = None, **interaction_kwargs: Any) -> str:
         """Register a conversation with its hidden goal; returns its ``instance_id``.

@@ -5,7 +5,7 @@ Format (the same shape verl's ``interaction_config_path`` files had)::
     interaction:
       - name: collabllm
         class_name: collabllm_verl.interactions.collabllm_interaction.CollabLLMInteraction
-        config: {user_model: gpt-4o-mini, temperature: 1.0, ...}
+        config: {model: gpt-4o-mini, temperature: 1.0, ...}
 
 The file is read with OmegaConf, so ``${oc.env:VAR,default}`` interpolations are resolved at load time.
 """
@@ -77,12 +77,15 @@ def _import_class(path: str, where: str) -> type:
         raise ImportError(f"{where}: module {module_name!r} has no class {attr!r}") from None
 
 
-def load_interactions(source: str | os.PathLike | Sequence | Mapping) -> dict[str, BaseInteraction]:
+def load_interactions(
+    source: str | os.PathLike | Sequence | Mapping, *, config_overrides: Mapping | None = None
+) -> dict[str, BaseInteraction]:
     """Instantiate every interaction listed in ``source`` (a YAML path, a mapping or a list of entries).
 
     Each entry needs ``class_name`` (dotted path of a :class:`BaseInteraction` subclass); ``name`` defaults
     to the class name without the ``Interaction`` suffix, lower-cased; ``config`` (mapping, optional) is
-    passed to the constructor with ``name`` added.
+    passed to the constructor with ``config_overrides`` merged over it (the run's settings, e.g. the trainer
+    config's ``actor_rollout_ref.rollout.custom.user_simulator``) and ``name`` added.
 
     Returns:
         ``{name: interaction}`` in file order.
@@ -109,7 +112,7 @@ def load_interactions(source: str | os.PathLike | Sequence | Mapping) -> dict[st
         config = entry.get("config") or {}
         if not isinstance(config, Mapping):
             raise ValueError(f"{where}: field 'config' must be a mapping, got {type(config).__name__}")
-        config = {**config, "name": name}
+        config = {**config, **(config_overrides or {}), "name": name}
         try:
             out[name] = cls(config)
         except (TypeError, ValueError) as exc:

@@ -170,19 +170,17 @@ async def ask_judge(
     ``sections`` as in :func:`build_judge_messages`.
 
     Raises:
-        MetricError: (``judge_failure=True``) the call failed after the LLM layer's retries, or its answer
-            never had the required keys/types.
+        LLMCallError: the call failed after the LLM layer's retries, or its answer never had the required
+            keys/types; :meth:`MetricSpec.score <collabllm_verl.metrics.registry.MetricSpec.score>` turns it
+            into a :class:`MetricError` with ``judge_failure=True``.
         ValueError: no judge is configured (``llm_judge_kwargs`` missing), or a section is missing.
     """
-    from collabllm_verl.recipe.core.llm_client import LLMCallError, acomplete_json
+    from collabllm_verl.recipe.core.llm_client import acomplete_json
 
     if ctx.judge is None:
         raise ValueError(f"metric {metric!r} needs an LLM judge; set reward_kwargs.llm_judge_kwargs.model")
     messages = build_judge_messages(task, ctx, sections)
-    try:
-        return await acomplete_json(messages, ctx.judge, required=JUDGE_TASKS[task], purpose=f"judge:{metric}")
-    except LLMCallError as exc:
-        raise MetricError(metric, exc.reason, judge_failure=True) from None
+    return await acomplete_json(messages, ctx.judge, required=JUDGE_TASKS[task], purpose=f"judge:{metric}")
 
 
 def unit_interval(metric: str, key: str, value: Any) -> float:

@@ -171,7 +171,9 @@ class MetricSpec:
 
         Raises:
             MetricError: the metric failed (judge failure, unusable answer, sandbox error) or returned a
-                value that is not a number in ``value_range``.
+                value that is not a number in ``value_range``. An ``LLMCallError`` of the LLM layer (a judge
+                call that failed after its retries) becomes one here, with ``judge_failure=True``; this is the
+                only place that conversion happens.
         """
         try:
             value = await self.fn(ctx)

@@ -1,38 +1,31 @@
 # Shell helpers shared by train_sft_collabllm.sh and train_rl_collabllm.sh; sourced, never run.
-# Works with bash 3.2 (the macOS default) as well as bash 4+.
+# Works with bash 3.2 (the macOS default) as well as bash 4+. The scripts append to the array ARGS.
 
 # print_usage LAST: the calling script's header lines 2 to LAST without their '# ' prefix, then a pointer to
-# the rest of the header (the environment variables).
+# the rest of the header (the environment shortcuts).
 print_usage() {
   sed -n "2,${1}p" "$0" | sed 's/^# \{0,1\}//'
-  echo "See the header of $0 for the environment variables."
+  echo "See the header of $0 for the environment shortcuts; the defaults are in config/*.yaml."
 }
 
-# hydra_override_key VAR ARG: set VAR to the key of the Hydra override ARG without its '+', '++' or '~'
-# prefix ("+reward.x=1" -> "reward.x"); an argument without '=' (e.g. "--cfg") is its own key.
-hydra_override_key() {
-  local _hydra_key=${2%%=*}
-  printf -v "$1" '%s' "${_hydra_key#"${_hydra_key%%[!+~]*}"}"
+# shortcut VAR KEY: when the environment variable VAR is set and not empty, append the override KEY=$VAR to
+# ARGS (KEY may start with '++' for a key the composed config does not have yet).
+shortcut() {
+  local value
+  eval "value=\${$1:-}"
+  if [[ -n "$value" ]]; then ARGS+=("$2=$value"); fi
 }
 
-# collect_user_keys ARG...: remember the keys of the caller's overrides (USER_KEYS) and start the list of
-# the script's defaults (ARGS) empty. Hydra keys never contain spaces: a space-separated string suffices.
-collect_user_keys() {
-  local arg key
-  USER_KEYS=" "
-  for arg in "$@"; do
-    hydra_override_key key "$arg"
-    USER_KEYS="$USER_KEYS$key "
-  done
-  ARGS=()
-}
-
-# add KEY=VALUE: append this default to ARGS unless the caller overrides KEY (with or without a leading
-# '+', '++' or '~'); a leading '+'/'++' of the default itself is kept in the argument.
-add() {
-  local key
-  hydra_override_key key "$1"
-  [[ "$USER_KEYS" == *" $key "* ]] || ARGS+=("$1")
+# data_shortcuts rl|sft: DATA_DIR, TRAIN_FILE and VAL_FILE as overrides of data.train_files/data.val_files
+# (DATA_DIR names the folder of <kind>_train.parquet and <kind>_validation.parquet, as process_dataset.py
+# writes them; TRAIN_FILE and VAL_FILE win over it).
+data_shortcuts() {
+  if [[ -n "${DATA_DIR:-}" ]]; then
+    TRAIN_FILE=${TRAIN_FILE:-$DATA_DIR/$1_train.parquet}
+    VAL_FILE=${VAL_FILE:-$DATA_DIR/$1_validation.parquet}
+  fi
+  shortcut TRAIN_FILE data.train_files
+  shortcut VAL_FILE data.val_files
 }
 
 # add_external_modules front|back MODULE...: put each MODULE that VERL_USE_EXTERNAL_MODULES (the
@@ -59,9 +52,9 @@ add_external_modules() {
   export VERL_USE_EXTERNAL_MODULES
 }
 
-# prepare_cpu_run: the environment of a CPU run (docs/design.md §4) for the verl processes, with the
-# file logger's metrics.jsonl under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in
-# OUTPUT_DIR/tiny_model (with PYTHON) and used. Reads OUTPUT_DIR and PYTHON; may set MODEL_PATH.
+# prepare_cpu_run: the environment of a CPU run for the verl processes, with the file logger's metrics.jsonl
+# under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in OUTPUT_DIR/tiny_model (with
+# PYTHON) and used. Reads OUTPUT_DIR and PYTHON; may set MODEL_PATH.
 prepare_cpu_run() {
   export VERL_PLATFORM=cpu
   # verl registers its FSDP engine for cuda/npu only; this selects it while the platform is the CPU.
@@ -77,22 +70,32 @@ prepare_cpu_run() {
   fi
 }
 
-# require_data_files sft|rl FILE...: exit 1 with a hint naming process_dataset.py when a local FILE is
-# missing (hdfs:// paths are left to verl).
-require_data_files() {
-  local kind=$1 f
-  shift
-  for f in "$@"; do
-    if [[ "$f" != hdfs://* && ! -f "$f" ]]; then
-      echo "missing data file: $f (create it with: python process_dataset.py --dataset_type $kind --local_dir ...)" >&2
+# start_local_llm_server LOG_DIR: start the offline stand-in server (scripted user and judges) on a free
+# loopback port, wait until it is ready, stop it when the script exits; sets LLM_API_BASE, LLM_API_KEY
+# (a placeholder unless set) and LLM_SERVER_PID. Its log is LOG_DIR/llm_server.log.
+start_local_llm_server() {
+  local log_dir=$1 ready
+  mkdir -p "$log_dir"
+  ready=$log_dir/llm_server.url
+  rm -f "$ready"
+  "$PYTHON" -m collabllm_verl.recipe.offline.server --port 0 --ready-file "$ready" >"$log_dir/llm_server.log" 2>&1 &
+  LLM_SERVER_PID=$!
+  trap 'kill "$LLM_SERVER_PID" 2>/dev/null || true; wait "$LLM_SERVER_PID" 2>/dev/null || true' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  for _ in $(seq 1 300); do
+    [[ -s "$ready" ]] && break
+    if ! kill -0 "$LLM_SERVER_PID" 2>/dev/null; then
+      echo "local LLM server failed to start; see $log_dir/llm_server.log" >&2
       exit 1
     fi
+    sleep 0.2
   done
-}
-
-# print_command CMD...: print the command line as "+ cmd arg ...", each word shell-quoted.
-print_command() {
-  printf '+'
-  printf ' %q' "$@"
-  printf '\n'
+  if [[ ! -s "$ready" ]]; then
+    echo "local LLM server did not become ready in 60 s; see $log_dir/llm_server.log" >&2
+    exit 1
+  fi
+  LLM_API_BASE=$(<"$ready")
+  LLM_API_KEY=${LLM_API_KEY:-local}
+  echo "+ local LLM server (user simulator and judges) at $LLM_API_BASE, pid $LLM_SERVER_PID"
 }

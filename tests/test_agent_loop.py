@@ -24,19 +24,19 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, _agent_loop
 from verl.protocol import DataProto
 
 from collabllm_verl.interactions.simulator_prompt import parse_simulator_prompt
-from collabllm_verl.recipe.verl_adapters import agent_loop as agent_loop_module
-from collabllm_verl.recipe.verl_adapters.agent_loop import resolve_interaction_config_path
-from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
 from collabllm_verl.recipe.core.forward_sampling import (
     TurnLimits,
     reasoning_is_well_formed,
     unusable_response_reason,
 )
+from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
 from collabllm_verl.recipe.testing.agent_loop_harness import (
     ScriptedPolicy,
     compose_trainer_config,
     rows_to_batch,
 )
+from collabllm_verl.recipe.verl_adapters import agent_loop as agent_loop_module
+from collabllm_verl.recipe.verl_adapters.agent_loop import resolve_interaction_config_path
 
 RESPONSE_LENGTH = 48
 QUESTION = "Could you tell me more about what you need?"
@@ -469,11 +469,13 @@ async def test_packaged_agent_yaml_runs_with_the_packaged_interaction_config(
     from importlib import resources
 
     packaged = str(resources.files("collabllm_verl.config").joinpath("agent.yaml"))
-    monkeypatch.setenv("COLLABLLM_USER_MODEL", "openai/scripted-user")
-    monkeypatch.setenv("COLLABLLM_USER_API_BASE", llm_server.base_url)
-    monkeypatch.setenv("COLLABLLM_USER_API_KEY", "local")
+    monkeypatch.setenv("SIM_KEY", "local")
     monkeypatch.setattr(agent_loop_module, "_INTERACTIONS_BY_PATH", {})
-    config = trainer_config(model_dir, packaged, s=2, max_user_turns=1)
+    simulator = "+actor_rollout_ref.rollout.custom.user_simulator"  # the run's settings, over the packaged YAML's
+    config = trainer_config(model_dir, packaged, s=2, max_user_turns=1, extra=[
+        f"{simulator}.model=openai/scripted-user", f"{simulator}.api_base={llm_server.base_url}",
+        f"{simulator}.api_key_env=SIM_KEY",
+    ])
     output = await run_batch(config, ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER), n=1)
     target = _agent_loop_registry["collabllm_agent"]["_target_"]
     assert target == "collabllm_verl.recipe.verl_adapters.agent_loop.CollabLLMAgentLoop"
@@ -501,7 +503,7 @@ async def test_interactions_are_loaded_once_per_process(tmp_path, llm_server, mo
 
     calls = []
     real = loader.load_interactions
-    monkeypatch.setattr(loader, "load_interactions", lambda path: calls.append(path) or real(path))
+    monkeypatch.setattr(loader, "load_interactions", lambda path, **kw: calls.append(path) or real(path, **kw))
     config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, max_user_turns=1)
     await run_batch(config, ScriptedPolicy(tokenizer, first=ANSWER), n=3)
     await run_batch(config, ScriptedPolicy(tokenizer, first=ANSWER), n=2)

@@ -246,6 +246,28 @@ def test_simulator_failure_of_an_opener_is_retried(cli, llm_server, tmp_path):
     assert set(_rows(out)["conv_id"]) == {0, 1, 2} and not (out / "failures.jsonl").exists()
 
 
+def test_the_failure_budget_stops_the_run_and_keeps_what_finished(cli, llm_server, tmp_path, capsys):
+    """With --failure_budget 0.3 the first failed task of three (1 > 0.9) stops the run: exit 1, the manifest
+    says "stopped" with the reason, the failure is listed, nothing else started; the same command then
+    finishes every task."""
+    llm_server.inject("server_error")
+    out = tmp_path / "openers"
+    args = ("--dataset", MATH_L5, "--mode", "openers", "--user_model", "openai/scripted-user", "--max_rows", 3,
+            "--num_retries", 0, "--task_retries", 0, "--max_concurrent_tasks", 1, "--failure_budget", 0.3,
+            "--local_dir", out)
+    assert cli(*args) == 1
+    assert "stopped: 1 of the 3 tasks of this run failed" in capsys.readouterr().out
+    manifest = json.loads((out / "build_dataset.json").read_text())
+    assert manifest["status"] == "stopped" and "failure budget of 30%" in manifest["summary"]["stopped"]
+    assert manifest["summary"]["failed"] == 1 and manifest["summary"]["finished"] == 0
+    assert [f["conv_id"] for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())] == [0]
+    assert llm_server.stats()["model:scripted-user"] == 1 and not (out / "train.parquet").exists()
+    assert cli(*args) == 0
+    manifest = json.loads((out / "build_dataset.json").read_text())
+    assert manifest["status"] == "complete" and "stopped" not in manifest["summary"]
+    assert set(_rows(out)["conv_id"]) == {0, 1, 2}
+
+
 def test_resume_after_a_kill_keeps_finished_conversations(llm_server, tmp_path, monkeypatch):
     """A run killed with SIGKILL mid-way leaves its finished conversations on disk; the same command then
     finishes the others only, and the dataset holds every conversation once."""
@@ -299,7 +321,7 @@ def test_scripted_assistant_asks_only_when_told_to_and_the_request_is_vague():
     assert "?" not in answer and "\\boxed{4}" in answer and "I suggest" in answer
     full = [proactive[0], {"role": "user", "content": SOURCE[0]["problem"]}]
     assert "?" not in scripted_assistant_reply(full)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scripted-assistant: the chat holds no user message"):
         scripted_assistant_reply([{"role": "system", "content": "hi"}])
 
 
@@ -337,7 +359,7 @@ def test_engine_config_validates_and_maps_flags():
     assert EngineConfig(num_candidates=4, proactive_share=0.25, system_prompt="Be nice.").candidate_system_prompt(0) \
         == f"Be nice.\n\n{PROACTIVE_INSTRUCTION}"
     for bad in ({"max_new_turns": 3}, {"num_candidates": 0}, {"proactive_share": 1.5}, {"max_total_turns": 1}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"^--{next(iter(bad))} must be "):
             EngineConfig(**bad)
 
 

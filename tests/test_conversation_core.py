@@ -10,6 +10,7 @@ import pytest
 from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
 from collabllm_verl.metrics import MetricContext, resolve_metrics
 from collabllm_verl.metrics.presets import TASK_PRESETS, preset
+from collabllm_verl.recipe.cli.model_args import add_model_arguments, model_config
 from collabllm_verl.recipe.core.forward_sampling import (
     END_TERMINATED,
     END_TURN_LIMIT,
@@ -17,8 +18,7 @@ from collabllm_verl.recipe.core.forward_sampling import (
     continue_conversation,
 )
 from collabllm_verl.recipe.core.litellm_policy import LiteLLMPolicy
-from collabllm_verl.recipe.core.llm_client import LLMSettings, llm_stats
-from collabllm_verl.recipe.cli.model_args import add_model_arguments, model_config
+from collabllm_verl.recipe.core.llm_client import LLMSettings, Usage, llm_stats, reset_llm_stats, usage_scope
 
 GOAL = "Compute the sum of the first ten positive odd integers and give the result in a box."
 
@@ -63,6 +63,36 @@ async def test_conversation_stops_at_the_message_limit(llm_server, user_simulato
         limits=TurnLimits(max_user_turns=1, max_assistant_turns=1),
     )
     assert len(conversation.messages) == 2 and conversation.end_reason == END_TURN_LIMIT
+
+
+async def test_usage_scopes_count_in_the_one_usage_vocabulary(llm_server):
+    """usage_scope yields a Usage counted as calls finish; scopes nest; the per-process counters use the same
+    names; Usage adds, subtracts and gives the documented column names."""
+    reset_llm_stats()
+    policy = _echo_policy(llm_server, purpose="policy:usage")
+    with usage_scope() as outer:
+        await policy.add_user_message("first question")
+        await policy.reply()
+        with usage_scope() as inner:
+            await policy.add_user_message("second question")
+            await policy.reply()
+    assert isinstance(outer, Usage) and (outer.calls, inner.calls) == (2, 1)
+    assert inner.requests == 1 and inner.prompt_tokens > 0 and inner.tokens > inner.prompt_tokens
+    stats = llm_stats()
+    assert outer.as_dict() == {name: stats[f"policy:usage/{name}"] for name in Usage.counter_names()}
+    assert (outer - inner).calls == 1 and (inner + inner).prompt_tokens == 2 * inner.prompt_tokens
+    assert inner.columns("mr/judge_") == {
+        "mr/judge_calls": 1.0,
+        "mr/judge_failed_calls": 0.0,
+        "mr/judge_prompt_tokens": inner.prompt_tokens,
+        "mr/judge_completion_tokens": inner.completion_tokens,
+        "mr/judge_cost_usd": inner.cost_usd,
+    }
+    assert outer.as_dict("failures", "calls") == {"failures": 0.0, "calls": 2.0}
+    with pytest.raises(KeyError, match="latency"):
+        outer.as_dict("latency")
+    with pytest.raises(ValueError, match="calls"):
+        Usage.model_validate({"calls": -1})
 
 
 def test_model_flags_share_the_endpoint_and_override_per_role():

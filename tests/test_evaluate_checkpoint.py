@@ -1,5 +1,6 @@
-"""evaluate.py with --policy_checkpoint: a real (tiny, random) Hugging Face checkpoint served on 127.0.0.1 by
-the transformers chat backend (recipe/serving/hf_chat.py), batching concurrent requests."""
+"""A real (tiny, random) Hugging Face checkpoint served on 127.0.0.1 by the transformers chat backend
+(recipe/serving/hf_chat.py): batching concurrent requests, the OpenAI contract as the official ``openai``
+client sees it (models, ``n``, token counts, streaming refused), and evaluate.py with --policy_checkpoint."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import asyncio
 import json
 from pathlib import Path
 
+import openai
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import evaluate
 from collabllm_verl.recipe.cpu.tiny_model import build_tiny_model
-from collabllm_verl.recipe.serving.hf_chat import HFChatBackend
+from collabllm_verl.recipe.offline.server import registered_responders
+from collabllm_verl.recipe.serving.chat_server import MAX_CHOICES
+from collabllm_verl.recipe.serving.hf_chat import HFChatBackend, serve_checkpoint
 
 KEY_ENV = "EVAL_TEST_API_KEY"
+HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +28,31 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("eval_ckpt") / "tiny"))
 
 
-def _reference_greedy(model_dir: str, messages: list[dict], max_new_tokens: int) -> str:
-    """The greedy reply of plain transformers, one unpadded prompt at a time."""
+def _prompt_ids(model_dir: str, messages: list[dict]) -> list[int]:
+    """The chat-template rendering of ``messages`` (generation prompt added) by the checkpoint's tokenizer."""
+    encoded = AutoTokenizer.from_pretrained(model_dir).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True
+    )
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def _reference_greedy_ids(model_dir: str, messages: list[dict], max_new_tokens: int) -> list[int]:
+    """The greedy reply tokens of plain transformers (end-of-turn token included), one unpadded prompt."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = torch.tensor([list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)])
+    ids = torch.tensor([_prompt_ids(model_dir, messages)])
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
-    return tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def _reference_greedy(model_dir: str, messages: list[dict], max_new_tokens: int) -> str:
+    """The greedy reply text of plain transformers, one unpadded prompt at a time."""
+    tokens = _reference_greedy_ids(model_dir, messages, max_new_tokens)
+    return AutoTokenizer.from_pretrained(model_dir).decode(tokens, skip_special_tokens=True)
 
 
 async def test_backend_batches_concurrent_requests_and_matches_plain_transformers(tiny_checkpoint):
@@ -55,6 +73,81 @@ async def test_backend_batches_concurrent_requests_and_matches_plain_transformer
     small = HFChatBackend(tiny_checkpoint, device="cpu", max_model_len=16)
     with pytest.raises(ValueError, match="no room to generate"):
         await small.respond([{"role": "user", "content": "word " * 40}], {"max_tokens": 4})
+
+
+def test_backend_serves_the_event_loop_of_its_first_request_only(tiny_checkpoint):
+    backend = HFChatBackend(tiny_checkpoint, device="cpu", batch_wait_ms=0)
+    request = {"temperature": 0, "max_tokens": 2}
+    assert asyncio.run(backend.respond(HI, request)) == _reference_greedy(tiny_checkpoint, HI, 2)
+    with pytest.raises(RuntimeError, match="event loop of its first request"):
+        asyncio.run(backend.respond(HI, request))  # a clear error, not a request waiting forever
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint):
+    """The tiny checkpoint behind serve_checkpoint, and an official OpenAI client pointed at it."""
+    with serve_checkpoint(tiny_checkpoint, device="cpu", batch_wait_ms=100, max_batch_size=8) as served:
+        yield served, openai.OpenAI(base_url=served.api_base, api_key="local", max_retries=0, timeout=60)
+
+
+def test_openai_models_list_names_only_the_served_checkpoint(served):
+    served, client = served
+    assert "scripted-user" in registered_responders()  # the offline stand-ins are registered in this process...
+    assert [m.id for m in client.models.list()] == ["checkpoint"] == [served.name]  # ...but not served here
+    assert client.models.retrieve("checkpoint").id == "checkpoint"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("echo")
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="scripted-user", messages=HI)
+
+
+def test_openai_n_returns_n_choices_sampled_in_one_batch(served, tiny_checkpoint):
+    served, client = served
+    before = served.backend.stats()
+    reply = client.chat.completions.create(model=served.name, messages=HI, n=3, temperature=0, max_tokens=6)
+    reference = _reference_greedy_ids(tiny_checkpoint, HI, 6)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert {c.message.content for c in reply.choices} == {_reference_greedy(tiny_checkpoint, HI, 6)}
+    assert reply.usage.completion_tokens == 3 * len(reference)  # summed over the choices, as OpenAI counts
+    after = served.backend.stats()
+    assert after["batches"] - before.get("batches", 0) == 1 and after["requests"] - before.get("requests", 0) == 3
+    sampled = client.chat.completions.create(model=served.name, messages=HI, n=2, temperature=1.0, max_tokens=4)
+    assert len(sampled.choices) == 2
+    for bad in (0, MAX_CHOICES + 1):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=served.name, messages=HI, n=bad)
+        assert info.value.status_code == 400 and info.value.param == "n"
+
+
+def test_openai_usage_counts_the_tokenizer_tokens_of_the_chat_template(served, tiny_checkpoint):
+    served, client = served
+    reply = client.chat.completions.create(model=served.name, messages=HI, temperature=0, max_tokens=5)
+    prompt = _prompt_ids(tiny_checkpoint, HI)
+    reference = _reference_greedy_ids(tiny_checkpoint, HI, 5)
+    assert len(prompt) > 1 and reply.usage.prompt_tokens == len(prompt)  # "hi" plus the template's tokens
+    assert reply.usage.completion_tokens == len(reference)
+    assert reply.usage.total_tokens == len(prompt) + len(reference)
+    ended = reference[-1] == AutoTokenizer.from_pretrained(tiny_checkpoint).eos_token_id
+    assert reply.choices[0].finish_reason == ("stop" if ended else "length")
+    longer = [{"role": "system", "content": "Be brief."}, *HI]
+    usage = client.chat.completions.create(model=served.name, messages=longer, max_tokens=1).usage
+    assert usage.prompt_tokens == len(_prompt_ids(tiny_checkpoint, longer)) > len(prompt)
+    assert usage.completion_tokens == 1
+
+
+def test_openai_streaming_and_other_unsupported_fields_are_refused_naming_the_field(served):
+    served, client = served
+    with pytest.raises(openai.BadRequestError, match="stream=true is not supported") as info:
+        client.chat.completions.create(model=served.name, messages=HI, stream=True)
+    assert info.value.status_code == 400 and info.value.param == "stream"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=served.name, messages=HI, stop=["\n"])
+    assert info.value.param == "stop"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=served.name, messages=[*HI, {"role": "user", "content": 3}])
+    assert info.value.param == "messages[1].content"
+    with pytest.raises(openai.BadRequestError, match="no room to generate"):
+        client.chat.completions.create(model=served.name, messages=[{"role": "user", "content": "word " * 4000}])
 
 
 def test_cli_evaluates_a_checkpoint_served_by_the_project(tiny_checkpoint, llm_server, monkeypatch, tmp_path):

@@ -320,3 +320,51 @@ def test_multiturn_source_gives_one_task_per_goal_and_the_document_preset(run_cl
     (record,) = _records(out)
     assert record["goal"] == json.loads(source.read_text().splitlines()[0])["single_turn_prompt"]
     assert next(r["temperature"] for r in llm_server.received if r["model"].endswith("eval-policy")) == 0.8
+
+
+def test_flags_are_generated_from_the_settings_fields():
+    """One home per default: every evaluation flag's default and help come from EvaluationSettings."""
+    from collabllm_verl.recipe.evaluation.settings import EvaluationSettings
+
+    parser = evaluate.build_parser()
+    actions = {action.dest: action for action in parser._actions}
+    resolved = {"source", "user", "judge", "policy"}  # built from the source and model flags
+    for name, field in EvaluationSettings.model_fields.items():
+        if name in resolved:
+            continue
+        action = actions[name]
+        assert " ".join(field.description.split()).replace("%", "%%") in action.help, name
+        if not field.is_required():
+            assert action.default == field.get_default(call_default_factory=True), name
+    assert actions["progress"].option_strings == ["--no_progress"]
+    args = parser.parse_args(["--dataset", "d.jsonl", "--out", "o", "--policy_model", "m", "--no_progress"])
+    settings = evaluate.settings_from_args(args)
+    assert settings.progress is False and settings.max_messages == 14 and settings.policy.model == "m"
+    bad = parser.parse_args(["--dataset", "d.jsonl", "--out", "o", "--policy_model", "m", "--concurrency", "0"])
+    with pytest.raises(ValueError, match="--concurrency: Input should be greater than or equal to 1"):
+        evaluate.settings_from_args(bad)
+
+
+def test_unfinished_conversations_spend_the_failure_budget_and_are_retried(run_cli, tmp_path, llm_server, monkeypatch):
+    monkeypatch.setitem(_FAILING, "on", True)
+    tasks = _write_tasks(
+        tmp_path / "tasks.jsonl",
+        [_task(2, 2), *(_task(i, 1, f" {POLICY_FAIL_MARKER}") for i in range(3))],
+    )
+    out = tmp_path / "run"
+    before = llm_server.stats().get("model:eval-policy", 0)
+    code, output = run_cli(tasks, out, "--concurrency", "1", "--failure_budget", "0.5", "--task_retries", "1")
+    # the third unfinished conversation of four exceeds the budget (more than 2): the run stops, exit 1
+    assert code == 1 and "stopped: 3 of the 4 conversations of this run failed" in output
+    assert "failure budget of 50%" in output and not (out / "summary.json").exists()
+    # each failing conversation was tried twice (task_retries 1): opener reply + failing reply, per attempt
+    assert llm_server.stats()["model:eval-policy"] - before == 2 + 3 * 2 * 2
+    records = _records(out)
+    assert sorted(r["status"] for r in records) == ["conversation_failed"] * 3 + ["scored"]
+    # the model recovers: the same command resumes, runs only the unfinished ones and writes the summary
+    monkeypatch.setitem(_FAILING, "on", False)
+    code, _ = run_cli(tasks, out, "--concurrency", "1", "--failure_budget", "0.5", "--task_retries", "1")
+    assert code == 0
+    summary = _summary(out)
+    assert summary["invocation"]["skipped"] == 1 and summary["invocation"]["conversations_run"] == 3
+    assert summary["conversations"]["scored"] == 4

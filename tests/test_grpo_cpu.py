@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from collabllm_verl.recipe.verl_adapters.conversation_dump import latest_step_file, read_records
+from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, N, S = 2, 2, 2, 2
@@ -137,8 +137,8 @@ def test_reward_breakdown_is_logged_for_every_step(cpu_run):
 def test_sampled_conversations_are_dumped_with_their_scores(cpu_run):
     _, out = cpu_run
     dump = out / "checkpoints" / "conversations"
-    last = latest_step_file(dump)
-    assert last is not None and last.name == f"step_{STEPS:06d}.jsonl"
+    last = sorted(dump.glob("step_*.jsonl"))[-1]  # the highest-numbered file holds the last step
+    assert last.name == f"step_{STEPS:06d}.jsonl"
     all_records = [r for step in range(1, STEPS + 1) for r in read_records(dump / f"step_{step:06d}.jsonl")]
     last_records = read_records(last)
     assert len(last_records) == BATCH * N
@@ -180,7 +180,7 @@ def test_grpo_prompts_are_the_simulators_openers(cpu_run):
             assert opener == vague_opener(goal)
             partial.append(goal not in opener)
     assert len(partial) == 134 and sum(partial) >= 120  # a very short problem may fit in an opener whole
-    records = read_records(latest_step_file(out / "checkpoints" / "conversations"))
+    records = read_records(sorted((out / "checkpoints" / "conversations").glob("step_*.jsonl"))[-1])
     assert all(r["history"][-1]["content"].startswith("hi, I need some help") for r in records)
 
 
@@ -276,7 +276,11 @@ def test_records_of_concurrent_writers_are_all_kept(tmp_path):
 def test_resumed_step_replaces_the_interrupted_runs_summary_and_records(tmp_path):
     """A run killed during step 2 left a summary row and records for it; the resumed run redoes step 2:
     its summary row replaces the old one and the old records are dropped (no duplicated step)."""
-    from collabllm_verl.recipe.verl_adapters.conversation_dump import keep_step_records, previous_totals, write_summary
+    from collabllm_verl.recipe.verl_adapters.conversation_dump import (
+        keep_step_records,
+        previous_totals,
+        write_summary,
+    )
 
     for step in (1, 2):
         write_summary(tmp_path, {"step": step, "totals": {"judge_tokens": 10.0 * step}})
@@ -308,4 +312,3 @@ def test_dump_settings_are_validated_and_old_steps_pruned(tmp_path):
     for step in range(1, 5):
         writer.write(_record(step, 0.5, accuracy=0.0))
     assert sorted(p.name for p in tmp_path.glob("step_*.jsonl")) == ["step_000003.jsonl", "step_000004.jsonl"]
-    assert latest_step_file(tmp_path).name == "step_000004.jsonl"

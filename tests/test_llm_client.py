@@ -110,9 +110,11 @@ def test_extract_json_is_lenient(text, expected):
     assert extract_json(text) == expected
 
 
-@pytest.mark.parametrize("text", ["I cannot answer in JSON.", "", "[1, 2, 3]"])
-def test_extract_json_rejects_non_objects(text):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "text, kind", [("I cannot answer in JSON.", "str"), ("", "str"), ("[1, 2, 3]", "list")]
+)
+def test_extract_json_rejects_non_objects(text, kind):
+    with pytest.raises(ValueError, match=rf"^answer holds no JSON object \(got {kind}\)$"):
         extract_json(text)
 
 
@@ -186,20 +188,79 @@ async def test_non_retryable_error_fails_at_once(llm_server):
     assert info.value.attempts == 1 and llm_server.stats()["requests"] == 1
 
 
-async def test_retry_after_is_honoured(llm_server):
-    llm_server.configure(retry_after_s=0.6)
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The back-off waits of the LLM layer, recorded instead of slept (jitter fixed at its lower end, 1.0)."""
+    recorded: list[float] = []
+
+    async def record(seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(llm_client, "_sleep", record)
+    monkeypatch.setattr(llm_client, "_jitter", lambda: 1.0)
+    return recorded
+
+
+@pytest.mark.parametrize(
+    "jitter, backoff_max, expected",
+    [
+        (1.0, 5.0, [0.1, 0.2, 0.4]),  # backoff_initial * 2**(k-1)
+        (1.5, 5.0, [0.15, 0.3, 0.6]),  # times the jitter, at most 1.5
+        (1.5, 0.25, [0.15, 0.25, 0.25]),  # never above backoff_max
+    ],
+)
+async def test_exponential_backoff_waits(llm_server, waits, monkeypatch, jitter, backoff_max, expected):
+    monkeypatch.setattr(llm_client, "_jitter", lambda: jitter)
+    llm_server.inject(*["server_error"] * 3)
+    s = _settings(llm_server, num_retries=3, backoff_initial=0.1, backoff_max=backoff_max)
+    assert await acomplete_text(_msg("x"), s, purpose="t") == "x"
+    assert waits == pytest.approx(expected)
+
+
+def test_jitter_stays_in_its_range():
+    draws = [llm_client._jitter() for _ in range(200)]
+    assert all(1.0 <= d <= 1.5 for d in draws) and len(set(draws)) > 1
+
+
+async def test_retry_after_is_honoured(llm_server, waits):
+    llm_server.configure(retry_after_s=0.6)  # sent as retry-after-ms: 600 (and Retry-After: 1)
     llm_server.inject("rate_limit")
-    start = time.perf_counter()
     await acomplete_text(_msg("x"), _settings(llm_server, backoff_initial=0.01, backoff_max=5.0), purpose="t")
-    assert time.perf_counter() - start >= 0.6
+    assert waits == [0.6]  # the server's delay, not the 0.01 s of the exponential back-off
 
 
-async def test_backoff_is_bounded_even_when_server_asks_for_long_waits(llm_server):
+async def test_backoff_is_bounded_even_when_server_asks_for_long_waits(llm_server, waits):
     llm_server.configure(retry_after_s=120)
     llm_server.inject("rate_limit", "rate_limit")
-    start = time.perf_counter()
     await acomplete_text(_msg("x"), _settings(llm_server, backoff_initial=0.01, backoff_max=0.2), purpose="t")
-    assert time.perf_counter() - start < 2.0
+    assert waits == [0.2, 0.2]
+
+
+class _HeaderError(Exception):
+    def __init__(self, headers):
+        super().__init__("rate limited")
+        self.headers = headers
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise header wins
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "soon"}, 0.0),  # malformed: exponential back-off only
+        ({"retry-after": "-4"}, 0.0),
+        ({}, 0.0),
+    ],
+)
+def test_retry_after_header_parsing(headers, expected):
+    assert llm_client._retry_after_seconds(_HeaderError(headers)) == expected
+
+
+def test_retry_after_http_date():
+    import email.utils
+
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < llm_client._retry_after_seconds(_HeaderError({"retry-after": date})) <= 30
 
 
 async def test_concurrency_limit_is_shared_across_callers(llm_server):

@@ -226,15 +226,20 @@ def test_local_folder_in_hub_layout_and_save_to_disk(tmp_path):
 
 
 def test_hub_name_goes_through_datasets(tmp_path, monkeypatch):
-    """Offline, a hub id reaches datasets.load_dataset, which fails for lack of network (not our code)."""
+    """Offline, a hub id reaches datasets.load_dataset, which fails for lack of network (not our code): the
+    error is datasets' ConnectionError naming the repository."""
     import datasets
+    import huggingface_hub
 
     calls = []
     real = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(Exception):  # noqa: B017  (whatever datasets raises offline; the call is what counts)
+    # both libraries read HF_HUB_OFFLINE once, at import; without these the hub client retries for ~25 s
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConnectionError, match=r"Couldn't reach 'collabllm/collabllm-multiturn-math-hard' on the Hub"):
         process_dataset.process(process_dataset.parse_args(
             ["--dataset", "collabllm/collabllm-multiturn-math-hard", "--local_dir", str(tmp_path / "o"),
              "--dataset_type", "rl"]))
@@ -262,6 +267,95 @@ def test_bad_row_names_row_and_field_and_writes_nothing(tmp_path, capsys, caplog
     assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", "rl") == 2
     assert expected in caplog.text and str(src) in caplog.text
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # the JSON reader alone said "Unexpected character found when decoding 'null'", naming nothing
+        ('{"problem": "What is 2+2?", "solution": nul}',
+         "line 3 (row 1): field 'solution': not valid JSON at column 41 (Expecting value); "
+         "expected one JSON object per line"),
+        ('{"problem": "What is 2+2?", "solution": "4"', "line 3 (row 1): field 'solution': not valid JSON at "
+         "column 44 (Expecting ',' delimiter); expected one JSON object per line"),
+        ("{problem: 1}", "line 3 (row 1): not valid JSON at column 2 (Expecting property name enclosed in "
+         "double quotes); expected one JSON object per line"),
+        ("null", "line 3 (row 1): expected a JSON object, got null"),
+        ('["What is 2+2?", "4"]', "line 3 (row 1): expected a JSON object, got list"),
+    ],
+)
+def test_malformed_jsonl_line_names_file_line_and_field(tmp_path, caplog, line, expected):
+    good = json.dumps({"problem": "What is 1+1?", "solution": "2"})
+    src = tmp_path / "bad.jsonl"
+    src.write_text(f"{good}\n\n{line}\n{good}\n")  # a blank line counts as a line, not as a row
+    out = tmp_path / "out"
+    assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", "rl") == 2
+    assert f"{src}: {expected}" in caplog.text
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_malformed_json_array_names_line_and_field(tmp_path):
+    from collabllm_verl.recipe.dataset.io import load_source_dataset
+    from collabllm_verl.recipe.dataset.rows import JsonLinesError
+
+    src = tmp_path / "rows.json"
+    src.write_text('[{"problem": "a", "solution": "b"},\n {"problem": "c", "solution": }]\n')
+    with pytest.raises(JsonLinesError, match=r"rows\.json: line 2: field 'solution': not valid JSON at column 31 "
+                                              r"\(Expecting value\); expected a JSON array of objects") as info:
+        load_source_dataset(str(src))
+    assert (info.value.line, info.value.row, info.value.field) == (2, None, "solution")
+    src.write_text('[{"problem": "a", "solution": "b"}]')  # a valid array still loads
+    assert load_source_dataset(str(src))[0]["solution"] == "b"
+
+
+def test_malformed_jsonl_in_a_folder_is_named(tmp_path):
+    """A folder in hub layout that datasets fails to read: the broken file and line are named."""
+    from collabllm_verl.recipe.dataset.io import load_source_dataset
+    from collabllm_verl.recipe.dataset.rows import JsonLinesError
+
+    folder = tmp_path / "src" / "data"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "train-a.jsonl", multiturn_rows())
+    (folder / "train-b.jsonl").write_text('{"prompt": [}\n')
+    with pytest.raises(JsonLinesError, match=r"train-b\.jsonl: line 1 \(row 0\): field 'prompt': not valid JSON"):
+        load_source_dataset(str(tmp_path / "src"))
+
+
+@pytest.mark.parametrize(
+    ("score", "rewards", "expected"),
+    [
+        ("high", None, "row 3: field 'score': expected a number (the reply's reward), got str 'high'"),
+        (True, None, "row 3: field 'score': expected a number (the reply's reward), got bool True"),
+        (None, {"MR": [0.5, "high"]}, "row 3: field \"rewards['MR'][1]\": expected a number (score is missing, "
+         "so its mean is the score), got str 'high'"),
+        (None, {"accuracy": [1.0]}, "row 3: field 'score': missing (and no rewards['MR'] to fall back on)"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_bad_score_names_row_field_and_expectation(tmp_path, caplog, score, rewards, expected, kind):
+    """A score of the wrong type is reported as such, not as "missing" (RL keeps no score of a scored row,
+    but still checks it; SFT ranks by it, DPO pairs by it)."""
+    rows = multiturn_rows()
+    rows[3]["score"] = score
+    if rewards is not None:
+        rows[3]["rewards"] = rewards
+    src = write_jsonl(tmp_path / "scores.jsonl", rows)
+    out = tmp_path / "out"
+    assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", kind, "--validation_size", "0") == 2
+    assert f"{src}: {expected}" in caplog.text
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_nan_score_falls_back_to_mr_rewards(tmp_path):
+    rows = multiturn_rows()
+    rows[3]["score"] = float("nan")
+    rows[3]["rewards"] = {"MR": [0.2, 0.4]}
+    src = write_jsonl(tmp_path / "nan.jsonl", rows)
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "o", "--dataset_type", "dpo",
+                   "--validation_size", "0") == 0
+    train = read(tmp_path / "o", "dpo")[0]
+    late = train[train["extra_info"].map(lambda info: info["turn_id"] == 3)].iloc[0]
+    assert (late["score_chosen"], late["score_rejected"]) == pytest.approx((0.9, 0.3))
 
 
 def test_bad_single_turn_field_name(tmp_path, caplog):
@@ -307,7 +401,7 @@ def test_failed_write_leaves_no_partial_output(tmp_path, monkeypatch):
         return real(self, path, *a, **k)
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"^disk full$"):
         process_dataset.process(process_dataset.parse_args(
             ["--dataset", str(MATH_L5), "--local_dir", str(out), "--dataset_type", "rl"]))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import re
 
 import numpy as np
@@ -24,7 +25,8 @@ from verl import DataProto
 from verl.trainer.ppo.reward import load_reward_manager
 
 from collabllm_verl.metrics import MetricContext, MetricError, UnknownMetricError, register_metric
-from collabllm_verl.recipe.core.multiturn_reward import aggregate_metric
+from collabllm_verl.recipe.core.multiturn_reward import ForwardSamplingStats, SampleScore, aggregate_metric
+from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 from collabllm_verl.recipe.verl_adapters.reward_manager import CollabLLMRewardManager, ResponseExcluded
 from collabllm_verl.recipe.verl_adapters.step_summary import (
     FailureBudgetExceeded,
@@ -489,6 +491,46 @@ async def test_malformed_forward_sampling_counter_is_named(manager, field, value
         await manager.run_single(reward_input(fields))
 
 
+async def test_reports_are_typed_and_cross_processes_whole():
+    """The driver receives the reward core's typed records (not re-parsed columns), pickled as Ray does;
+    the conversations stay in the reward worker."""
+    m = make_manager(*WEIGHTS)
+    inputs = [reward_input(collab_fields([conversation("v=0.5"), conversation("a", "b", "v=1")],
+                                         end_reasons=["terminated", "turn_limit"]))]
+    outputs, reports = await run_step(m, inputs, step=4)
+    report = reports[0]
+    assert isinstance(report.score, SampleScore) and isinstance(report.sampling, ForwardSamplingStats)
+    copy = pickle.loads(pickle.dumps(report))
+    assert copy == report and copy.columns == outputs[0]["reward_extra_info"]
+    assert copy.score.means["test_value"] == pytest.approx(0.75) and copy.score.scored["test_value"] == 2
+    assert copy.sampling.end_counts()["terminated"] == 1 and copy.sampling.future_turns == [0, 2]
+    assert not hasattr(copy.sampling, "conversations")
+    assert copy.reward == pytest.approx(outputs[0]["reward_score"]) and copy.trained and not copy.skipped
+
+
+async def test_conversation_dump_is_a_reward_setting(tmp_path):
+    """``reward_kwargs.conversation_dump`` is validated with the other reward settings; every scored
+    response becomes one record of its step's file, built from the same typed breakdown."""
+    m = make_manager(*WEIGHTS, f"+reward.reward_kwargs.conversation_dump.dir='{tmp_path}'")
+    assert m.settings.conversation_dump.dir == str(tmp_path)
+    inputs = [reward_input(collab_fields([conversation("v=0.5"), conversation("a", "b", "v=1")]))]
+    outputs, reports = await run_step(m, inputs, step=3)
+    [record] = read_records(tmp_path / "step_000003.jsonl")
+    assert record["reward"] == pytest.approx(outputs[0]["reward_score"]) and record["step"] == 3
+    assert record["metrics"]["test_value"]["values"] == [0.5, 1.0]
+    assert record["metrics"]["test_future_len"]["mean"] == pytest.approx(2.0)
+    assert record["forward_sampling"]["future_turns"] == [0, 2]
+    assert record["history"] == HISTORY and [len(f["messages"]) for f in record["future_conversations"]] == [0, 2]
+    assert reports[0].context["dump_dir"] == str(tmp_path)
+    assert make_manager(*WEIGHTS).conversation_dump is None  # off unless configured
+    with pytest.raises(ValueError, match=r"reward_kwargs\.conversation_dump: unknown key\(s\) \['keep'\]"):
+        make_manager(*WEIGHTS, f"+reward.reward_kwargs.conversation_dump.dir='{tmp_path}'",
+                     "+reward.reward_kwargs.conversation_dump.keep=2")
+    with pytest.raises(ValueError, match="keep_last_steps must be an integer >= 1"):
+        make_manager(*WEIGHTS, f"+reward.reward_kwargs.conversation_dump.dir='{tmp_path}'",
+                     "+reward.reward_kwargs.conversation_dump.keep_last_steps=0")
+
+
 # ---------------------------------------------------------------- failure policies
 FAILING = [
     conversation("v=0.2"),
@@ -538,27 +580,42 @@ async def test_other_metric_errors_propagate():
 
 
 # ---------------------------------------------------------------- configuration
-async def test_legacy_reward_model_form_is_accepted_with_warning(caplog):
+async def test_legacy_reward_model_form_works_through_the_entry_points_translation():
+    """The original README's ``+reward_model.reward_kwargs.*`` form: translated once, by the entry point
+    (verl_adapters/overrides.py), into the form the reward manager reads."""
+    from collabllm_verl.recipe.verl_adapters.overrides import translate_overrides
+
     legacy = (
         "+reward_model.reward_kwargs.metric_weights.test_value=2",
         "+reward_model.reward_kwargs.metric_weights.test_future_len=-0.1",
     )
-    with caplog.at_level(logging.WARNING, logger="collabllm_verl.recipe.verl_adapters.reward_manager"):
-        m = make_manager(*legacy)
-    assert any("+reward.reward_kwargs" in r.getMessage() for r in caplog.records)
+    m = make_manager(*translate_overrides(legacy).overrides)
     assert m.settings.metric_weights == {"test_value": 2.0, "test_future_len": -0.1}
     out = await m.run_single(reward_input(collab_fields([conversation("v=0.5")])))
     assert out["reward_score"] == pytest.approx(1.0 - 0.1)
 
 
+def test_legacy_form_that_bypassed_the_entry_point_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"reward_model.reward_kwargs is the original recipe's form: .*main_ppo"):
+        make_manager("+reward_model.reward_kwargs.metric_weights.test_value=2")
+
+
 def test_new_form_wins_over_legacy_form():
-    m = make_manager(
+    from collabllm_verl.recipe.verl_adapters.overrides import translate_overrides
+
+    m = make_manager(*translate_overrides([
         "+reward_model.reward_kwargs.metric_weights.test_value=2",
         "+reward_model.reward_kwargs.failure_policy=zero",
         "+reward.reward_kwargs.metric_weights.test_value=3",
-    )
+    ]).overrides)
     assert m.settings.metric_weights == {"test_value": 3.0}
     assert m.settings.failure_policy == "zero"
+
+
+def test_judge_settings_default_to_the_judge_model():
+    m = make_manager("+reward.reward_kwargs.metric_weights.accuracy=1")
+    assert m.settings.judge.model == "gpt-4o-mini"
+    assert m.settings.judge.completion_kwargs == {"temperature": 0.0, "max_tokens": 2048}
 
 
 def test_unknown_metric_fails_at_start_up_with_the_list():
@@ -574,7 +631,7 @@ def test_unknown_metric_fails_at_start_up_with_the_list():
     "overrides, match",
     [
         ((), "needs reward_kwargs"),
-        (("+reward.reward_kwargs.metric_weights.accuracy=1",), "needs an LLM judge"),
+        ((*WEIGHTS, "+reward.reward_kwargs.llm_judge_kwargs.max_tokens=0"), r"llm_judge_kwargs.max_tokens"),
         ((*WEIGHTS, "+reward.reward_kwargs.failure_policy=ignore"), "failure_policy"),
         ((*WEIGHTS, "+reward.reward_kwargs.metric_wieghts.x=1"), "unknown reward_kwargs key"),
         (("+reward.reward_kwargs.metric_weights.test_value=abc",), "finite number"),

@@ -1,9 +1,10 @@
-"""train_rl_collabllm.sh composes valid verl 0.9.1 configs, and the `gpu` extra resolves with the pinned verl.
+"""train_rl_collabllm.sh composes valid verl 0.9.1 configs from the recipe configs (config/collabllm_rl*.yaml),
+and the `gpu` extra resolves with the pinned verl.
 
 The GPU command cannot run here, so its configuration is proven on the CPU: the script is run with Hydra's
-``--cfg job`` (verl's ``main_ppo`` composes and prints the config, then exits), every override must be a key
-of verl's config (Hydra rejects unknown keys without ``+``), and the composed config is then checked against
-verl's dataclasses and our plug-ins (agent loop, reward manager, metrics, conversation dump).
+``--cfg job`` (the recipe's entry point composes and prints the config, then exits), every override must be a
+key of the composed config (Hydra rejects unknown keys without ``+``), and the composed config is then
+checked against verl's dataclasses and our plug-ins (agent loop, reward manager, metrics, conversation dump).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
+
+import collabllm_verl.recipe.verl_adapters.config_resolvers  # noqa: F401  (the configs' ${collabllm.*} resolvers)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_rl_collabllm.sh"
@@ -56,7 +59,6 @@ def _check_plugins_resolve(cfg) -> None:
     from verl.workers.config import RolloutConfig
 
     import collabllm_verl.recipe.verl_adapters.plugins  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES imports)
-    from collabllm_verl.recipe.verl_adapters.conversation_dump import writer_from_trainer_config
     from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
     from collabllm_verl.recipe.verl_adapters.reward_manager import CollabLLMRewardManager
 
@@ -80,8 +82,12 @@ def _check_plugins_resolve(cfg) -> None:
     assert issubclass(load_extern_object(sampler.path, sampler.name), ReplayBuffer)
     settings = RewardSettings.from_trainer_config(cfg)
     assert set(resolve_settings(settings)) == {"accuracy", "interactivity", "token_amount"}
-    writer = writer_from_trainer_config(cfg)
-    assert writer is not None and writer.settings.dir == cfg.reward.reward_kwargs.conversation_dump.dir
+    from collabllm_verl.recipe.core.settings import SimulatorSettings
+
+    simulator = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.custom.user_simulator)
+    SimulatorSettings.from_mapping(simulator, where="user_simulator")  # valid keys and values
+    dump = settings.conversation_dump  # what the reward manager's conversation dump writes to
+    assert dump is not None and dump.dir == cfg.reward.reward_kwargs.conversation_dump.dir
 
 
 def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
@@ -97,8 +103,14 @@ def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
     assert cfg.reward.reward_manager.name == "collabllm"
     kwargs = OmegaConf.to_container(cfg.reward.reward_kwargs)
     assert kwargs["metric_weights"] == {"accuracy": 1, "interactivity": 1, "token_amount": -0.0001}
-    # no api_base/api_key: provider defaults; max_tokens as the verl recipe
-    assert kwargs["llm_judge_kwargs"] == {"model": "gpt-4o-mini", "max_tokens": 2048}
+    # the judges' and the simulator's settings are their models' defaults: gpt-4o-mini at the provider's
+    # endpoint, the judges' max_tokens and temperature as the verl recipe
+    assert kwargs["llm_judge_kwargs"] == {} and OmegaConf.to_container(rollout.custom.user_simulator) == {}
+    from collabllm_verl.recipe.core.multiturn_reward import RewardSettings
+
+    judge = RewardSettings.from_trainer_config(cfg).judge
+    assert judge.model == "gpt-4o-mini" and judge.api_base is None
+    assert judge.completion_kwargs == {"temperature": 0.0, "max_tokens": 2048}
     assert cfg.actor_rollout_ref.actor.use_kl_loss is True
     # the verl recipe's memory and schedule settings (docs/design.md §1)
     actor, ref = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.ref
@@ -117,7 +129,11 @@ def test_gpu_command_composes_with_the_recipe_defaults(tmp_path):
     assert cfg.trainer.resume_mode == "auto"
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
     assert "VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.verl_adapters.plugins" in echo[0]
-    assert "COLLABLLM_USER_MODEL=gpt-4o-mini" in echo[0]
+    # the script adds no defaults of its own: only the config name and the shortcuts that were set
+    assert echo[-1].split()[1:4] == ["collabllm_verl.recipe.verl_adapters.main_ppo", "--config-name", "collabllm_rl"]
+    assert [a for a in echo[-1].split() if "=" in a and not a.startswith("'hydra.")] == [
+        f"data.train_files={tmp_path}/data/rl_train.parquet", f"data.val_files={tmp_path}/data/rl_validation.parquet"
+    ]
     _check_plugins_resolve(cfg)
 
 
@@ -141,15 +157,18 @@ def test_resume_path_and_command_line_overrides_take_precedence(tmp_path):
     assert cfg.actor_rollout_ref.rollout.n == 4
     assert cfg.actor_rollout_ref.rollout.multi_turn.num_repeat_rollouts == 5
     judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
-    assert judge == {"model": "hosted_vllm/my-judge", "api_base": "http://127.0.0.1:8000/v1", "max_tokens": 2048}
+    assert judge == {"model": "hosted_vllm/my-judge", "api_base": "http://127.0.0.1:8000/v1"}
+    assert cfg.actor_rollout_ref.rollout.custom.user_simulator.api_base == "http://127.0.0.1:8000/v1"
     assert cfg.reward.reward_kwargs.metric_weights.accuracy == 2
     assert cfg.actor_rollout_ref.actor.use_dynamic_bsz is False
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 16
     assert cfg.actor_rollout_ref.rollout.custom.future_token_budget == 6144
     assert echo[-1].count("future_token_budget=") == 1
     command = echo[-1]
-    assert command.count("actor_rollout_ref.rollout.n=") == 1  # the script's default was dropped
+    assert command.count("actor_rollout_ref.rollout.n=") == 1  # the caller's; the script writes no default
     assert command.count("llm_judge_kwargs.model=") == 1
+    # the shortcuts come first, so that the caller's overrides of the same keys win (Hydra: the last one)
+    assert command.index("num_repeat_rollouts=5") < command.index("rollout.n=4")
 
 
 def test_api_key_is_never_printed_and_reaches_the_judge_through_the_environment(tmp_path, monkeypatch):
@@ -159,15 +178,16 @@ def test_api_key_is_never_printed_and_reaches_the_judge_through_the_environment(
     assert secret not in "\n".join(echo) and secret not in OmegaConf.to_yaml(cfg)
     judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
     assert judge["api_key_env"] == "COLLABLLM_JUDGE_API_KEY"
+    assert cfg.actor_rollout_ref.rollout.custom.user_simulator.api_key_env == "COLLABLLM_USER_API_KEY"
 
-    from collabllm_verl.recipe.core.llm_client import LLMSettings
+    from collabllm_verl.recipe.core.settings import JudgeSettings
 
     monkeypatch.setenv("COLLABLLM_JUDGE_API_KEY", secret)
-    settings = LLMSettings.from_config(judge)
+    settings = JudgeSettings.from_mapping(judge, where="llm_judge_kwargs").to_llm(where="llm_judge_kwargs")
     assert settings.completion_kwargs["api_key"] == secret and secret not in repr(settings)
     monkeypatch.delenv("COLLABLLM_JUDGE_API_KEY")
-    with pytest.raises(ValueError, match="COLLABLLM_JUDGE_API_KEY"):
-        LLMSettings.from_config(judge)
+    with pytest.raises(ValueError, match=r"llm_judge_kwargs\.api_key_env names 'COLLABLLM_JUDGE_API_KEY'"):
+        JudgeSettings.from_mapping(judge, where="llm_judge_kwargs").to_llm(where="llm_judge_kwargs")
 
 
 # The original recipe's README and the verl blog post configure the reward manager this way (the blog also
@@ -187,13 +207,9 @@ BLOG_LINES = (
 
 def test_blog_seed_lines_beat_the_script_defaults_and_hide_the_key(tmp_path, monkeypatch):
     secret = "sk-blog-DoNotPrint0123456789"
-    seen = tmp_path / "key_seen_by_verl"
-    wrapper = tmp_path / "python"  # records the key that the trainer's process receives, then runs Python
-    wrapper.write_text(f'#!/bin/sh\nprintf %s "$COLLABLLM_JUDGE_API_KEY" > {seen}\nexec {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
-    echo, cfg = _compose(tmp_path, *BLOG_LINES, PYTHON=str(wrapper))
+    echo, cfg = _compose(tmp_path, *BLOG_LINES)
     assert secret not in _compose.output and secret not in OmegaConf.to_yaml(cfg)
-    assert seen.read_text() == secret
+    assert "passed in $COLLABLLM_JUDGE_API_KEY (not printed)" in _compose.output
     assert cfg.reward.reward_manager.name == "collabllm"
     judge = OmegaConf.to_container(cfg.reward.reward_kwargs.llm_judge_kwargs)
     assert judge == {  # the user's model, endpoint and options, not the script's gpt-4o-mini
@@ -213,6 +229,69 @@ def test_blog_seed_lines_beat_the_script_defaults_and_hide_the_key(tmp_path, mon
     assert settings.judge.model == "claude-3-5-sonnet-latest"
     assert settings.judge.completion_kwargs["api_key"] == secret and secret not in repr(settings)
     assert settings.metric_weights == {"accuracy": 1.0, "interactivity": 1.0, "token_amount": -0.0001}
+
+
+def test_the_trainer_gets_the_composed_config_and_the_key_in_its_environment(tmp_path, monkeypatch):
+    """run_hydra_main runs verl's main body on the recipe config: the key given on the command line reaches
+    the trainer's environment (so Ray's workers inherit it), a missing data file stops before it runs."""
+    from collabllm_verl.recipe.verl_adapters.launch import run_hydra_main
+
+    seen = {}
+
+    def body(config):
+        seen["key"] = os.environ.get("COLLABLLM_JUDGE_API_KEY")
+        seen["config"] = config
+
+    fake_main = type("FakeMain", (), {"__wrapped__": staticmethod(body)})
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("rl_train.parquet", "rl_validation.parquet"):
+        (data / name).touch()
+    monkeypatch.delenv("COLLABLLM_JUDGE_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # Hydra writes its run folder under the working directory
+    files = [f"data.train_files={data}/rl_train.parquet", f"data.val_files={data}/rl_validation.parquet"]
+    run_hydra_main(fake_main, default_config="collabllm_rl", data_kind="rl", argv=["prog", *files, *BLOG_LINES])
+    assert seen["key"] == "sk-blog-DoNotPrint0123456789"
+    assert seen["config"].reward.reward_kwargs.llm_judge_kwargs.api_key_env == "COLLABLLM_JUDGE_API_KEY"
+    assert seen["config"].reward.reward_kwargs.llm_judge_kwargs.api_base == "http://127.0.0.1:8000/v1"
+
+    with pytest.raises(SystemExit, match=r"missing data file: .*nowhere.parquet \(data.val_files; create it with: "
+                       r"python process_dataset.py --dataset_type rl"):
+        run_hydra_main(fake_main, default_config="collabllm_rl", data_kind="rl",
+                       argv=["prog", files[0], "data.val_files=nowhere.parquet"])
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (["reward_model.reward_manager=collabllm"], ["reward.reward_manager.name=collabllm"]),
+        (["+reward_model.reward_kwargs.metric_weights.accuracy=2"],
+         ["++reward.reward_kwargs.metric_weights.accuracy=2"]),
+        (["+reward.reward_kwargs.skip_penalty=-0.2"], ["++reward.reward_kwargs.skip_penalty=-0.2"]),
+        (["+experiment=mine", "~trainer.logger", "--cfg", "job"],
+         ["+experiment=mine", "~trainer.logger", "--cfg", "job"]),
+        (["+reward_model.reward_kwargs.llm_judge_kwargs.base_url=http://h/v1"],
+         ["++reward.reward_kwargs.llm_judge_kwargs.api_base=http://h/v1"]),
+        (["++reward.reward_kwargs.llm_judge_kwargs.base_url=http://a/v1", "++reward.reward_kwargs.llm_judge_kwargs.api_base=http://b/v1"],
+         ["++reward.reward_kwargs.llm_judge_kwargs.api_base=http://b/v1"]),
+        (["++actor_rollout_ref.rollout.custom.user_simulator.api_key='sk-x'"],
+         ["++actor_rollout_ref.rollout.custom.user_simulator.api_key_env=COLLABLLM_USER_API_KEY"]),
+    ],
+)
+def test_seed_override_forms_are_translated(given, expected):
+    from collabllm_verl.recipe.verl_adapters.overrides import translate_overrides
+
+    out = translate_overrides(given)
+    assert out.overrides == expected
+    if "api_key_env" in expected[0]:
+        assert out.env == {"COLLABLLM_USER_API_KEY": "sk-x"} and all("sk-x" not in n for n in out.notes)
+
+
+def test_hydra_flags_are_kept_apart_from_the_overrides():
+    from collabllm_verl.recipe.verl_adapters.launch import split_hydra_flags
+
+    flags, overrides = split_hydra_flags(["a=1", "--cfg", "job", "~b", "--resolve", "c=2", "-cn", "x"])
+    assert flags == ["--cfg", "job", "--resolve", "-cn", "x"] and overrides == ["a=1", "~b", "c=2"]
 
 
 def test_current_form_wins_over_the_legacy_form_for_the_same_key(tmp_path):
@@ -285,7 +364,7 @@ def test_cpu_preset_composes_with_the_hf_backend(tmp_path):
 def test_missing_data_is_reported_before_anything_starts(tmp_path):
     env = dict(os.environ, DATA_DIR=str(tmp_path / "nowhere"), PYTHON=sys.executable)
     proc = subprocess.run(
-        ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False
+        ["bash", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 1
     assert "missing data file" in proc.stderr and "process_dataset.py" in proc.stderr

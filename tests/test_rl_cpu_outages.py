@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 from collabllm_verl.recipe.offline.server import LocalLLMServer
+from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DoNotPrint0123456789"

@@ -87,8 +87,8 @@ def cpu_probe() -> dict:
             "mem_ok": 0 < free <= total, "available": dev.is_available(),
         }
 
-        import collabllm_verl.recipe.cpu.platform as plat
-        plat._patch_process_group_backend()  # a second application must not stack wrappers
+        import collabllm_verl.recipe.cpu.patches as patches
+        assert patches.patch_process_group_backend() is False  # a second application must not stack wrappers
         from verl.utils.distributed import initialize_global_process_group
         import verl.workers.engine_workers as ew
         ranks = initialize_global_process_group(timeout_second=60)
@@ -103,7 +103,7 @@ def cpu_probe() -> dict:
         import verl.workers.engine.fsdp.transformer_impl as engine_impl
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
-        plat._patch_fsdp2_offload_policy()  # idempotent
+        assert patches.patch_fsdp2_offload_policy() is False  # idempotent
         policy = engine_impl.CPUOffloadPolicy(pin_memory=True)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
         x = torch.randn(3, 4)
@@ -113,7 +113,7 @@ def cpu_probe() -> dict:
             got = model(x)
         offload_facts = {
             "is_torch_policy": isinstance(policy, CPUOffloadPolicy), "pin_memory": policy.pin_memory,
-            "same_output": torch.allclose(expected, got), "pin_memory_available": plat.pin_memory_available(),
+            "same_output": torch.allclose(expected, got), "pin_memory_available": patches.pin_memory_available(),
         }
         dist.destroy_process_group()
         print(json.dumps({"platform": platform_facts, "group": group_facts, "offload": offload_facts}))
@@ -178,6 +178,65 @@ def test_cpu_platform_is_opt_in():
     assert result["pin"] is True  # other platforms keep verl's pinned offload
 
 
+def _patch_layers(obj) -> int:
+    """How many patch replacements are stacked in ``obj``: marked functions along the ``__wrapped__`` chain,
+    or marked classes in the class's MRO (own attributes only, as subclasses inherit class attributes)."""
+    from collabllm_verl.recipe.cpu.patches import PATCH_MARK
+
+    if isinstance(obj, type):
+        return sum(bool(vars(cls).get(PATCH_MARK)) for cls in obj.__mro__)
+    layers = 0
+    while obj is not None:
+        layers += bool(vars(obj).get(PATCH_MARK)) if hasattr(obj, "__dict__") else 0
+        obj = getattr(obj, "__wrapped__", None)
+    return layers
+
+
+@pytest.mark.parametrize("name", ["process_group_backend", "fsdp2_offload_policy", "valuehead_attention"])
+def test_each_patch_is_applied_once_and_names_its_targets(name):
+    """The package import (at the top of this file) applied every patch; applying again changes nothing,
+    every target names a verl attribute that now holds exactly one replacement, and the patch's docstring
+    names each target and the verl version."""
+    import importlib
+
+    from collabllm_verl.recipe.cpu import patches
+
+    patch = next(p for p in patches.PATCHES if p.name == name)
+    assert patch.apply() is False
+    assert patches.apply_patches() == {p.name: False for p in patches.PATCHES}
+    assert "(verl 0.9.1)" in patch.apply.__doc__
+    for target in patch.targets:
+        module, _, attribute = target.rpartition(".")
+        assert f"``{module}" in patch.apply.__doc__ and attribute in patch.apply.__doc__, target
+        assert _patch_layers(getattr(importlib.import_module(module), attribute)) == 1, target
+
+
+def test_patches_apply_only_on_the_verl_version_they_were_written_for(monkeypatch):
+    from collabllm_verl.recipe.cpu import patches
+
+    calls = []
+    fakes = tuple(
+        patches.VerlPatch(p.name, p.targets, lambda name=p.name: calls.append(name) or True) for p in patches.PATCHES
+    )
+    monkeypatch.setattr(patches, "PATCHES", fakes)
+    names = [p.name for p in fakes]
+    assert patches.apply_patches() == dict.fromkeys(names, True) and calls == names  # 0.9.1: each once
+
+    calls.clear()
+    monkeypatch.setattr(patches, "_installed_verl_version", lambda: "0.10.0")
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    with pytest.raises(
+        patches.VerlVersionError,
+        match=r"patches verl 0\.9\.1, found verl 0\.10\.0: no patch applied \(verl\.utils\.distributed\."
+        r"initialize_global_process_group, .*verl\.utils\.model\.load_valuehead_model\)",
+    ):
+        patches.apply_patches()
+    monkeypatch.delenv("VERL_PLATFORM")  # the plug-in imported on a GPU machine: a warning, no patch
+    with pytest.warns(patches.VerlVersionWarning, match=r"found verl 0\.10\.0: no patch applied"):
+        assert patches.apply_patches() == dict.fromkeys(names, False)
+    assert calls == []
+
+
 # ---------------------------------------------------------------------------------------------------
 # train_sft_collabllm.sh
 # ---------------------------------------------------------------------------------------------------
@@ -208,17 +267,28 @@ def sft_data(tmp_path_factory) -> Path:
     return out
 
 
+def _python_launcher(tmp_path: Path) -> str:
+    """A TORCHRUN stand-in that drops torchrun's own flags and runs the module in this interpreter."""
+    launcher = tmp_path / "launch"
+    launcher.write_text(f'#!/bin/sh\nshift 3\nexec {sys.executable} "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
 def test_script_usage_errors(tmp_path: Path):
     no_args = subprocess.run(["bash", str(SCRIPT)], env=_env(), capture_output=True, text=True, check=False)
     assert no_args.returncode == 2 and "nproc_per_node" in no_args.stderr
     missing = subprocess.run(
         ["bash", str(SCRIPT), "1"],
-        env=_env(DATA_DIR=str(tmp_path / "nowhere"), TORCHRUN="echo"),
+        env=_env(DATA_DIR=str(tmp_path / "nowhere"), TORCHRUN=_python_launcher(tmp_path)),
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
-    assert missing.returncode == 1 and "missing data file" in missing.stderr
+    assert missing.returncode == 1, missing.stderr[-2000:]
+    assert "missing data file" in missing.stderr and "--dataset_type sft" in missing.stderr
     bad_device = subprocess.run(
         ["bash", str(SCRIPT), "1"], env=_env(DEVICE="tpu"), capture_output=True, text=True, check=False
     )
@@ -231,34 +301,47 @@ def _echo_command(data_dir: Path, *overrides: str) -> list[str]:
     return shlex.split(proc.stdout.strip().splitlines()[-1])
 
 
-def test_gpu_defaults_in_command(sft_data: Path):
+def _composed(argv: list[str], cwd: Path):
+    """The config the launch command composes (Hydra's ``--cfg job``), resolved."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    import collabllm_verl.recipe.verl_adapters.config_resolvers  # noqa: F401
+
+    proc = _run_checked([sys.executable, *argv[3:], "--cfg", "job"], env=_env(), cwd=cwd)
+    body = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("+ "))
+    cfg = OmegaConf.create(yaml.safe_load(body))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def test_gpu_defaults_in_command(sft_data: Path, tmp_path: Path):
     argv = _echo_command(sft_data)
-    assert argv[:5] == ["--standalone", "--nnodes=1", "--nproc_per_node=8", "-m", "verl.trainer.sft_trainer"]
-    for expected in (
-        "model.path=Qwen/Qwen2.5-7B-Instruct",
-        "optim.lr=1e-6",
-        "data.train_batch_size=64",
-        "trainer.total_epochs=3",
-        "data.messages_key=messages",
-        "engine=fsdp",
-        "engine.strategy=fsdp2",
-        f"data.train_files={sft_data}/sft_train.parquet",
-        f"data.val_files={sft_data}/sft_validation.parquet",
-        "checkpoint.save_contents=[model,optimizer,extra,hf_model]",
-        "trainer.save_freq=after_each_epoch",
-        "data.max_length=8192",
-        "data.truncation=error",  # as the verl recipe: never silently cut the final assistant turn
-        "model.use_remove_padding=True",
-    ):
-        assert expected in argv, expected
-    assert not any(a.startswith(("trainer.device=", "trainer.total_training_steps=")) for a in argv)
+    assert argv[:3] == ["--standalone", "--nnodes=1", "--nproc_per_node=8"]
+    assert argv[3:5] == ["-m", "collabllm_verl.recipe.verl_adapters.main_sft"]
+    # the script writes only the config name and the shortcuts; the defaults come from config/collabllm_sft.yaml
+    assert argv[5:] == [
+        "--config-name", "collabllm_sft", f"data.train_files={sft_data}/sft_train.parquet",
+        f"data.val_files={sft_data}/sft_validation.parquet", "trainer.n_gpus_per_node=8",
+    ]
+    cfg = _composed(argv, tmp_path)
+    assert cfg.model.path == "Qwen/Qwen2.5-7B-Instruct" and cfg.optim.lr == 1e-6
+    assert (cfg.data.train_batch_size, cfg.trainer.total_epochs, cfg.data.messages_key) == (64, 3, "messages")
+    assert cfg.engine.strategy == "fsdp2" and cfg.data.train_files == f"{sft_data}/sft_train.parquet"
+    assert list(cfg.checkpoint.save_contents) == ["model", "optimizer", "extra", "hf_model"]
+    assert cfg.trainer.save_freq == "after_each_epoch" and cfg.data.max_length == 8192
+    # as the verl recipe: never silently cut the final assistant turn
+    assert cfg.data.truncation == "error" and cfg.model.use_remove_padding is True
+    assert cfg.trainer.device == "cuda" and cfg.trainer.total_training_steps is None
+    assert cfg.trainer.experiment_name == "Qwen2.5-7B-Instruct-math-hard-sft"
 
 
-def test_overrides_replace_defaults(sft_data: Path):
+def test_overrides_replace_defaults(sft_data: Path, tmp_path: Path):
     argv = _echo_command(sft_data, "optim.lr=5e-6", "++model.path=/models/mine", "+trainer.foo=1")
-    assert [a for a in argv if a.startswith("optim.lr=")] == ["optim.lr=5e-6"]
-    assert [a for a in argv if "model.path=" in a] == ["++model.path=/models/mine"]
     assert argv[-3:] == ["optim.lr=5e-6", "++model.path=/models/mine", "+trainer.foo=1"]
+    cfg = _composed(argv, tmp_path)
+    assert cfg.optim.lr == 5e-6 and cfg.model.path == "/models/mine" and cfg.trainer.foo == 1
+    assert cfg.trainer.experiment_name == "mine-math-hard-sft"  # the default name follows the model
 
 
 def test_sft_cpu_end_to_end(sft_data: Path, tmp_path: Path):

@@ -47,9 +47,12 @@ async def test_conversation_happy_path_and_termination(user_simulator_config, ll
     assert await sim.calculate_score(iid) == 0.0
     await sim.finalize_interaction(iid)
     await sim.finalize_interaction(iid)  # idempotent
-    assert sim.active_instances == 0
     with pytest.raises(KeyError):
         await sim.generate_response(iid, chat)
+    # forgotten: the id can start a new conversation (an active one is refused)
+    assert await sim.start_interaction(iid, single_turn_prompt=GOAL) == iid
+    with pytest.raises(ValueError, match="already active"):
+        await sim.start_interaction(iid, single_turn_prompt=GOAL)
 
 
 async def test_termination_after_max_turns(user_simulator_config):
@@ -145,7 +148,9 @@ async def test_many_concurrent_conversations_do_not_share_goals(user_simulator_c
     assert sorted(re.findall(r"GOAL-\d{4}-END", "".join(prompts))) == sorted(f"GOAL-{i:04d}-END" for i in range(n))
     assert llm_server.stats()["max_in_flight"] <= 64
     await asyncio.gather(*(sim.finalize_interaction(iid) for iid in ids))
-    assert sim.active_instances == 0
+    for iid in ids:  # every conversation was forgotten
+        with pytest.raises(KeyError, match="unknown instance_id"):
+            await sim.generate_response(iid, chat)
 
 
 @pytest.mark.parametrize("fault", ["malformed_json", "missing_keys", "truncated_json", "rate_limit", "hang", "empty"])
@@ -192,16 +197,17 @@ async def test_start_interaction_validates_goal_and_ids(user_simulator_config):
         await sim.start_interaction(iid, single_turn_prompt="g")
 
 
-async def test_shipped_yaml_with_environment_overrides(monkeypatch, llm_server, caplog):
+async def test_shipped_yaml_with_the_runs_settings(monkeypatch, llm_server, caplog):
+    """The packaged YAML holds only the class: the simulator's settings are the run's (the trainer config's
+    ``actor_rollout_ref.rollout.custom.user_simulator``) over SimulatorSettings' defaults."""
     from importlib.resources import files
 
     secret = "sk-env-SECRET-abcdef123456"
-    monkeypatch.setenv("COLLABLLM_USER_MODEL", "openai/scripted-user")
-    monkeypatch.setenv("COLLABLLM_USER_API_BASE", llm_server.base_url)
-    monkeypatch.setenv("COLLABLLM_USER_API_KEY", secret)
+    monkeypatch.setenv("SIM_KEY", secret)
     caplog.set_level(logging.DEBUG)
     path = files("collabllm_verl.config") / "collabllm_interaction_config.yaml"
-    interactions = load_interactions(str(path))
+    run_settings = {"model": "openai/scripted-user", "api_base": llm_server.base_url, "api_key_env": "SIM_KEY"}
+    interactions = load_interactions(str(path), config_overrides=run_settings)
     sim = interactions["collabllm"]
     assert isinstance(sim, CollabLLMInteraction) and sim.name == "collabllm"
     assert sim.llm.api_base == llm_server.base_url and sim.llm.completion_kwargs["temperature"] == 1.0
@@ -262,7 +268,7 @@ def test_loader_errors_name_the_entry(tmp_path):
         load_interactions([{"class_name": "no_such_pkg.Thing"}])
     with pytest.raises(ValueError, match="entry 0: unknown field"):
         load_interactions([{"class_name": "x.Y", "kwargs": {}}])
-    with pytest.raises(ValueError, match=r"entry 0 \(collabllm\): CollabLLMInteraction: unknown config key"):
+    with pytest.raises(ValueError, match=r"entry 0 \(collabllm\): unknown user simulator config key 'temprature'"):
         load_interactions([{"class_name": "collabllm_verl.interactions.collabllm_interaction.CollabLLMInteraction",
                             "config": {"temprature": 0.5}}])
     with pytest.raises(FileNotFoundError):

@@ -18,7 +18,17 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["LOCAL_SERVER_KEY_ENV", "ROLE_HELP", "add_model_arguments", "local_server", "model_config"]
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "LOCAL_SERVER_KEY_ENV",
+    "ROLE_HELP",
+    "RoleEndpoint",
+    "add_model_arguments",
+    "local_server",
+    "model_config",
+    "resolve_roles",
+]
 
 # The placeholder key of the offline stand-in server, set in the environment while it runs.
 LOCAL_SERVER_KEY_ENV = "COLLABLLM_LOCAL_SERVER_KEY"
@@ -72,8 +82,64 @@ def add_model_arguments(
         )
 
 
+class RoleEndpoint(BaseModel):
+    """The model and endpoint the flags chose for one role (a frozen pydantic model). It never holds a key:
+    only the name of the environment variable that does."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model: str | None
+    """litellm model string; None or empty when the role's model flag was not given (``--policy_model``
+    beside ``--policy_checkpoint``)."""
+    api_base: str | None = None
+    """Endpoint URL (the role's ``--<role>_api_base``, else ``--api_base``); None: the provider's default."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the key (the role's, else ``--api_key_env``; the local
+    server's placeholder variable for a role it serves); None: the provider's usual variable."""
+
+    def config(self, *, model_key: str = "model", **settings: Any) -> dict[str, Any]:
+        """The flat LLM config of the role, ready for ``LLMSettings.from_config`` or the user simulator.
+
+        Args:
+            model_key: key of the model string in the result (``user_model`` for the user simulator).
+            **settings: more keys (``temperature``, ``max_tokens``, ``max_concurrency``, ...).
+
+        Returns:
+            ``{model_key: ..., "api_base": ..., "api_key_env": ..., **settings}`` without None values.
+        """
+        config = {model_key: self.model, "api_base": self.api_base, "api_key_env": self.api_key_env, **settings}
+        return {key: value for key, value in config.items() if value is not None}
+
+
+def _role_endpoint(args: argparse.Namespace, role: str) -> RoleEndpoint:
+    key_env = getattr(args, f"{role}_api_key_env") or args.api_key_env
+    if getattr(args, "local_server", False) and not getattr(args, f"{role}_api_base"):
+        key_env = LOCAL_SERVER_KEY_ENV
+    return RoleEndpoint(
+        model=getattr(args, f"{role}_model"),
+        api_base=getattr(args, f"{role}_api_base") or args.api_base,
+        api_key_env=key_env,
+    )
+
+
+def resolve_roles(args: argparse.Namespace, roles: Sequence[str]) -> dict[str, RoleEndpoint]:
+    """Every role's model and endpoint from the parsed flags, resolved once for the whole run.
+
+    Call it inside :func:`local_server` when ``--local_server`` may be given (the server sets the shared
+    endpoint).
+
+    Args:
+        args: parsed flags (:func:`add_model_arguments`).
+        roles: the roles to resolve.
+
+    Returns:
+        role -> :class:`RoleEndpoint`, in ``roles`` order.
+    """
+    return {role: _role_endpoint(args, role) for role in roles}
+
+
 def model_config(args: argparse.Namespace, role: str, *, model_key: str = "model", **settings: Any) -> dict:
-    """The flat LLM config of one role, ready for ``LLMSettings.from_config`` or the user simulator.
+    """The flat LLM config of one role straight from the flags: ``resolve_roles(args, [role])[role].config(...)``.
 
     Args:
         args: parsed flags (:func:`add_model_arguments`).
@@ -86,16 +152,7 @@ def model_config(args: argparse.Namespace, role: str, *, model_key: str = "model
         ``{model_key: ..., "api_base": ..., "api_key_env": ..., **settings}`` without None values; a role
         served by the local server (``--local_server`` and no role endpoint of its own) gets its key variable.
     """
-    key_env = getattr(args, f"{role}_api_key_env") or args.api_key_env
-    if getattr(args, "local_server", False) and not getattr(args, f"{role}_api_base"):
-        key_env = LOCAL_SERVER_KEY_ENV
-    config = {
-        model_key: getattr(args, f"{role}_model"),
-        "api_base": getattr(args, f"{role}_api_base") or args.api_base,
-        "api_key_env": key_env,
-        **settings,
-    }
-    return {key: value for key, value in config.items() if value is not None}
+    return _role_endpoint(args, role).config(model_key=model_key, **settings)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,9 @@ What it adds on top of :func:`litellm.acompletion`:
   it); it is never turned into an empty string or a zero score here.
 * **Lenient JSON** (:func:`acomplete_json`) through ``json-repair``: code fences, single quotes,
   trailing commas and text around the object are tolerated; required keys and value types are checked.
-* **Counters** per process (:func:`llm_stats`): calls, HTTP requests, retries, failures, prompt and
-  completion tokens, cost in USD (litellm's price map, when the model is in it) and latency.
+* **Counters** per process (:func:`llm_stats`) and per block of code (:func:`usage_scope`), named once
+  in :class:`Usage`: calls, HTTP requests, retries, failures, prompt and completion tokens, cost in USD
+  (litellm's price map, when the model is in it); per process also latency.
 * **No secrets in logs**: :func:`redact_secrets` masks API keys in configs; ``LLMSettings.__repr__`` and
   every log line of this module are redacted.
 
@@ -44,7 +45,8 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar
 
 import json_repair
 import litellm
@@ -52,13 +54,15 @@ from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from collabllm_verl.recipe.core.validation import validate
+from collabllm_verl.recipe.core.plain import to_plain
+from collabllm_verl.recipe.core.validation import NonNegative, validate
 
 __all__ = [
     "LITELLM_PASSTHROUGH_KEYS",
     "LLM_SETTINGS_KEYS",
     "LLMCallError",
     "LLMSettings",
+    "Usage",
     "acomplete_json",
     "acomplete_text",
     "extract_json",
@@ -252,7 +256,10 @@ class LLMSettings(BaseModel):
                 ``api_key_env`` names a variable that is not set; the message names the key
                 (``<where>.<key>``) or the variable.
         """
-        cfg = {k: v for k, v in _to_plain_dict(cfg).items() if v is not None}
+        plain = to_plain(cfg)
+        if not isinstance(plain, Mapping):
+            raise ValueError(f"LLM config must be a mapping, got {type(cfg).__name__}")
+        cfg = {k: v for k, v in plain.items() if v is not None}
         if not cfg.get(model_key):
             raise ValueError(f"{where}.{model_key}: required, the litellm model string (got keys {sorted(cfg)})")
         kwargs: dict[str, Any] = {k: cfg[k] for k in LITELLM_PASSTHROUGH_KEYS if k in cfg}
@@ -269,19 +276,6 @@ class LLMSettings(BaseModel):
         kwargs.update({k: v for k, v in extra.items() if v is not None})
         fields = {k: cfg[k] for k in _SETTINGS_FIELD_KEYS if k in cfg}
         return validate(cls, {"model": str(cfg[model_key]), "completion_kwargs": kwargs, **fields}, where=where)
-
-
-def _to_plain_dict(cfg: Any) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"LLM config must be a mapping, got {type(cfg).__name__}")
-    return dict(cfg)
 
 
 class LLMCallError(RuntimeError):
@@ -310,48 +304,124 @@ class _UnusableAnswer(ValueError):
 # Counters
 # --------------------------------------------------------------------------------------------------
 
-_COUNTER_NAMES = (
-    "calls",  # acomplete_* invocations
-    "requests",  # HTTP requests sent (attempts)
-    "retries",  # attempts after the first one
-    "failures",  # calls that raised LLMCallError
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",  # sum of litellm's cost where the model is in its price map
-    "cost_unknown",  # successful requests whose cost litellm could not compute
-    "latency_s_total",  # seconds spent in successful calls, retries and back-off included
-)
+
+class Usage(BaseModel):
+    """LLM usage counters: the one vocabulary of the project for what LLM calls cost.
+
+    The per-process totals (:func:`llm_stats`), a :func:`usage_scope` block, a response's judge and
+    simulator usage, a training step's sums and the evaluation and data-engine records all use these
+    names. Every counter is a finite float >= 0.
+
+    Attributes:
+        calls: ``acomplete_*`` invocations (one call makes 1 .. ``num_retries + 1`` requests).
+        requests: HTTP requests sent (attempts, retries included).
+        retries: attempts after the first one.
+        failures: calls that raised :class:`LLMCallError`.
+        prompt_tokens, completion_tokens: model tokens as the servers report them.
+        cost_usd: US dollars from litellm's price map, for the models it knows.
+        cost_unknown: successful requests whose cost litellm could not compute (not in ``cost_usd``).
+
+    ``a + b`` and ``a - b`` are counter-wise; validation accepts a mapping with any subset of the names
+    (missing ones are 0, other keys are ignored) and names a bad value's key.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    calls: NonNegative = 0.0
+    requests: NonNegative = 0.0
+    retries: NonNegative = 0.0
+    failures: NonNegative = 0.0
+    prompt_tokens: NonNegative = 0.0
+    completion_tokens: NonNegative = 0.0
+    cost_usd: NonNegative = 0.0
+    cost_unknown: NonNegative = 0.0
+
+    COLUMNS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "calls": "calls",
+            "failures": "failed_calls",  # "failures" would collide with fs/simulator_failures (conversations)
+            "prompt_tokens": "prompt_tokens",
+            "completion_tokens": "completion_tokens",
+            "cost_usd": "cost_usd",
+        }
+    )
+    """The counters reported per response and per training step -> their documented column names
+    (``mr/judge_<column>``, ``fs/simulator_<column>``, a step summary's ``judge``/``simulator`` block)."""
+
+    @classmethod
+    def counter_names(cls) -> tuple[str, ...]:
+        """Every counter name, in declaration order."""
+        return tuple(cls.model_fields)
+
+    @property
+    def tokens(self) -> float:
+        """``prompt_tokens + completion_tokens``."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage.model_construct(**{k: getattr(self, k) + getattr(other, k) for k in self.counter_names()})
+
+    def __sub__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage.model_construct(**{k: getattr(self, k) - getattr(other, k) for k in self.counter_names()})
+
+    def as_dict(self, *names: str) -> dict[str, float]:
+        """``{counter: value}`` for ``names`` (default: every counter), in that order.
+
+        Raises:
+            KeyError: a name is not a counter.
+        """
+        unknown = [n for n in names if n not in type(self).model_fields]
+        if unknown:
+            raise KeyError(f"not LLM usage counters: {unknown}; known: {list(self.counter_names())}")
+        return {name: float(getattr(self, name)) for name in names or self.counter_names()}
+
+    def columns(self, prefix: str = "") -> dict[str, float]:
+        """The reported counters under their column names (:attr:`COLUMNS`), each prefixed, e.g.
+        ``usage.columns("mr/judge_")`` -> ``{"mr/judge_calls": ..., "mr/judge_failed_calls": ..., ...}``."""
+        return {f"{prefix}{column}": float(getattr(self, key)) for key, column in self.COLUMNS.items()}
+
+    def _add_counts(self, values: Mapping[str, float]) -> None:
+        for key, value in values.items():
+            setattr(self, key, getattr(self, key) + value)
+
+
 _stats_lock = threading.Lock()
-_stats: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(_COUNTER_NAMES, 0.0))
+_stats: dict[str, Usage] = defaultdict(Usage)  # purpose ("" = all purposes) -> counters
+_latency: dict[str, float] = defaultdict(float)  # purpose -> seconds spent in successful calls
 
 
-# Counter dicts of the open :func:`usage_scope` blocks of the current task (innermost last).
-_usage_sinks: contextvars.ContextVar[tuple[dict[str, float], ...]] = contextvars.ContextVar(
+# Usage records of the open :func:`usage_scope` blocks of the current task (innermost last).
+_usage_sinks: contextvars.ContextVar[tuple[Usage, ...]] = contextvars.ContextVar(
     "collabllm_llm_usage_sinks", default=()
 )
 
 
 def _count(purpose: str, **values: float) -> None:
+    """Add ``values`` (:class:`Usage` counters, or ``latency_s_total`` in seconds) to the process totals,
+    to ``purpose``'s and to every open :func:`usage_scope` of the current task."""
+    latency = values.pop("latency_s_total", 0.0)
     with _stats_lock:
-        for scope in ("", purpose) if purpose else ("",):  # an empty purpose must not count twice
-            bucket = _stats[scope]
-            for key, value in values.items():
-                bucket[key] += value
+        scopes = ("", purpose) if purpose else ("",)  # an empty purpose must not count twice
+        for scope in scopes:
+            _stats[scope]._add_counts(values)
+            _latency[scope] += latency
         for sink in _usage_sinks.get():
-            for key, value in values.items():
-                sink[key] += value
+            sink._add_counts(values)
 
 
 @contextlib.contextmanager
 def usage_scope():
     """Count the LLM calls made inside a ``with`` block, including tasks it starts (``asyncio.gather``).
 
-    Yields a dict with the :func:`llm_stats` counters (``calls``, ``requests``, ``retries``, ``failures``,
-    ``prompt_tokens``, ``completion_tokens``, ``cost_usd``, ``cost_unknown``, ``latency_s_total``), updated
-    as calls finish; scopes nest. Used by the reward manager to report each sample's judge cost while many
-    samples are scored concurrently (per-process totals can not be split by sample).
+    Yields a :class:`Usage`, updated in place as calls finish; scopes nest. Used by the reward manager to
+    report each sample's judge cost while many samples are scored concurrently (per-process totals can not
+    be split by sample).
     """
-    sink = dict.fromkeys(_COUNTER_NAMES, 0.0)
+    sink = Usage()
     token = _usage_sinks.set((*_usage_sinks.get(), sink))
     try:
         yield sink
@@ -363,25 +433,20 @@ def llm_stats() -> dict[str, float]:
     """Per-process counters since start (or the last :func:`reset_llm_stats`), as a flat dict.
 
     Keys without a prefix are totals over all purposes; ``"<purpose>/<counter>"`` keys are per purpose
-    (e.g. ``"user_simulator/requests"``). Counters: ``calls`` (acomplete_* invocations), ``requests``
-    (HTTP requests, retries included), ``retries``, ``failures`` (calls that raised
-    :class:`LLMCallError`), ``prompt_tokens`` and ``completion_tokens`` (model tokens as reported by the
-    server), ``cost_usd`` (litellm's price map; requests to models it does not know are counted in
-    ``cost_unknown``), ``latency_s_total`` and ``latency_s_mean`` (seconds per successful call,
-    including retries and back-off).
+    (e.g. ``"user_simulator/requests"``). Counters: the :class:`Usage` ones (``calls``, ``requests``,
+    ``retries``, ``failures``, ``prompt_tokens``, ``completion_tokens``, ``cost_usd``, ``cost_unknown``),
+    then ``latency_s_total`` and ``latency_s_mean`` (seconds per successful call, including retries and
+    back-off).
     """
     with _stats_lock:
         out: dict[str, float] = {}
-        for scope, bucket in _stats.items():
+        for scope in list(_stats) or [""]:  # "" (all purposes) is counted first, so it comes first
+            usage, latency = _stats.get(scope, Usage()), _latency.get(scope, 0.0)
             prefix = f"{scope}/" if scope else ""
-            ok = bucket["calls"] - bucket["failures"]
-            for key, value in bucket.items():
-                out[prefix + key] = value
-            out[prefix + "latency_s_mean"] = bucket["latency_s_total"] / ok if ok > 0 else 0.0
-        if "" not in _stats:
-            for key in _COUNTER_NAMES:
-                out[key] = 0.0
-            out["latency_s_mean"] = 0.0
+            out.update({prefix + key: value for key, value in usage.as_dict().items()})
+            ok = usage.calls - usage.failures
+            out[prefix + "latency_s_total"] = latency
+            out[prefix + "latency_s_mean"] = latency / ok if ok > 0 else 0.0
         return out
 
 
@@ -389,6 +454,7 @@ def reset_llm_stats() -> None:
     """Zero every counter of this process (tests and benchmarks)."""
     with _stats_lock:
         _stats.clear()
+        _latency.clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,11 +585,38 @@ def _retry_after_seconds(exc: BaseException | None) -> float:
         return 0.0
 
 
-def _make_wait(settings: LLMSettings):
+def _jitter() -> float:
+    """The random factor of the exponential back-off: uniform in ``[1, 1.5]``."""
+    return random.uniform(1.0, 1.5)
+
+
+async def _sleep(seconds: float) -> None:
+    """The back-off sleep between attempts (tenacity's ``sleep``); never blocks the event loop.
+
+    A module attribute, read each time a call starts, so that tests can record the waits instead of
+    waiting them.
+    """
+    await asyncio.sleep(seconds)
+
+
+def _backoff_seconds(settings: LLMSettings, retry: int, retry_after: float, jitter: float) -> float:
+    """Seconds to wait before retry ``retry`` (1-based):
+    ``min(backoff_max, max(retry_after, backoff_initial * 2**(retry-1) * jitter))``.
+
+    Args:
+        retry_after: what the server asked for (``Retry-After``), in seconds; 0 when it did not.
+        jitter: the random factor, in ``[1, 1.5]`` (:func:`_jitter`).
+    """
+    exponential = settings.backoff_initial * (2 ** (retry - 1)) * jitter
+    return min(settings.backoff_max, max(retry_after, exponential))
+
+
+def _make_wait(settings: LLMSettings) -> Callable[[RetryCallState], float]:
+    """tenacity's ``wait``: :func:`_backoff_seconds` for the failed attempt (its ``Retry-After`` header)."""
+
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
-        exp = settings.backoff_initial * (2 ** (state.attempt_number - 1)) * random.uniform(1.0, 1.5)
-        return min(settings.backoff_max, max(_retry_after_seconds(exc), exp))
+        return _backoff_seconds(settings, state.attempt_number, _retry_after_seconds(exc), _jitter())
 
     return wait
 
@@ -621,6 +714,7 @@ async def _call_with_retries(messages: list[dict], settings: LLMSettings, purpos
         )
 
     retrying = AsyncRetrying(
+        sleep=_sleep,
         stop=stop_after_attempt(settings.num_retries + 1),
         wait=_make_wait(settings),
         retry=retry_if_exception(_is_retryable),

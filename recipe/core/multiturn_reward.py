@@ -37,20 +37,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collabllm_verl.metrics import MetricContext, MetricError, MetricSpec, resolve_metrics
 from collabllm_verl.recipe.core import forward_sampling
-from collabllm_verl.recipe.core.llm_client import LLM_SETTINGS_KEYS, LLMSettings, usage_scope
+from collabllm_verl.recipe.core.dump_settings import DumpSettings
+from collabllm_verl.recipe.core.llm_client import LLMSettings, Usage, usage_scope
+from collabllm_verl.recipe.core.plain import to_plain
+from collabllm_verl.recipe.core.settings import JudgeSettings
 from collabllm_verl.recipe.core.validation import Finite, NonNegative, NotText, validate
 
 __all__ = [
-    "DUMP_KWARGS_KEYS",
     "EXTRA_INFO_PREFIX",
-    "FAILURE_POLICIES",
     "FORWARD_SAMPLING_PREFIX",
     "REWARD_KWARGS_KEYS",
+    "ConversationScore",
     "ForwardSamples",
+    "ForwardSamplingStats",
+    "MetricOutcome",
     "RewardSettings",
     "SampleScore",
     "aggregate_metric",
+    "resolve_metric_specs",
     "resolve_settings",
+    "score_conversation",
     "score_sample",
 ]
 
@@ -65,17 +71,6 @@ END_REASONS = tuple(
     for name, value in sorted(vars(forward_sampling).items())
     if name.startswith("END_") and isinstance(value, str)
 )
-# LLM usage counters (llm_client.usage_scope) -> column suffix of ``mr/judge_<suffix>`` and
-# ``fs/simulator_<suffix>`` (``failures`` would collide with the conversation counter fs/simulator_failures).
-USAGE_COLUMNS = {
-    "calls": "calls",
-    "failures": "failed_calls",
-    "prompt_tokens": "prompt_tokens",
-    "completion_tokens": "completion_tokens",
-    "cost_usd": "cost_usd",
-}
-SIMULATOR_USAGE_KEYS = tuple(USAGE_COLUMNS)
-FAILURE_POLICIES = ("drop", "zero")
 REWARD_KWARGS_KEYS = (
     "metric_weights",
     "llm_judge_kwargs",
@@ -83,19 +78,9 @@ REWARD_KWARGS_KEYS = (
     "failure_policy",
     "skip_penalty",
     "max_failure_rate",
+    "conversation_dump",
 )
-# Read by collabllm_verl.recipe.verl_adapters.conversation_dump (JSONL of scored responses), not by RewardSettings.
-DUMP_KWARGS_KEYS = ("conversation_dump",)
-# The verl recipe's judge default (docs/design.md §1): deterministic grading.
-JUDGE_DEFAULTS = {"temperature": 0.0}
 Count = Annotated[int, NotText, Field(ge=0)]
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python containers (interpolations resolved)."""
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 class RewardSettings(BaseModel):
@@ -103,23 +88,33 @@ class RewardSettings(BaseModel):
 
     Attributes:
         metric_weights: metric name -> weight (any finite number; negative to penalise, 0 to log only).
-        judge: settings of the LLM judge (key ``llm_judge_kwargs``), or None when no metric needs one.
+        judge: settings of the LLM judges (key ``llm_judge_kwargs``: the keys of
+            :class:`~collabllm_verl.recipe.core.settings.JudgeSettings`; absent or empty: its defaults).
         metric_kwargs: metric name -> that metric's options (see each metric's documentation).
         failure_policy: ``"drop"`` or ``"zero"`` (see the module docstring).
         skip_penalty: reward of a response whose forward sampling was skipped.
         max_failure_rate: failure budget in [0, 1]: training stops when, in one step, the share of a
             metric's failed computations (judge calls) or of future conversations ended by a user-simulator
             failure exceeds it (enforced on the trainer's driver, recipe/verl_adapters/replay_buffer.py).
+        conversation_dump: where the reward manager writes the JSONL of scored rollouts
+            (:class:`~collabllm_verl.recipe.core.dump_settings.DumpSettings`), or None (the default)
+            for no dump.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     metric_weights: dict[str, Finite] = Field(None, validate_default=True)  # required; the hint below
-    judge: LLMSettings | None = Field(None, alias="llm_judge_kwargs")
+    judge: LLMSettings = Field(None, alias="llm_judge_kwargs", validate_default=True)
     metric_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     failure_policy: Literal["drop", "zero"] = "drop"
     skip_penalty: Finite = -1.0
     max_failure_rate: Annotated[NonNegative, Field(le=1)] = 0.2
+    conversation_dump: DumpSettings | None = None
+
+    @field_validator("conversation_dump", mode="before")
+    @classmethod
+    def _dump_settings(cls, value: Any) -> Any:
+        return value if isinstance(value, DumpSettings) else DumpSettings.from_mapping(value)
 
     @field_validator("metric_weights", mode="before")
     @classmethod
@@ -134,21 +129,17 @@ class RewardSettings(BaseModel):
     @field_validator("judge", mode="before")
     @classmethod
     def _judge_settings(cls, value: Any) -> Any:
-        if value is None or isinstance(value, LLMSettings):
+        if isinstance(value, LLMSettings):
             return value
         where = "reward_kwargs.llm_judge_kwargs"
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{where}: must be a mapping")
-        bad = sorted(set(value) - set(LLM_SETTINGS_KEYS) - {"model"})
-        if bad:
-            raise ValueError(f"{where}: unknown key(s) {bad}; known: {sorted(LLM_SETTINGS_KEYS | {'model'})}")
-        if value.get("api_key"):
+        judge = JudgeSettings.from_mapping(value, where=where)
+        if judge.api_key:
             logger.warning(
                 "%s.api_key is part of the trainer config, which verl prints; put the key in an environment "
                 "variable and set llm_judge_kwargs.api_key_env=<VAR> instead (train_rl_collabllm.sh does this)",
                 where,
             )
-        return LLMSettings.from_config({**JUDGE_DEFAULTS, **value}, where=where)
+        return judge.to_llm(where=where)
 
     @classmethod
     def from_reward_kwargs(cls, reward_kwargs: Mapping[str, Any]) -> RewardSettings:
@@ -157,49 +148,53 @@ class RewardSettings(BaseModel):
         Raises:
             TypeError: ``reward_kwargs`` is not a mapping.
             ValueError: an unknown key, an empty or non-numeric ``metric_weights``, an unknown
-                ``failure_policy``, bad ``llm_judge_kwargs`` (unknown keys, no ``model``) or a malformed
-                ``metric_kwargs``. Each message names the offending key
+                ``failure_policy``, bad ``llm_judge_kwargs`` (unknown keys, no ``model``), a malformed
+                ``metric_kwargs`` or ``conversation_dump``. Each message names the offending key
                 (``reward_kwargs.metric_weights.accuracy: ...``).
         """
-        kwargs = _plain(reward_kwargs) or {}
+        kwargs = to_plain(reward_kwargs) or {}
         if not isinstance(kwargs, Mapping):
             raise TypeError(f"reward_kwargs must be a mapping, got {type(kwargs).__name__}")
-        kwargs = {k: v for k, v in kwargs.items() if k not in DUMP_KWARGS_KEYS}
-        return validate(cls, kwargs, where="reward_kwargs", known=[*REWARD_KWARGS_KEYS, *DUMP_KWARGS_KEYS])
+        return validate(cls, kwargs, where="reward_kwargs", known=REWARD_KWARGS_KEYS)
 
     @classmethod
     def from_trainer_config(cls, config: Any) -> RewardSettings:
-        """Read ``reward.reward_kwargs`` (and the legacy ``reward_model.reward_kwargs``) of verl's config.
+        """Read ``reward.reward_kwargs`` of verl's trainer config (``DictConfig`` or plain mapping).
+
+        The original recipe's ``+reward_model.reward_kwargs.*`` command-line form is translated by the recipe's
+        entry point (:mod:`collabllm_verl.recipe.verl_adapters.overrides`) before the config is composed; a
+        config that still holds ``reward_model.reward_kwargs`` did not come through it.
 
         Raises:
-            TypeError, ValueError: as :meth:`from_reward_kwargs`; ValueError also when neither location
-                holds any setting.
+            TypeError, ValueError: as :meth:`from_reward_kwargs`; ValueError also when ``reward.reward_kwargs``
+                is empty or ``reward_model.reward_kwargs`` is set.
         """
-        if OmegaConf.is_config(config):
-            current = _plain(OmegaConf.select(config, "reward.reward_kwargs", default=None))
-            legacy = _plain(OmegaConf.select(config, "reward_model.reward_kwargs", default=None))
-        elif isinstance(config, Mapping):
-            current = (config.get("reward") or {}).get("reward_kwargs")
-            legacy = (config.get("reward_model") or {}).get("reward_kwargs")
-        else:
-            current = legacy = None
+        def section(path: str) -> Any:
+            if OmegaConf.is_config(config):
+                return to_plain(OmegaConf.select(config, path, default=None))
+            node: Any = config
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            return node
+
+        legacy = section("reward_model.reward_kwargs")
         if legacy:
-            logger.warning(
-                "collabllm reward manager: reading the legacy '+reward_model.reward_kwargs.*' settings; "
-                "please use '+reward.reward_kwargs.*' (where both set a key, reward.reward_kwargs wins)"
+            raise ValueError(
+                "reward_model.reward_kwargs is the original recipe's form: start the trainer through "
+                "train_rl_collabllm.sh or python -m collabllm_verl.recipe.verl_adapters.main_ppo, which translate "
+                "it, or write reward.reward_kwargs.* instead"
             )
-        if not current and not legacy:
+        current = section("reward.reward_kwargs")
+        if not current:
             raise ValueError(
                 "the collabllm reward manager needs reward_kwargs, e.g. "
-                "+reward.reward_kwargs.metric_weights.accuracy=1 "
-                "+reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini"
+                "+reward.reward_kwargs.metric_weights.accuracy=1"
             )
-        merged = OmegaConf.to_container(OmegaConf.merge(legacy or {}, current or {}), resolve=True)
-        return cls.from_reward_kwargs(merged)
+        return cls.from_reward_kwargs(current)
 
 
 def resolve_settings(settings: RewardSettings) -> dict[str, MetricSpec]:
-    """Start-up validation: every metric exists, its options are valid, judges are configured.
+    """Start-up validation: every metric exists and its options are valid.
 
     Returns:
         metric name -> spec, in ``metric_weights`` order.
@@ -207,34 +202,43 @@ def resolve_settings(settings: RewardSettings) -> dict[str, MetricSpec]:
     Raises:
         UnknownMetricError: a name in ``metric_weights`` or ``metric_kwargs`` is not registered (the
             message lists the available metrics).
-        ValueError: bad metric options, or a judge metric without ``llm_judge_kwargs``.
+        ValueError: bad metric options.
         ImportError: a metric's optional dependency is missing (e.g. bigcodebench for ``pass_rate``).
     """
-    specs = resolve_metrics(list(settings.metric_weights))
-    for name, spec in resolve_metrics(list(settings.metric_kwargs)).items():
-        spec.check_options(settings.metric_kwargs[name])
-        if name not in specs:
-            logger.warning(
-                "reward_kwargs.metric_kwargs.%s is set but %s has no weight: it is not computed", name, name
-            )
+    unweighted = [name for name in settings.metric_kwargs if name not in settings.metric_weights]
+    for name in resolve_metric_specs(unweighted, settings.metric_kwargs):
+        logger.warning("reward_kwargs.metric_kwargs.%s is set but %s has no weight: it is not computed", name, name)
+    return resolve_metric_specs(list(settings.metric_weights), settings.metric_kwargs)
+
+
+def resolve_metric_specs(names: Sequence[str], metric_kwargs: Mapping[str, Mapping[str, Any]]) -> dict[str, MetricSpec]:
+    """Look up metrics and check their options (start-up validation, shared by training, evaluation and data
+    generation).
+
+    Args:
+        names: metric names.
+        metric_kwargs: metric name -> options; a metric without an entry is checked with no options.
+
+    Returns:
+        metric name -> spec, in ``names`` order.
+
+    Raises:
+        UnknownMetricError: a name is not registered (the message lists the available metrics).
+        ValueError: bad metric options.
+        ImportError: a metric's optional dependency is missing (e.g. bigcodebench for ``pass_rate``).
+    """
+    specs = resolve_metrics(list(names))
     for name, spec in specs.items():
-        if name not in settings.metric_kwargs:
-            spec.check_options({})
-        if spec.needs_judge and settings.judge is None:
-            raise ValueError(
-                f"metric {name!r} needs an LLM judge: "
-                "set +reward.reward_kwargs.llm_judge_kwargs.model=<litellm model>"
-            )
+        spec.check_options(metric_kwargs.get(name, {}))
     return specs
 
 
-class ForwardSamples(BaseModel):
-    """One response's forward-sampling result, read from ``extra_fields["collabllm"]`` (a frozen pydantic
-    model; the input keys, where they differ from the attribute names, are given in brackets).
+class ForwardSamplingStats(BaseModel):
+    """The forward-sampling counters of one response, without its conversations: what the trainer's driver
+    and the conversation dump read (a frozen pydantic model, picklable). :class:`ForwardSamples` adds the
+    conversations. Input keys, where they differ from the attribute names, are given in brackets.
 
     Attributes:
-        conversations (``future_conversations``): the S (possibly fewer) full conversations.
-        num_history_messages: messages before the trained response in each conversation.
         skipped (``forward_sampling_skipped``): forward sampling was skipped; the response gets
             ``skip_penalty``.
         skip_reason: why (``"truncated"``, ``"empty"``, ``"malformed_think"``, ``"repeated_think"``,
@@ -247,17 +251,15 @@ class ForwardSamples(BaseModel):
         simulator_failures: conversations ended by a user-simulator failure.
         seconds (``forward_sampling_seconds``): wall-clock seconds the agent loop spent on forward sampling
             for this response.
-        simulator_usage: the user simulator's LLM usage for this response (``calls``, ``failures``,
-            ``prompt_tokens``, ``completion_tokens`` in the simulator model's tokens, ``cost_usd`` from
-            litellm's price map); empty when the producer does not report it.
+        simulator_usage: the user simulator's LLM usage for this response (:class:`Usage`: ``calls``,
+            ``failures``, ``prompt_tokens``, ``completion_tokens`` in the simulator model's tokens,
+            ``cost_usd`` from litellm's price map); all 0 when the producer does not report it.
         simulator: the simulator's model and endpoint (``LLMSettings.describe()``, no key), or None.
         simulator_error: the last simulator failure's description, or None.
     """
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    conversations: list[list[dict[str, Any]]] = Field(default_factory=list, alias="future_conversations")
-    num_history_messages: Count = 0
     skipped: bool = Field(False, alias="forward_sampling_skipped")
     skip_reason: str | None = None
     future_turns: list[Count] = Field(default_factory=list)
@@ -265,9 +267,62 @@ class ForwardSamples(BaseModel):
     early_terminations: Count = 0
     simulator_failures: Count = 0
     seconds: NonNegative = Field(0.0, alias="forward_sampling_seconds")
-    simulator_usage: dict[str, NonNegative] = Field(default_factory=dict)
+    simulator_usage: Usage = Field(default_factory=Usage)
     simulator: str | None = None
     simulator_error: str | None = None
+
+    @property
+    def future_turns_mean(self) -> float:
+        """Mean of ``future_turns`` (messages, not pairs); 0.0 when there is none."""
+        return sum(self.future_turns) / len(self.future_turns) if self.future_turns else 0.0
+
+    def end_counts(self) -> dict[str, int]:
+        """Conversations per end reason, for every ``END_*`` reason of recipe/core/forward_sampling.py
+        (0 where none ended so); other reasons are not counted."""
+        counts = dict.fromkeys(END_REASONS, 0)
+        for reason in self.end_reasons:
+            if reason in counts:
+                counts[reason] += 1
+        return counts
+
+    def extra_info(self) -> dict[str, float]:
+        """Forward-sampling columns of ``reward_extra_info`` (prefix ``fs/``; the same keys for every
+        response, all floats, all 0 when forward sampling was skipped; see docs/metrics_and_reward.md)::
+
+            fs/future_turns_mean     mean of future_turns over the conversations (messages, not pairs)
+            fs/future_turns_max      the longest conversation's future_turns
+            fs/early_terminations    conversations ended by the simulator's termination signal
+            fs/simulator_failures    conversations ended by a simulator failure
+            fs/end_<reason>          conversations that ended for <reason>, one column per END_* constant
+                                     of recipe/core/forward_sampling.py (from end_reasons)
+            fs/simulator_<counter>   the simulator's LLM usage for this response: calls, failed_calls,
+                                     prompt_tokens, completion_tokens, cost_usd (Usage.columns)
+            fs/seconds               wall-clock seconds of forward sampling
+        """
+        p = FORWARD_SAMPLING_PREFIX
+        stats = ForwardSamplingStats() if self.skipped else self  # a skipped response: every counter 0
+        return {
+            f"{p}future_turns_mean": stats.future_turns_mean,
+            f"{p}future_turns_max": float(max(stats.future_turns, default=0)),
+            f"{p}early_terminations": float(stats.early_terminations),
+            f"{p}simulator_failures": float(stats.simulator_failures),
+            **{f"{p}end_{reason}": float(count) for reason, count in stats.end_counts().items()},
+            **stats.simulator_usage.columns(f"{p}simulator_"),
+            f"{p}seconds": float(stats.seconds),
+        }
+
+
+class ForwardSamples(ForwardSamplingStats):
+    """One response's forward-sampling result, read from ``extra_fields["collabllm"]``: the counters of
+    :class:`ForwardSamplingStats` plus the conversations (a frozen pydantic model).
+
+    Attributes:
+        conversations (``future_conversations``): the S (possibly fewer) full conversations.
+        num_history_messages: messages before the trained response in each conversation.
+    """
+
+    conversations: list[list[dict[str, Any]]] = Field(default_factory=list, alias="future_conversations")
+    num_history_messages: Count = 0
 
     @property
     def scorable(self) -> list[int]:
@@ -276,6 +331,10 @@ class ForwardSamples(BaseModel):
         if len(self.end_reasons) != len(self.conversations):
             return list(range(len(self.conversations)))
         return [i for i, r in enumerate(self.end_reasons) if r != forward_sampling.END_SIMULATOR_FAILURE]
+
+    def stats(self) -> ForwardSamplingStats:
+        """The counters without the conversations (what is sent to the trainer's driver)."""
+        return ForwardSamplingStats(**{name: getattr(self, name) for name in ForwardSamplingStats.model_fields})
 
     @classmethod
     def from_extra_fields(cls, fields: Mapping[str, Any]) -> ForwardSamples:
@@ -294,49 +353,10 @@ class ForwardSamples(BaseModel):
             fields = {k: v for k, v in fields.items() if v is not None}
         return validate(cls, fields, where="extra_fields['collabllm']", style="item")
 
-    def extra_info(self) -> dict[str, float]:
-        """Forward-sampling columns of ``reward_extra_info`` (prefix ``fs/``; the same keys for every
-        response, all floats, all 0 when forward sampling was skipped; see docs/metrics_and_reward.md)::
-
-            fs/future_turns_mean     mean of future_turns over the conversations (messages, not pairs)
-            fs/future_turns_max      the longest conversation's future_turns
-            fs/early_terminations    conversations ended by the simulator's termination signal
-            fs/simulator_failures    conversations ended by a simulator failure
-            fs/end_<reason>          conversations that ended for <reason>, one column per END_* constant
-                                     of recipe/core/forward_sampling.py (from end_reasons)
-            fs/simulator_<counter>   the simulator's LLM usage for this response: calls, failed_calls,
-                                     prompt_tokens, completion_tokens, cost_usd
-            fs/seconds               wall-clock seconds of forward sampling
-        """
-        p = FORWARD_SAMPLING_PREFIX
-        info = {
-            f"{p}future_turns_mean": 0.0,
-            f"{p}future_turns_max": 0.0,
-            f"{p}early_terminations": 0.0,
-            f"{p}simulator_failures": 0.0,
-            **{f"{p}end_{reason}": 0.0 for reason in END_REASONS},
-            **{f"{p}simulator_{column}": 0.0 for column in USAGE_COLUMNS.values()},
-            f"{p}seconds": 0.0,
-        }
-        if self.skipped:
-            return info
-        if self.future_turns:
-            info[f"{p}future_turns_mean"] = sum(self.future_turns) / len(self.future_turns)
-            info[f"{p}future_turns_max"] = float(max(self.future_turns))
-        info[f"{p}early_terminations"] = float(self.early_terminations)
-        info[f"{p}simulator_failures"] = float(self.simulator_failures)
-        for reason in self.end_reasons:
-            if f"{p}end_{reason}" in info:
-                info[f"{p}end_{reason}"] += 1.0
-        for key, column in USAGE_COLUMNS.items():
-            info[f"{p}simulator_{column}"] = float(self.simulator_usage.get(key, 0.0))
-        info[f"{p}seconds"] = float(self.seconds)
-        return info
-
 
 @dataclass
 class SampleScore:
-    """The reward of one response and its breakdown.
+    """The reward of one response and its breakdown (picklable: it is sent to the trainer's driver).
 
     Attributes:
         reward: the scalar multiturn-aware reward (meaningless when ``excluded`` is set).
@@ -346,9 +366,8 @@ class SampleScore:
         scored: metric -> conversations on which the metric produced a value.
         errors: metric -> the last failure's description (no secrets), for metrics that failed.
         judge_failures: metric failures caused by the LLM judge, over all metrics.
-        judge_usage: this response's judge usage (llm_client usage counters: ``calls``, ``failures``,
-            ``prompt_tokens``, ``completion_tokens`` in the judge model's tokens, ``cost_usd`` from litellm's
-            price map, 0 for models it does not know).
+        judge_usage: this response's judge usage (:class:`Usage`; tokens in the judge model's tokens,
+            ``cost_usd`` from litellm's price map, 0 for models it does not know).
         num_conversations: forward-sampled conversations available.
         skipped: the skip penalty was applied.
         excluded: why the response must be kept out of the policy gradient (module docstring), or None.
@@ -363,11 +382,16 @@ class SampleScore:
     scored: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     judge_failures: int = 0
-    judge_usage: dict[str, float] = field(default_factory=dict)
+    judge_usage: Usage = field(default_factory=Usage)
     num_conversations: int = 0
     skipped: bool = False
     excluded: str | None = None
     per_conversation: dict[str, list[float | None]] = field(default_factory=dict)
+
+    @staticmethod
+    def mean_column(name: str) -> str:
+        """The ``reward_extra_info`` key of metric ``name``'s raw mean: ``mr/<name>``."""
+        return f"{EXTRA_INFO_PREFIX}{name}"
 
     def extra_info(self) -> dict[str, float]:
         """Flat ``reward_extra_info``: the same keys for every sample, all floats
@@ -375,13 +399,12 @@ class SampleScore:
         p = EXTRA_INFO_PREFIX
         info: dict[str, float] = {}
         for name in self.means:
-            info[f"{p}{name}"] = float(self.means[name])
+            info[self.mean_column(name)] = float(self.means[name])
             info[f"{p}{name}_weighted"] = float(self.weighted[name])
             info[f"{p}{name}_failures"] = float(self.failures[name])
             info[f"{p}{name}_scored"] = float(self.scored.get(name, 0))
         info[f"{p}judge_failures"] = float(self.judge_failures)
-        for key, column in USAGE_COLUMNS.items():
-            info[f"{p}judge_{column}"] = float(self.judge_usage.get(key, 0.0))
+        info.update(self.judge_usage.columns(f"{p}judge_"))
         info[f"{p}num_conversations"] = float(self.num_conversations)
         info[f"{p}skipped"] = 1.0 if self.skipped else 0.0
         return info
@@ -397,6 +420,127 @@ def aggregate_metric(values: Sequence[float], weight: float) -> tuple[float, flo
         return 0.0, 0.0
     mean = sum(values) / len(values)
     return mean, max(-1.0, min(1.0, weight * mean))
+
+
+@dataclass(frozen=True)
+class MetricOutcome:
+    """One metric on one conversation: its value, or why it could not be computed.
+
+    Attributes:
+        value: the metric's value (within its spec's ``value_range``), None when it failed.
+        error: the failure's description (:attr:`MetricError.reason`, no secrets), None when it was scored.
+        judge_failure: an LLM judge call (or its answer) caused the failure.
+    """
+
+    value: float | None
+    error: str | None = None
+    judge_failure: bool = False
+
+
+@dataclass(frozen=True)
+class ConversationScore:
+    """Every metric on one conversation (:func:`score_conversation`).
+
+    Attributes:
+        metrics: metric name -> :class:`MetricOutcome`, in the order of the specs.
+    """
+
+    metrics: dict[str, MetricOutcome]
+
+    @property
+    def values(self) -> dict[str, float | None]:
+        """Metric -> value, None where the metric failed."""
+        return {name: outcome.value for name, outcome in self.metrics.items()}
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Metric -> failure description, for the metrics that failed (in spec order)."""
+        return {name: outcome.error for name, outcome in self.metrics.items() if outcome.error is not None}
+
+
+async def score_conversation(
+    specs: Mapping[str, MetricSpec],
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    judge: LLMSettings | None,
+    metric_kwargs: Mapping[str, Mapping[str, Any]],
+    ground_truth: Any,
+    extra_info: Mapping[str, Any],
+    data_source: str | None = None,
+    num_history_messages: int = 0,
+    tokenizer: Any = None,
+) -> ConversationScore:
+    """Score every metric of ``specs`` on one conversation, concurrently: the per-metric scoring that
+    :func:`score_sample` runs on each forward-sampled conversation, and evaluation on a finished one.
+
+    Args:
+        specs: metric name -> spec (:func:`resolve_metric_specs`).
+        messages: the conversation, ``[{"role", "content"}, ...]`` without a system message.
+        judge: the LLM judges' settings (used by the metrics that need one).
+        metric_kwargs: metric name -> its options (absent: none).
+        ground_truth, extra_info, data_source: the row's reference, ``extra_info`` and ``data_source``.
+        num_history_messages: messages before the scored response (0: every message is conversation).
+        tokenizer: the policy tokenizer, when there is one.
+
+    Returns:
+        Per metric, the value or the failure (a :class:`MetricError`: a failed judge call, an unusable
+        judge answer, a sandbox crash); failures are logged as warnings.
+
+    Raises:
+        Any non-:class:`MetricError` exception of a metric (configuration or data errors such as a missing
+        ground truth), after every metric call of the conversation has finished.
+    """
+    names = list(specs)
+    contexts = [
+        MetricContext(
+            messages=messages,
+            num_history_messages=num_history_messages,
+            ground_truth=ground_truth,
+            extra_info=extra_info,
+            data_source=data_source,
+            judge=judge,
+            options=metric_kwargs.get(name, {}),
+            tokenizer=tokenizer,
+        )
+        for name in names
+    ]
+    results = await asyncio.gather(
+        *(specs[name].score(ctx) for name, ctx in zip(names, contexts, strict=True)), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, MetricError):
+            raise result
+    outcomes: dict[str, MetricOutcome] = {}
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, MetricError):
+            logger.warning("collabllm reward: %s", result)
+            outcomes[name] = MetricOutcome(None, result.reason, result.judge_failure)
+        else:
+            outcomes[name] = MetricOutcome(float(result))
+    return ConversationScore(outcomes)
+
+
+async def _score_conversations(
+    settings: RewardSettings,
+    specs: Mapping[str, MetricSpec],
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    **context: Any,
+) -> list[ConversationScore]:
+    """:func:`score_conversation` on each conversation concurrently (``context``: its keyword arguments
+    besides the judge and the options); once all have finished, the first exception (in order) is raised."""
+    results = await asyncio.gather(
+        *(
+            score_conversation(
+                specs, messages, judge=settings.judge, metric_kwargs=settings.metric_kwargs, **context
+            )
+            for messages in conversations
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)
 
 
 async def score_sample(
@@ -434,46 +578,35 @@ async def score_sample(
         )
 
     scorable = samples.scorable
-    jobs = [(name, index) for index in scorable for name in names]
-    contexts = [
-        MetricContext(
-            messages=samples.conversations[index],
+    with usage_scope() as usage:
+        results = await _score_conversations(
+            settings,
+            specs,
+            [samples.conversations[index] for index in scorable],
             num_history_messages=samples.num_history_messages,
             ground_truth=ground_truth,
             extra_info=extra_info,
             data_source=data_source,
-            judge=settings.judge,
-            options=settings.metric_kwargs.get(name, {}),
             tokenizer=tokenizer,
         )
-        for name, index in jobs
-    ]
-    with usage_scope() as usage:
-        results = await asyncio.gather(
-            *(specs[name].score(ctx) for (name, _), ctx in zip(jobs, contexts, strict=True)),
-            return_exceptions=True,
-        )
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, MetricError):
-            raise result
 
     values: dict[str, list[float]] = {name: [] for name in names}
     per_conversation: dict[str, list[float | None]] = {name: [None] * count for name in names}
     failures, scored = dict(zeros), dict(zeros)
     errors: dict[str, str] = {}
     judge_failures = 0
-    for (name, index), result in zip(jobs, results, strict=True):
-        if isinstance(result, MetricError):
-            failures[name] += 1
-            errors[name] = result.reason
-            judge_failures += int(result.judge_failure)
-            logger.warning("collabllm reward: %s", result)
-            if settings.failure_policy == "zero":
-                values[name].append(0.0)
-        else:
-            scored[name] += 1
-            values[name].append(result)
-            per_conversation[name][index] = float(result)
+    for index, conversation in zip(scorable, results, strict=True):
+        for name, outcome in conversation.metrics.items():
+            if outcome.error is not None:
+                failures[name] += 1
+                errors[name] = outcome.error
+                judge_failures += int(outcome.judge_failure)
+                if settings.failure_policy == "zero":
+                    values[name].append(0.0)
+            else:
+                scored[name] += 1
+                values[name].append(outcome.value)
+                per_conversation[name][index] = outcome.value
 
     means, weighted = {}, {}
     for name in names:
@@ -486,7 +619,7 @@ async def score_sample(
         scored=scored,
         errors=errors,
         judge_failures=judge_failures,
-        judge_usage={key: float(usage.get(key, 0.0)) for key in USAGE_COLUMNS},
+        judge_usage=usage.model_copy(),
         num_conversations=count,
         excluded=_exclusion(settings, samples, scorable, scored, errors),
         per_conversation=per_conversation,

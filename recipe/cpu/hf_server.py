@@ -6,10 +6,12 @@ sampling_params=...)``), the trainer's rollout adapter (:class:`..hf_adapter.HFS
 updated weights with ``load_weights`` / ``finish_weight_update``, and the replica calls the lifecycle
 methods (``wake_up``, ``sleep``, ``abort_all_requests``, ``resume_generation``, ...).
 
-Concurrent requests are batched: the server waits ``batch_wait_ms`` after the first pending request, then
-samples every pending request with equal sampling settings in one ``generate`` call in a worker thread, so
-the actor's event loop stays responsive. Weights live in host memory for the whole run, so sleep/wake-up
-and the KV-cache calls are no-ops (there is no cache kept between requests).
+Concurrent requests are batched by :class:`~collabllm_verl.recipe.serving.batching.RequestBatcher` (the
+same loop as the chat endpoint over a checkpoint): the server waits ``batch_wait_ms`` after the first
+pending request, then samples up to ``max_batch_size`` pending requests with equal sampling settings in one
+``generate`` call in a worker thread, so the actor's event loop stays responsive. Weights live in host
+memory for the whole run, so sleep/wake-up and the KV-cache calls are no-ops (there is no cache kept
+between requests).
 
 Tuning keys (``actor_rollout_ref.rollout.engine_kwargs.hf.*``, all optional):
     num_threads: torch intra-op threads of the server process (default 1: with tiny models, and whenever the
@@ -30,12 +32,10 @@ Tuning keys (``actor_rollout_ref.rollout.engine_kwargs.hf.*``, all optional):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
-import threading
-import time
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +47,7 @@ from verl.workers.config import HFModelConfig
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 from verl.workers.rollout.utils import get_max_position_embeddings
 
+from collabllm_verl.recipe.serving.batching import RequestBatcher
 from collabllm_verl.recipe.serving.hf_generation import (
     LOGPROBS_MODES,
     STOP_ABORTED,
@@ -54,7 +55,6 @@ from collabllm_verl.recipe.serving.hf_generation import (
     GenerationResult,
     end_of_sequence_ids,
     generate_batch,
-    group_by_settings,
     load_causal_lm,
     load_named_weights,
     parse_sampling_params,
@@ -116,15 +116,6 @@ def _logit_bias(
     return bias
 
 
-class _Pending:
-    __slots__ = ("future", "request", "request_id")
-
-    def __init__(self, request_id: str, request: GenerationRequest, future: asyncio.Future):
-        self.request_id = request_id
-        self.request = request
-        self.future = future
-
-
 class HFRolloutServer:
     """Token-in/token-out sampling server for one rollout replica (wrap with ``ray.remote``).
 
@@ -164,8 +155,6 @@ class HFRolloutServer:
                 f"unknown rollout.engine_kwargs.hf key(s) {unknown}; known: {list(HF_ENGINE_KWARGS)}"
             )
         torch.set_num_threads(int(hf_kwargs.get("num_threads") or 1))
-        self.batch_wait_s = float(hf_kwargs.get("batch_wait_ms", 5)) / 1000.0
-        self.max_batch_size = int(hf_kwargs.get("max_batch_size") or min(64, self.config.max_num_seqs))
         self.logprobs_mode = self.config.logprobs_mode or "processed_logprobs"
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(
@@ -201,17 +190,24 @@ class HFRolloutServer:
             f"{ray.util.get_node_ip_address().strip('[]')}:{server_actor_name(replica_rank, node_rank)}"
         )
 
-        # asyncio objects are created on first use, inside the actor's event loop.
-        self._pending: list[_Pending] = []
-        self._wakeup: asyncio.Event | None = None
-        self._model_lock: asyncio.Lock | None = None
+        sample = functools.partial(
+            generate_batch,
+            self.model,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            logprobs_mode=self.logprobs_mode,
+            logit_bias=self.logit_bias,
+        )
+        self._batcher = RequestBatcher(
+            sample,
+            max_batch_size=int(hf_kwargs.get("max_batch_size") or min(64, self.config.max_num_seqs)),
+            batch_wait_s=float(hf_kwargs.get("batch_wait_ms", 5)) / 1000.0,
+            name="hf rollout",
+        )
+        # The admission gate is created on first use, inside the actor's event loop.
         self._gate_open: asyncio.Event | None = None
-        self._batch_task: asyncio.Task | None = None
         self._rejecting = False
-        self._taken: list[_Pending] = []  # popped by the batch loop, not yet answered
-        self._running: list[_Pending] = []  # being sampled right now
-        self._abort_flag = threading.Event()  # read by the sampling thread
-        self._stats = defaultdict(float)
+        self._weight_updates = 0
         logger.info(
             "hf rollout server %s ready: model %s, dtype %s, %d threads, max_model_len %d",
             self._address,
@@ -271,12 +267,7 @@ class HFRolloutServer:
                 return self._token_output(GenerationResult([], [], STOP_ABORTED))
             await self._gate_open.wait()
 
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _Pending(request_id, GenerationRequest(prompt_ids, settings, max_new_tokens), future)
-        )
-        self._wakeup.set()
-        result: GenerationResult = await future
+        result = await self._batcher.submit(GenerationRequest(prompt_ids, settings, max_new_tokens), request_id)
         return self._token_output(result)
 
     def _token_output(self, result: GenerationResult) -> TokenOutput:
@@ -288,59 +279,9 @@ class HFRolloutServer:
         )
 
     def _ensure_started(self) -> None:
-        if self._batch_task is None:
-            self._wakeup = asyncio.Event()
-            self._model_lock = asyncio.Lock()
+        if self._gate_open is None:
             self._gate_open = asyncio.Event()
             self._gate_open.set()
-            self._batch_task = asyncio.get_running_loop().create_task(self._batch_loop())
-
-    async def _batch_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            if self.batch_wait_s > 0:
-                await asyncio.sleep(self.batch_wait_s)
-            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
-            if not self._pending:
-                self._wakeup.clear()
-            self._taken = batch
-            for items in group_by_settings(batch, lambda item: item.request.settings):
-                await self._run_group(items)
-            self._taken = []
-
-    async def _run_group(self, items: list[_Pending]) -> None:
-        async with self._model_lock:
-            items = [item for item in items if not item.future.done()]  # aborted while queued
-            if not items:
-                return
-            self._running = items
-            started = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(
-                    generate_batch,
-                    self.model,
-                    [item.request for item in items],
-                    eos_token_ids=self.eos_token_ids,
-                    pad_token_id=self.pad_token_id,
-                    logprobs_mode=self.logprobs_mode,
-                    should_abort=self._abort_flag.is_set,
-                    logit_bias=self.logit_bias,
-                )
-            except Exception as exc:
-                logger.exception("hf rollout: sampling a batch of %d requests failed", len(items))
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                return
-            finally:
-                self._running = []
-            self._stats["batches"] += 1
-            self._stats["requests"] += len(items)
-            self._stats["generated_tokens"] += sum(len(r.token_ids) for r in results)
-            self._stats["generation_seconds"] += time.perf_counter() - started
-            for item, result in zip(items, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
 
     # ------------------------------------------------------------------ weights
 
@@ -352,15 +293,14 @@ class HFRolloutServer:
             :func:`collabllm_verl.recipe.serving.hf_generation.load_named_weights` on unknown names or
             shape mismatches.
         """
-        self._ensure_started()
-        async with self._model_lock:
+        async with self._batcher.exclusive():
             return await asyncio.to_thread(load_named_weights, self.model, list(named_tensors))
 
     async def finish_weight_update(self, global_steps: int | None = None) -> None:
         """Mark the end of a weight sync: records the model version reported in ``extra_fields``."""
         if global_steps is not None:
             self.global_steps = global_steps
-        self._stats["weight_updates"] += 1
+        self._weight_updates += 1
 
     async def set_global_steps(self, global_steps: int) -> None:
         """Set the model version (trainer step) reported with each response."""
@@ -380,25 +320,13 @@ class HFRolloutServer:
         self._ensure_started()
         self._gate_open.clear()
         self._rejecting = reject_request
-        waiting = self._pending + [item for item in self._taken if item not in self._running]
-        self._pending = []
-        request_ids = [item.request_id for item in waiting + self._running if not item.future.done()]
-        for item in waiting:
-            if not item.future.done():
-                item.future.set_result(GenerationResult([], [], STOP_ABORTED))
-        self._abort_flag.set()
-        async with self._model_lock:  # the running batch sees the flag after its current step
-            self._abort_flag.clear()
+        request_ids = await self._batcher.abort_all()
         return {"aborted_count": len(request_ids), "request_ids": request_ids}
 
     async def abort_request(self, request_id: str, reset_prefix_cache: bool = True) -> dict:
         """Abort one pending request (a request already being sampled runs to its end)."""
-        for item in list(self._pending):
-            if item.request_id == request_id:
-                self._pending.remove(item)
-                if not item.future.done():
-                    item.future.set_result(GenerationResult([], [], STOP_ABORTED))
-                return {"aborted": True, "request_id": request_id}
+        if self._batcher.abort_pending(request_id):
+            return {"aborted": True, "request_id": request_id}
         return {"aborted": False, "request_id": request_id, "error": f"Request {request_id} not pending"}
 
     async def resume_generation(self) -> None:
@@ -430,10 +358,7 @@ class HFRolloutServer:
 
     async def wait_for_requests_to_drain(self) -> None:
         """Wait until no request is pending or being sampled."""
-        # A short poll: the queue changes in several places (submit, batch loop, abort), and an "idle" event
-        # would have to be kept in step with all of them for this rarely called wait.
-        while self._pending or self._taken:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        await self._batcher.drain()
 
     def get_server_address(self) -> str:
         """An identifier ``"<node ip>:<actor name>"`` (the hf backend serves no HTTP endpoint)."""
@@ -444,6 +369,7 @@ class HFRolloutServer:
         return self.config
 
     def get_stats(self) -> dict[str, float]:
-        """Counters since start: ``batches``, ``requests``, ``generated_tokens``, ``generation_seconds``
-        (wall seconds spent sampling and scoring), ``weight_updates``."""
-        return dict(self._stats)
+        """Counters since start: ``batches``, ``requests``, ``generated_tokens``, ``truncated`` (responses cut at
+        their token budget), ``generation_seconds`` (wall seconds spent sampling and scoring),
+        ``weight_updates``."""
+        return {**self._batcher.stats(), "weight_updates": float(self._weight_updates)}

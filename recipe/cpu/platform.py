@@ -22,59 +22,24 @@ What the platform reports (docs/design.md §4):
 * The Ray resource is ``"GPU"``: verl's resource pools count only GPU/NPU resources, so start Ray with
   a *logical* GPU count, e.g. ``+ray_kwargs.ray_init.num_gpus=1`` (no CUDA device is touched).
 
-Three unavoidable patches of verl (applied idempotently on import, active only while the current platform
-is this CPU platform; on any other platform the original code runs unchanged):
-
-1. ``verl/utils/distributed.py``: ``initialize_global_process_group`` and
-  ``initialize_global_process_group_ray`` build the backend string
-  ``f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"``. With device ``cpu`` that is
-  ``"cpu:gloo,cpu:gloo"``, which ``torch.distributed`` rejects ("Duplicate device type cpu"); no platform
-  method can change the fixed ``cpu:gloo,`` prefix. The patch makes both functions use ``"gloo"``.
-  The module attribute is replaced, and so is the copy bound by name in
-  ``verl.workers.engine_workers`` when that module is already imported (it is normally imported later,
-  after this plug-in).
-2. ``verl/workers/engine/fsdp/transformer_impl.py``: ``FSDPEngine._build_fsdp_module`` gives every
-   forward-only FSDP2 model (the GRPO *reference model* that the KL loss needs) and every model with
-   ``fsdp_config.offload_policy=True`` a hard-coded ``CPUOffloadPolicy(pin_memory=True)``. FSDP2 then
-   calls ``Tensor.pin_memory()`` on each parameter shard, and a CPU-only torch raises "Cannot access
-   accelerator device when none is available": page-locked host memory only exists for DMA to an
-   accelerator. verl 0.9.1 has no platform method or setting for pinning, so the patch replaces the
-   name ``CPUOffloadPolicy`` that ``verl.utils.fsdp_utils`` exports (and the copy bound by name in
-   ``transformer_impl`` when that module is already imported) with :class:`PlatformCPUOffloadPolicy`, a
-   subclass that asks :meth:`CPUPlatform.is_pin_memory_available` and pins only where the platform can.
-   Offloading itself is kept: with the CPU as the compute device the shards stay in ordinary host
-   memory and FSDP2's host-to-device copies are no-ops.
-3. ``verl/utils/model.py``: ``load_valuehead_model`` builds PPO's critic (``algorithm.adv_estimator=gae``)
-   with a hard-coded ``attn_implementation="flash_attention_2"``; without flash-attn (never on a CPU) the
-   load fails and verl reports a misleading "please install trl". No setting changes it. The patch loads
-   the critic as verl's first branch does (``AutoModelForTokenClassification``, one label) but with the
-   attention implementation the config asks for (``critic.model.override_config.attn_implementation``,
-   which verl has put into the model config as ``_attn_implementation``; ``sdpa`` when unset). If that
-   load fails, verl's original function runs and reports its own error. ``transformer_impl`` imports the
-   function at call time, so replacing the module attribute is enough.
+What no platform method can change (verl's process-group backend string, the pinned FSDP2 offload
+policy, the critic's attention implementation) is patched in :mod:`.patches`; the package
+``collabllm_verl.recipe.cpu`` imports this module and then applies those patches.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import platform as _py_platform
 import types
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
-from torch.distributed.fsdp import CPUOffloadPolicy
 from verl.plugin.platform import PlatformBase, PlatformRegistry, get_platform
-
-logger = logging.getLogger(__name__)
 
 PLATFORM_NAME = "cpu"
 PLUGIN_MODULE = "collabllm_verl.recipe.cpu"
-_PATCH_MARK = "_collabllm_cpu_patched"
 
 
 def _host_memory_bytes() -> tuple[int, int]:
@@ -252,8 +217,8 @@ class CPUPlatform(PlatformBase):
     def is_pin_memory_available(self) -> bool:
         """Whether tensors can be page-locked (``Tensor.pin_memory()``): never without an accelerator.
 
-        Not a verl 0.9.1 platform method; read by :class:`PlatformCPUOffloadPolicy` (module docstring,
-        patch 2). Platforms without this method are taken to support pinning, as verl assumes.
+        Not a verl 0.9.1 platform method; read by :class:`~.patches.PlatformCPUOffloadPolicy`. Platforms
+        without this method are taken to support pinning, as verl assumes.
         """
         return False
 
@@ -274,142 +239,3 @@ def cpu_env() -> dict[str, str]:
         "VERL_PLATFORM": PLATFORM_NAME,
         "VERL_ENGINE_DEVICE": "cuda",
     }
-
-
-# ---------------------------------------------------------------------------------------------------
-# Patch of verl/utils/distributed.py (see the module docstring)
-# ---------------------------------------------------------------------------------------------------
-
-
-def _patch_process_group_backend() -> None:
-    import sys
-
-    import verl.utils.distributed as vdist
-
-    original_init = vdist.initialize_global_process_group
-    original_init_ray = vdist.initialize_global_process_group_ray
-    if getattr(original_init, _PATCH_MARK, False):
-        return
-
-    @functools.wraps(original_init)
-    def initialize_global_process_group(timeout_second=36000):
-        if not is_cpu_platform_active():
-            return original_init(timeout_second)
-        torch.distributed.init_process_group(
-            backend="gloo",
-            timeout=timedelta(seconds=timeout_second),
-            init_method=os.environ.get("DIST_INIT_METHOD", None),
-        )
-        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-
-    @functools.wraps(original_init_ray)
-    def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        if backend is None and is_cpu_platform_active():
-            backend = "gloo"
-        return original_init_ray(timeout_second=timeout_second, backend=backend)
-
-    for fn in (initialize_global_process_group, initialize_global_process_group_ray):
-        setattr(fn, _PATCH_MARK, True)
-    vdist.initialize_global_process_group = initialize_global_process_group
-    vdist.initialize_global_process_group_ray = initialize_global_process_group_ray
-
-    # A module that already bound the original by name keeps it unless rebound here.
-    engine_workers = sys.modules.get("verl.workers.engine_workers")
-    bound = getattr(engine_workers, "initialize_global_process_group_ray", None)
-    if bound is original_init_ray:
-        engine_workers.initialize_global_process_group_ray = initialize_global_process_group_ray
-
-
-_patch_process_group_backend()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Patch of the FSDP2 offload policy verl hard-codes (see the module docstring, patch 2)
-# ---------------------------------------------------------------------------------------------------
-
-
-def pin_memory_available() -> bool:
-    """Whether verl's current platform can pin host memory.
-
-    Returns ``get_platform().is_pin_memory_available()`` where the platform defines that method (this
-    CPU platform answers ``False``), else ``True`` (CUDA, ROCm and NPU platforms all support pinning).
-    """
-    check = getattr(get_platform(), "is_pin_memory_available", None)
-    return True if check is None else bool(check())
-
-
-@dataclass
-class PlatformCPUOffloadPolicy(CPUOffloadPolicy):
-    """FSDP2 ``CPUOffloadPolicy`` that pins host memory only where the platform supports it.
-
-    Same field as ``torch.distributed.fsdp.CPUOffloadPolicy`` (``pin_memory: bool = True``); a subclass,
-    so FSDP2's ``isinstance`` checks still see a CPU offload policy. A requested ``pin_memory=True``
-    becomes ``False`` when :func:`pin_memory_available` is ``False`` (module docstring, patch 2).
-    """
-
-    def __post_init__(self) -> None:
-        if self.pin_memory and not pin_memory_available():
-            self.pin_memory = False
-
-
-def _patch_fsdp2_offload_policy() -> None:
-    import sys
-
-    from verl.utils import fsdp_utils
-
-    original = fsdp_utils.CPUOffloadPolicy
-    if getattr(original, _PATCH_MARK, False):
-        return
-    if original is not CPUOffloadPolicy:  # verl resolved another class (older torch): leave it alone
-        logger.warning(
-            "verl's CPUOffloadPolicy is %r; FSDP2 offload may try to pin memory on the CPU", original
-        )
-        return
-    setattr(PlatformCPUOffloadPolicy, _PATCH_MARK, True)
-    fsdp_utils.CPUOffloadPolicy = PlatformCPUOffloadPolicy
-
-    # transformer_impl binds the name at its own import, normally after this plug-in has run.
-    engine_impl = sys.modules.get("verl.workers.engine.fsdp.transformer_impl")
-    if getattr(engine_impl, "CPUOffloadPolicy", None) is original:
-        engine_impl.CPUOffloadPolicy = PlatformCPUOffloadPolicy
-
-
-_patch_fsdp2_offload_policy()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Patch of the critic's hard-coded attention implementation (see the module docstring, patch 3)
-# ---------------------------------------------------------------------------------------------------
-
-
-def _patch_valuehead_attention() -> None:
-    import verl.utils.model as vmodel
-
-    original = vmodel.load_valuehead_model
-    if getattr(original, _PATCH_MARK, False):
-        return
-
-    @functools.wraps(original)
-    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
-        if not is_cpu_platform_active():
-            return original(local_path, torch_dtype, model_config, trust_remote_code)
-        from transformers import AutoModelForTokenClassification
-
-        attention = getattr(model_config, "_attn_implementation", None) or "sdpa"
-        try:
-            return AutoModelForTokenClassification.from_pretrained(
-                pretrained_model_name_or_path=local_path,
-                torch_dtype=torch_dtype,
-                config=model_config,
-                attn_implementation=attention,
-                trust_remote_code=trust_remote_code,
-            )
-        except (OSError, ValueError) as exc:
-            logger.warning("critic load with attn_implementation=%s failed (%s); trying verl's loader", attention, exc)
-            return original(local_path, torch_dtype, model_config, trust_remote_code)
-
-    setattr(load_valuehead_model, _PATCH_MARK, True)
-    vmodel.load_valuehead_model = load_valuehead_model
-
-
-_patch_valuehead_attention()

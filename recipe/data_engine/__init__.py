@@ -15,5 +15,7 @@ Modules, one responsibility each (no verl import anywhere):
 * :mod:`.candidates`: candidate replies and their MR (forward sampling + scoring);
 * :mod:`.conversation`: the turn-by-turn search and its stopping rules;
 * :mod:`.schema`: rows in the published ``collabllm-multiturn-*`` schema and the output files;
-* :mod:`.runner`: many tasks at once, resumable, with progress, retries and a cost summary.
+* :mod:`.runner`: many tasks at once through the core task runner
+  (:mod:`collabllm_verl.recipe.core.task_runner`: resumable, retries, failure budget, progress), with a cost
+  summary.
 """

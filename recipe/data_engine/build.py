@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from collabllm_verl.recipe.core.run_store import RunStore
+from collabllm_verl.recipe.core.task_runner import TaskRunnerSettings
 
 from .config import Engine
 from .conversation import build_conversation
@@ -72,9 +73,7 @@ def build(
     interaction: Any,
     engine: Engine | None = None,
     manifest: Mapping[str, Any],
-    max_concurrent_tasks: int = 16,
-    task_retries: int = 1,
-    progress: bool = True,
+    runner: TaskRunnerSettings,
 ) -> tuple[RunSummary, dict[str, Path]]:
     """Run every task not finished yet (in an event loop of its own), then write the dataset of the
     finished ones. File work happens before and after the loop, never inside it.
@@ -86,10 +85,11 @@ def build(
         interaction: the user simulator.
         engine: the search's objects; required for ``"conversations"``.
         manifest: JSON-serialisable settings recorded in the manifest (must hold ``mode``).
-        max_concurrent_tasks, task_retries, progress: see :func:`.runner.run_tasks`.
+        runner: tasks in flight, retries, failure budget, progress bar (:func:`.runner.run_tasks`).
 
     Returns:
-        ``(summary, files)``; ``files`` is empty when no selected task has finished.
+        ``(summary, files)``; ``files`` is empty when no selected task has finished. When the failure
+        budget stopped the run, ``summary.stopped`` says so and the manifest's status is ``"stopped"``.
 
     Raises:
         ValueError: an unknown mode, a missing engine, or a folder that holds a run of the other mode.
@@ -122,10 +122,7 @@ def build(
             tasks,
             openers if mode == "openers" else conversations,
             store=store,
-            max_concurrent_tasks=max_concurrent_tasks,
-            task_retries=task_retries,
-            progress=progress,
-            desc=f"build_dataset {mode}",
+            runner=runner.model_copy(update={"desc": f"build_dataset {mode}", "unit": "task"}),
         )
     )
     write_failures(out, summary.failures)
@@ -134,7 +131,7 @@ def build(
     rows = [row for record in records for row in record["rows"]]
     final = {
         **manifest,
-        "status": "complete" if not summary.failed else "incomplete",
+        "status": "stopped" if summary.stopped else "complete" if not summary.failed else "incomplete",
         "summary": {**summary.as_dict(), "rows": len(rows), "conversations": len(records)},
     }
     if mode == "conversations":

@@ -151,7 +151,7 @@ async def _scored(engine: Engine, task: EngineTask, history: list[dict], index: 
         metric_values={name: list(score.per_conversation.get(name, [])) for name in engine.metrics},
         session_mr=_session_mr(score, weights, len(futures)),
         skip_reason=skip,
-        judge_cost_usd=float(score.judge_usage.get("cost_usd", 0.0)),
+        judge_cost_usd=score.judge_usage.cost_usd,
     )
 
 

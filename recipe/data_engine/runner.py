@@ -1,14 +1,15 @@
-"""Run many data-engine tasks at once: resumable, with retries, a progress bar and a cost summary.
+"""Run many data-engine tasks at once through the core task runner, with a cost summary.
 
-* **Resumable.** Each finished task is appended to a :class:`~collabllm_verl.recipe.core.run_store.RunStore`
-  (one JSON line, written whole and fsynced) under its key (a hash of the task); tasks already there are
-  skipped, so a re-run after a kill continues where the killed run stopped.
+The runner (:class:`collabllm_verl.recipe.core.task_runner.TaskRunner`) makes the run resumable (each
+finished task is one line of ``records.jsonl``, keyed by a hash of the task), bounds the tasks in flight
+(LLM requests are further bounded per model and endpoint by the LLM layer's per-process limits), retries
+and counts failures, and stops the run once the failure budget is spent. Here:
+
 * **Failures.** A task that raises :class:`~.task.TaskFailure` or
-  :class:`~collabllm_verl.recipe.core.llm_client.LLMCallError` is tried again up to ``task_retries`` times;
-  any other error (data, configuration) is not retried. A task that still fails is reported in the
+  :class:`~collabllm_verl.recipe.core.llm_client.LLMCallError` is tried again up to ``retries`` times, with
+  back-off; any other error (data, configuration) is not retried. A task that still fails is reported in the
   summary and written nowhere: its rows never enter the dataset, and the next run tries it again.
-* **Concurrency.** At most ``max_concurrent_tasks`` tasks run at once; LLM requests are further bounded
-  per model and endpoint by the LLM layer's per-process limits, shared by every task.
+* **Records.** Each record gets ``key``, ``conv_id``, ``attempts``, ``seconds`` and ``cost_usd``.
 * **Progress and cost.** A tqdm bar with the ETA, the running cost (litellm's price map) and the calls so
   far; the summary lists calls, retries, failures, tokens and cost per purpose (``user_simulator``,
   ``assistant:candidate``, ``assistant:future``, ``judge:<metric>``).
@@ -23,10 +24,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from collabllm_verl.recipe.core.llm_client import LLMCallError, llm_stats, usage_scope
+from collabllm_verl.recipe.core.llm_client import LLMCallError, Usage, llm_stats, usage_scope
 from collabllm_verl.recipe.core.run_store import RunStore
+from collabllm_verl.recipe.core.task_runner import (
+    FailureBudgetExceeded,
+    TaskOutcome,
+    TaskRunner,
+    TaskRunnerSettings,
+    TaskRunSummary,
+)
 
 from .task import EngineTask, TaskFailure
 
@@ -34,16 +40,6 @@ __all__ = ["RunSummary", "llm_usage_since", "run_tasks"]
 
 logger = logging.getLogger(__name__)
 
-_USAGE_COUNTERS = (
-    "calls",
-    "requests",
-    "retries",
-    "failures",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "cost_unknown",
-)
 _RETRYABLE = (TaskFailure, LLMCallError)
 
 
@@ -59,7 +55,7 @@ def llm_usage_since(before: Mapping[str, float]) -> dict[str, dict[str, float]]:
     usage: dict[str, dict[str, float]] = {}
     for key, value in now.items():
         purpose, _, counter = key.rpartition("/")
-        if counter in _USAGE_COUNTERS:
+        if counter in Usage.counter_names():
             usage.setdefault(purpose or "total", {})[counter] = value - before.get(key, 0.0)
     return {purpose: counters for purpose, counters in usage.items() if purpose == "total" or counters.get("calls")}
 
@@ -76,7 +72,8 @@ class RunSummary:
         retries: task attempts repeated after a retryable failure.
         wall_s: seconds of wall time.
         llm: :func:`llm_usage_since` of the run.
-        failures: one ``{"key", "conv_id", "error", "attempts"}`` per failed task.
+        failures: one ``{"key", "conv_id", "error", "attempts"}`` per failed task, by ``conv_id``.
+        stopped: why the run stopped before its end (the failure budget was spent), else None.
     """
 
     tasks: int = 0
@@ -87,10 +84,34 @@ class RunSummary:
     wall_s: float = 0.0
     llm: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None
+
+    @classmethod
+    def from_run(
+        cls, run: TaskRunSummary, llm: dict[str, dict[str, float]], *, stopped: str | None = None
+    ) -> RunSummary:
+        """The data engine's summary of a core runner's summary."""
+        failures = [
+            {"key": f.key, "conv_id": f.task.conv_id, "error": f.error, "attempts": f.attempts} for f in run.failures
+        ]
+        return cls(
+            tasks=run.tasks,
+            resumed=run.resumed,
+            finished=run.finished,
+            failed=run.failed,
+            retries=run.retries,
+            wall_s=run.wall_s,
+            llm=llm,
+            failures=sorted(failures, key=lambda f: f["conv_id"]),
+            stopped=stopped,
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form (for the manifest)."""
-        return asdict(self)
+        """Plain-dict form (for the manifest); ``stopped`` only when the run was stopped."""
+        plain = asdict(self)
+        if plain["stopped"] is None:
+            del plain["stopped"]
+        return plain
 
     def lines(self) -> list[str]:
         """A human-readable summary, one line per item."""
@@ -114,37 +135,9 @@ class RunSummary:
         out.extend(f"  failed task conv_id={f['conv_id']}: {f['error']}" for f in self.failures[:10])
         if len(self.failures) > 10:
             out.append(f"  ... and {len(self.failures) - 10} more")
+        if self.stopped:
+            out.append(self.stopped)
         return out
-
-
-async def _attempts(
-    task: EngineTask, work: Callable[[EngineTask], Awaitable[dict[str, Any]]], task_retries: int
-) -> tuple[dict[str, Any] | None, str | None, int]:
-    """(record, None, attempts) on success, (None, error, attempts) on failure."""
-    for attempt in range(1, task_retries + 2):
-        started = time.perf_counter()
-        try:
-            with usage_scope() as usage:
-                record = await work(task)
-        except _RETRYABLE as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if attempt <= task_retries:
-                logger.warning("task conv_id=%s failed (attempt %d), retrying: %s", task.conv_id, attempt, error)
-                continue
-            return None, error, attempt
-        except Exception as exc:  # a data or configuration error of one task: reported, not retried
-            logger.exception("task conv_id=%s failed", task.conv_id)
-            return None, f"{type(exc).__name__}: {exc}", attempt
-        record = {
-            **record,
-            "key": task.key,
-            "conv_id": task.conv_id,
-            "attempts": attempt,
-            "seconds": round(time.perf_counter() - started, 3),
-            "cost_usd": float(usage.get("cost_usd", 0.0)),
-        }
-        return record, None, attempt
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def run_tasks(
@@ -152,60 +145,57 @@ async def run_tasks(
     work: Callable[[EngineTask], Awaitable[dict[str, Any]]],
     *,
     store: RunStore,
-    max_concurrent_tasks: int = 16,
-    task_retries: int = 1,
-    progress: bool = True,
-    desc: str = "tasks",
+    runner: TaskRunnerSettings,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> RunSummary:
     """Run ``work`` on every task not yet in ``store`` and append each finished record to it.
 
     Args:
         tasks: the tasks (keys must be unique).
-        work: builds one task's record (a JSON-serialisable dict, e.g. ``{"rows": [...]}``); the runner adds
-            ``key``, ``conv_id``, ``attempts``, ``seconds`` and ``cost_usd``.
+        work: builds one task's record (a JSON-serialisable dict, e.g. ``{"rows": [...]}``); ``key``,
+            ``conv_id``, ``attempts``, ``seconds`` and ``cost_usd`` are added.
         store: the run's record file.
-        max_concurrent_tasks: tasks in flight at once (>= 1).
-        task_retries: extra attempts of a task after a retryable failure (>= 0).
-        progress: show the progress bar.
-        desc: the progress bar's label.
+        runner: tasks in flight, retries of a task (after :class:`~.task.TaskFailure` or ``LLMCallError``),
+            back-off, failure budget, progress bar.
+        sleep: the wait between retries (tests pass a recorder).
 
     Returns:
-        The run's :class:`RunSummary`.
+        The run's :class:`RunSummary`; ``stopped`` says why when the failure budget stopped it (the
+        records finished until then are kept).
 
     Raises:
-        ValueError: ``max_concurrent_tasks`` < 1 or ``task_retries`` < 0.
+        ValueError: two tasks share a key.
     """
-    if max_concurrent_tasks < 1 or task_retries < 0:
-        raise ValueError("--max_concurrent_tasks must be >= 1 and --task_retries >= 0")
-    started, before = time.perf_counter(), llm_stats()
-    pending = [t for t in tasks if t.key not in store]
-    summary = RunSummary(tasks=len(tasks), resumed=len(tasks) - len(pending))
-    if summary.resumed:
-        logger.info("resuming: %d of %d tasks were finished by an earlier run", summary.resumed, len(tasks))
-    limit = asyncio.Semaphore(max_concurrent_tasks)
-    bar = tqdm(total=len(pending), desc=desc, unit="task", disable=not progress, dynamic_ncols=True)
+    before = llm_stats()
 
-    async def one(task: EngineTask) -> None:
-        async with limit:
-            record, error, attempts = await _attempts(task, work, task_retries)
-        summary.retries += attempts - 1
-        if record is not None:
-            await asyncio.to_thread(store.append, record)
-            summary.finished += 1
-        else:
-            summary.failed += 1
-            summary.failures.append({"key": task.key, "conv_id": task.conv_id, "error": error, "attempts": attempts})
-            logger.error("task conv_id=%s failed after %d attempt(s): %s", task.conv_id, attempts, error)
+    async def attempt(task: EngineTask, number: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        with usage_scope() as usage:
+            record = await work(task)
+        return {
+            **record,
+            "key": task.key,
+            "conv_id": task.conv_id,
+            "attempts": number,
+            "seconds": round(time.perf_counter() - started, 3),
+            "cost_usd": usage.cost_usd,
+        }
+
+    def postfix(outcome: TaskOutcome[EngineTask]) -> dict[str, Any]:
         total = llm_usage_since(before)["total"]
-        cost, calls = total.get("cost_usd", 0.0), int(total.get("calls", 0))
-        bar.set_postfix(cost=f"${cost:.4f}", calls=calls, failed=summary.failed)
-        bar.update(1)
+        return {"cost": f"${total.get('cost_usd', 0.0):.4f}", "calls": int(total.get("calls", 0))}
 
+    task_runner = TaskRunner(
+        runner,
+        store=store,
+        key=lambda task: task.key,
+        describe=lambda task: f"conv_id={task.conv_id}",
+        retry_on=_RETRYABLE,
+        fail_on=(Exception,),  # a data or configuration error of one task: reported, not retried
+        sleep=sleep,
+    )
     try:
-        await asyncio.gather(*(one(task) for task in pending))
-    finally:
-        bar.close()
-    summary.wall_s = time.perf_counter() - started
-    summary.llm = llm_usage_since(before)
-    summary.failures.sort(key=lambda f: f["conv_id"])
-    return summary
+        run = await task_runner.run(tasks, attempt, postfix=postfix)
+    except FailureBudgetExceeded as stop:
+        return RunSummary.from_run(stop.summary, llm_usage_since(before), stopped=str(stop))
+    return RunSummary.from_run(run, llm_usage_since(before))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collabllm_verl.recipe.dataset.rows import ConvertedRow, SourceSpec
+from collabllm_verl.recipe.core.plain import to_plain
 from collabllm_verl.recipe.core.run_store import stable_key
+from collabllm_verl.recipe.dataset.rows import ConvertedRow, SourceSpec
 
 __all__ = ["EngineTask", "TaskFailure", "tasks_from_rows"]
 
@@ -89,11 +90,7 @@ def tasks_from_rows(spec: SourceSpec, rows: Iterable[ConvertedRow], *, mode: str
                 metadata=metadata,
                 task_desc=str(info["interaction_kwargs"]["task_desc"]),
                 data_source=str(row.rl["data_source"]),
-                extra_info={**_plain(info), "single_turn_metadata": metadata},
+                extra_info={**to_plain(info), "single_turn_metadata": metadata},
             )
         )
     return tasks
-
-
-def _plain(info: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in info.items()}

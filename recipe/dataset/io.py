@@ -1,13 +1,16 @@
 """Loading source datasets and writing processed outputs atomically.
 
 Loading always goes through Hugging Face ``datasets`` (``load_dataset`` / ``load_from_disk``), so a hub
-name, a local dataset folder and a single data file take the same code path.
+name, a local dataset folder and a single data file take the same code path. JSON and JSON Lines files are
+checked here first (:func:`check_json_file`), so that a malformed line is reported with its file, line and
+field instead of the JSON reader's bare message.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .rows import JsonLinesError
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -36,6 +41,8 @@ def load_source_dataset(spec: str, split: str = "train", num_proc: int | None = 
         FileNotFoundError: ``spec`` looks like a path and does not exist: it has a data-file suffix,
             starts with ``.`` or ``/``, or has more than one ``/`` (a hub id is ``owner/name``).
         ValueError: an unsupported file suffix, or a missing split.
+        JsonLinesError: a ``.jsonl``/``.json`` file (given, or in a folder that ``datasets`` failed to read)
+            has a line that is not one JSON object; the message names file, line, row and field.
     """
     import datasets
 
@@ -46,6 +53,8 @@ def load_source_dataset(spec: str, split: str = "train", num_proc: int | None = 
             raise ValueError(
                 f"{spec}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}"
             )
+        if builder == "json":
+            check_json_file(path)
         return datasets.load_dataset(builder, data_files=str(path), split="train", num_proc=num_proc)
     if path.is_dir():
         if (path / "dataset_info.json").exists() and (path / "state.json").exists():
@@ -53,11 +62,105 @@ def load_source_dataset(spec: str, split: str = "train", num_proc: int | None = 
             if isinstance(loaded, datasets.DatasetDict):
                 return _pick_split(loaded, split, spec)
             return loaded
-        return datasets.load_dataset(str(path), split=split, num_proc=num_proc)
+        try:
+            return datasets.load_dataset(str(path), split=split, num_proc=num_proc)
+        except Exception:
+            # Name the bad line when a JSON file of the folder is the cause; otherwise datasets' error stands.
+            for data_file in sorted(path.rglob("*.json*")):
+                hidden = any(part.startswith(".") for part in data_file.relative_to(path).parts)
+                if data_file.suffix.lower() in (".json", ".jsonl") and not hidden:
+                    check_json_file(data_file)
+            raise
     if path.suffix.lower() in _FILE_BUILDERS or spec.startswith((".", "/")) or spec.count("/") > 1:
         raise FileNotFoundError(f"{spec}: no such file or folder")
     # A hub repository id.
     return datasets.load_dataset(spec, split=split, num_proc=num_proc)
+
+
+_KEY_BEFORE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
+
+
+def _key_before(text: str, position: int) -> str | None:
+    """The last object key that starts before ``position`` in ``text`` (the field being read there)."""
+    keys = _KEY_BEFORE.findall(text[:position])
+    if not keys:
+        return None
+    try:
+        return json.loads(f'"{keys[-1]}"')
+    except json.JSONDecodeError:
+        return keys[-1]
+
+
+def check_json_lines(path: str | os.PathLike) -> int:
+    """Check that every non-blank line of a JSON Lines file is one JSON object, reading line by line.
+
+    Args:
+        path: the file (UTF-8, an optional byte-order mark at its start).
+
+    Returns:
+        The number of rows (non-blank lines).
+
+    Raises:
+        JsonLinesError: the first line that is not UTF-8, not valid JSON, or valid JSON but not an object
+            (``null``, a list, a number, ...). The message names the file, the 1-based line, the 0-based
+            row, the field being read where the JSON broke (when there is one) and what was expected.
+    """
+    rows = 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise JsonLinesError(
+                    str(path), number, rows, None, f"not UTF-8 text at byte {exc.start + 1}; expected UTF-8 JSON"
+                ) from None
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JsonLinesError(
+                    str(path),
+                    number,
+                    rows,
+                    _key_before(line, exc.pos),
+                    f"not valid JSON at column {exc.colno} ({exc.msg}); expected one JSON object per line",
+                ) from None
+            if not isinstance(value, dict):
+                kind = "null" if value is None else type(value).__name__
+                raise JsonLinesError(str(path), number, rows, None, f"expected a JSON object, got {kind}")
+            rows += 1
+    return rows
+
+
+def check_json_file(path: str | os.PathLike) -> None:
+    """Check a ``.json``/``.jsonl`` file before ``datasets`` reads it.
+
+    A ``.json`` file that holds one JSON document (an array of rows, or an object of columns) passes; one
+    that starts with ``[`` but does not parse is reported at the line and column where it breaks; any
+    other file must be JSON Lines (:func:`check_json_lines`).
+
+    Raises:
+        JsonLinesError: see :func:`check_json_lines`.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+        try:
+            json.loads(text)
+            return
+        except json.JSONDecodeError as exc:
+            if text.lstrip().startswith("["):
+                line_text = text.splitlines()[exc.lineno - 1] if text.splitlines() else ""
+                raise JsonLinesError(
+                    str(path),
+                    exc.lineno,
+                    None,
+                    _key_before(line_text, exc.colno - 1),
+                    f"not valid JSON at column {exc.colno} ({exc.msg}); expected a JSON array of objects",
+                ) from None
+    check_json_lines(path)
 
 
 def _pick_split(dataset_dict, split: str, spec: str):

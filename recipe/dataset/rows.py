@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,28 @@ class DatasetFormatError(ValueError):
     def __init__(self, source: str, row: int, field: str, problem: str):
         super().__init__(f"{source}: row {row}: field {field!r}: {problem}")
         self.source, self.row, self.field, self.problem = source, row, field, problem
+
+
+class JsonLinesError(DatasetFormatError):
+    """A line of a JSON Lines source that is not one JSON object (raised before ``datasets`` reads the file).
+
+    Attributes:
+        source: the file.
+        line: 1-based line number in the file.
+        row: 0-based index the row would have in the split (blank lines are not rows), as in
+            :class:`DatasetFormatError`; None when unknown (a JSON array that does not parse).
+        field: the key being read where the JSON broke (the innermost key before the error), or None when
+            the line broke before any key or is valid JSON of the wrong kind.
+        problem: what is wrong and what was expected.
+
+    The message reads e.g. ``data/x.jsonl: line 3 (row 2): field 'score': not valid JSON at column 25
+    (Expecting value); expected one JSON object per line``.
+    """
+
+    def __init__(self, source: str, line: int, row: int | None, field: str | None, problem: str):
+        where = f"{source}: line {line}" if row is None else f"{source}: line {line} (row {row})"
+        ValueError.__init__(self, f"{where}: field {field!r}: {problem}" if field else f"{where}: {problem}")
+        self.source, self.line, self.row, self.field, self.problem = source, line, row, field, problem
 
 
 @dataclass(frozen=True)
@@ -125,16 +148,43 @@ def with_system(spec: SourceSpec, messages: list[dict[str, str]]) -> list[dict[s
     return [{"role": "system", "content": spec.system_prompt}, *messages]
 
 
+def _is_number(value: Any) -> bool:
+    """A real number other than a bool (Python or numpy scalars)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _score(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> float:
+    """The row's ``score``; when it is absent, null or NaN, the mean of ``rewards['MR']``.
+
+    Raises:
+        DatasetFormatError: ``score`` is not a number (a string such as ``"high"``, a bool, ...), or it is
+            missing and ``rewards['MR']`` is absent, empty, not a list, or holds a value that is not a number.
+    """
     score = row.get("score")
-    if score is None:
-        rewards = row.get("rewards") or {}
-        mr = rewards.get("MR") if isinstance(rewards, Mapping) else None
-        if mr:
-            score = sum(mr) / len(mr)
-    if score is None or not isinstance(score, (int, float)) or math.isnan(float(score)):
+    if score is not None and not _is_number(score):
+        raise DatasetFormatError(
+            spec.source, index, "score", f"expected a number (the reply's reward), got {type(score).__name__} {score!r}"
+        )
+    if score is not None and not math.isnan(score):
+        return float(score)
+    rewards = row.get("rewards")
+    mr = rewards.get("MR") if isinstance(rewards, Mapping) else None
+    if mr is None or (isinstance(mr, Sized) and len(mr) == 0):
         raise DatasetFormatError(spec.source, index, "score", "missing (and no rewards['MR'] to fall back on)")
-    return float(score)
+    if isinstance(mr, (str, bytes, Mapping)) or not isinstance(mr, Iterable):
+        raise DatasetFormatError(
+            spec.source, index, "rewards['MR']", f"expected a list of numbers (score is missing), got {mr!r}"
+        )
+    mr = list(mr)
+    for position, value in enumerate(mr):
+        if not _is_number(value) or math.isnan(value):
+            raise DatasetFormatError(
+                spec.source,
+                index,
+                f"rewards['MR'][{position}]",
+                f"expected a number (score is missing, so its mean is the score), got {type(value).__name__} {value!r}",
+            )
+    return float(sum(mr) / len(mr))
 
 
 def _int(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str) -> int:

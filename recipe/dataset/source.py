@@ -192,7 +192,9 @@ def load_rows(args: argparse.Namespace) -> tuple[SourceSpec, list[ConvertedRow],
         ``(spec, rows, filters)``: rows in source order, at most ``--max_rows``.
 
     Raises:
-        DatasetFormatError: a kept row lacks a required field (names file, row and field).
+        DatasetFormatError: a kept row lacks a required field or has one of the wrong type (names file, row
+            and field); :class:`~.rows.JsonLinesError`, a subclass, for a line of a JSON Lines file that is not
+            one JSON object (names file, line, row and field).
         ValueError: a malformed ``--filter``, or no row left after the filters.
         FileNotFoundError: a local source that does not exist.
     """

@@ -8,14 +8,17 @@ The protocol (the paper's experiments and the authors' evaluation script; docs/e
    (:func:`collabllm_verl.recipe.core.forward_sampling.continue_conversation`) until the simulator sends its
    termination signal or ``max_messages`` messages (``max_messages // 2`` exchanges; 14 by default) are
    reached;
-3. the task's metrics are computed **once on the finished conversation** with the reward core
-   (:func:`collabllm_verl.recipe.core.multiturn_reward.score_sample`, ``num_history_messages=0``: every message
-   counts as conversation, so ``token_amount`` counts all assistant turns).
+3. the task's metrics are computed **once on the finished conversation** with the reward core's per-metric
+   scoring (:func:`collabllm_verl.recipe.core.multiturn_reward.score_conversation`,
+   ``num_history_messages=0``: every message counts as conversation, so ``token_amount`` counts all
+   assistant turns).
 
 A conversation that the user simulator or the model under test could not finish (an LLM call that failed
 after the LLM layer's retries) is recorded with ``status: "conversation_failed"``, is not scored, and is run
 again on the next invocation; a metric that fails on a finished conversation is recorded as None and left
-out of that metric's mean. Records are appended to ``conversations.jsonl`` as they finish
+out of that metric's mean. The conversations run through the project's task runner
+(:class:`collabllm_verl.recipe.core.task_runner.TaskRunner`: bounded concurrency, retries, failure budget);
+records are appended to ``conversations.jsonl`` as they finish
 (:class:`collabllm_verl.recipe.core.run_store.RunStore`), so an interrupted run resumes where it stopped.
 
 No verl import.
@@ -23,20 +26,20 @@ No verl import.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from collabllm_verl.metrics import MetricSpec
 from collabllm_verl.recipe.core.forward_sampling import PolicyChat, TurnLimits, continue_conversation
-from collabllm_verl.recipe.core.llm_client import LLMCallError, usage_scope
-from collabllm_verl.recipe.core.multiturn_reward import ForwardSamples, RewardSettings, score_sample
+from collabllm_verl.recipe.core.llm_client import LLMCallError, LLMSettings, Usage, usage_scope
+from collabllm_verl.recipe.core.multiturn_reward import score_conversation
 from collabllm_verl.recipe.core.run_store import RunStore, stable_key
+from collabllm_verl.recipe.core.task_runner import TaskFailed, TaskOutcome, TaskRunner, TaskRunnerSettings
 
 from .tasks import EvalTask
 
@@ -47,11 +50,13 @@ __all__ = [
     "STATUS_FAILED",
     "STATUS_SCORED",
     "USAGE_KEYS",
+    "ConversationSlot",
     "EvalProtocol",
-    "EvaluationRunner",
+    "EvalScoring",
     "PolicyFactory",
     "open_run_store",
     "run_conversation",
+    "run_conversations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ STATUS_SCORED = "scored"
 STATUS_FAILED = "conversation_failed"
 END_POLICY_FAILURE = "policy_failure"  # the model under test failed after the LLM layer's retries
 _UNFINISHED = frozenset({"simulator_failure", END_POLICY_FAILURE})
-# LLM-layer counters kept per conversation and role (see collabllm_verl.recipe.core.llm_client.llm_stats).
+# The LLM usage counters (collabllm_verl.recipe.core.llm_client.Usage) kept per conversation and role.
 USAGE_KEYS = ("requests", "retries", "failures", "prompt_tokens", "completion_tokens", "cost_usd", "cost_unknown")
 
 PolicyFactory = Callable[[EvalTask, int], PolicyChat]
@@ -99,12 +104,37 @@ class EvalProtocol:
         return TurnLimits(max_user_turns=half, max_assistant_turns=half)
 
 
-def _usage(counters: Mapping[str, float]) -> dict[str, float]:
-    return {key: float(counters.get(key, 0.0)) for key in USAGE_KEYS}
+@dataclass(frozen=True)
+class EvalScoring:
+    """The metrics of an evaluation, computed once on each finished conversation.
+
+    Attributes:
+        specs: metric name -> spec, in report order
+            (:func:`~collabllm_verl.recipe.core.multiturn_reward.resolve_metric_specs`).
+        options: metric name -> options (absent: none).
+        judge: the LLM judges' settings, or None when no metric needs a judge.
+    """
+
+    specs: Mapping[str, MetricSpec]
+    options: Mapping[str, Mapping[str, Any]]
+    judge: LLMSettings | None = None
 
 
-def _minus(total: Mapping[str, float], part: Mapping[str, float]) -> dict[str, float]:
-    return {key: float(total.get(key, 0.0)) - float(part.get(key, 0.0)) for key in USAGE_KEYS}
+@dataclass(frozen=True)
+class ConversationSlot:
+    """One conversation of a run: sample ``index`` (0-based, < k) of ``task``."""
+
+    task: EvalTask
+    index: int
+
+    @property
+    def key(self) -> str:
+        """Its record's key: a hash of the task id and the sample index."""
+        return stable_key(self.task.task_id, self.index)
+
+
+def _usage(usage: Usage) -> dict[str, float]:
+    return usage.as_dict(*USAGE_KEYS)
 
 
 class _MeteredPolicy:
@@ -112,7 +142,7 @@ class _MeteredPolicy:
 
     def __init__(self, inner: PolicyChat) -> None:
         self.inner = inner
-        self.usage = dict.fromkeys(USAGE_KEYS, 0.0)
+        self.usage = Usage()
 
     @property
     def tokens_after_prompt(self) -> int:
@@ -130,8 +160,34 @@ class _MeteredPolicy:
             try:
                 return await self.inner.reply(max_new_tokens=max_new_tokens)
             finally:
-                for key in USAGE_KEYS:
-                    self.usage[key] += float(counters.get(key, 0.0))
+                self.usage = self.usage + counters
+
+
+async def _score_finished(
+    task: EvalTask, messages: list[dict[str, str]], scoring: EvalScoring
+) -> tuple[dict[str, float | None], list[str], dict[str, float], float]:
+    """Score a finished conversation once: ``(metric values, failed metrics, judge usage, seconds)``.
+
+    Raises:
+        RuntimeError: a metric raised an error that is not a metric failure, naming the task's source row.
+    """
+    started = time.perf_counter()
+    with usage_scope() as counters:
+        try:
+            score = await score_conversation(
+                scoring.specs,
+                messages,
+                judge=scoring.judge,
+                metric_kwargs=scoring.options,
+                ground_truth=task.ground_truth,
+                extra_info=task.extra_info,
+                data_source=task.data_source,
+            )
+        except Exception as exc:
+            raise RuntimeError(
+                f"{task.data_source}: row {task.row}: scoring failed ({type(exc).__name__}: {exc})"
+            ) from exc
+    return score.values, list(score.failures), _usage(counters), time.perf_counter() - started
 
 
 async def run_conversation(
@@ -141,8 +197,7 @@ async def run_conversation(
     protocol: EvalProtocol,
     make_policy: PolicyFactory,
     interaction: Any,
-    settings: RewardSettings,
-    specs: Mapping[str, MetricSpec],
+    scoring: EvalScoring,
 ) -> dict[str, Any]:
     """Run and score one evaluation conversation; returns its ``conversations.jsonl`` record.
 
@@ -177,33 +232,17 @@ async def run_conversation(
             end_reason, error = END_POLICY_FAILURE, str(exc)
     conversation_seconds = time.perf_counter() - started
 
-    metrics: dict[str, float | None] = dict.fromkeys(specs)
-    judge_usage: dict[str, float] = dict.fromkeys(USAGE_KEYS, 0.0)
+    metrics: dict[str, float | None] = dict.fromkeys(scoring.specs)
+    metric_failures: list[str] = []
+    judge_usage = _usage(Usage())
     scoring_seconds = 0.0
     finished = end_reason not in _UNFINISHED and bool(messages)
     if finished:
-        started = time.perf_counter()
-        with usage_scope() as counters:
-            try:
-                score = await score_sample(
-                    settings,
-                    specs,
-                    ForwardSamples(conversations=[messages], num_history_messages=0),
-                    ground_truth=task.ground_truth,
-                    extra_info=task.extra_info,
-                    data_source=task.data_source,
-                )
-            except Exception as exc:
-                raise RuntimeError(
-                    f"{task.data_source}: row {task.row}: scoring failed ({type(exc).__name__}: {exc})"
-                ) from exc
-        judge_usage = _usage(counters)
-        scoring_seconds = time.perf_counter() - started
-        metrics = {name: score.per_conversation[name][0] for name in specs}
+        metrics, metric_failures, judge_usage, scoring_seconds = await _score_finished(task, messages, scoring)
 
     usage = {
         "policy": _usage(policy.usage),
-        "user_simulator": _minus(conversation_usage, policy.usage),
+        "user_simulator": _usage(conversation_usage - policy.usage),
         "judge": judge_usage,
     }
     return {
@@ -221,7 +260,7 @@ async def run_conversation(
         "user_turns": sum(m["role"] == "user" for m in messages),
         "assistant_turns": sum(m["role"] == "assistant" for m in messages),
         "metrics": metrics,
-        "metric_failures": [name for name, value in metrics.items() if finished and value is None],
+        "metric_failures": metric_failures,
         "usage": usage,
         "cost_usd": sum(role["cost_usd"] for role in usage.values()),
         "seconds": {"conversation": conversation_seconds, "scoring": scoring_seconds},
@@ -265,138 +304,93 @@ def open_run_store(out_dir: Path, run_settings: Mapping[str, Any], *, overwrite:
     return RunStore(records_file)
 
 
-class EvaluationRunner:
-    """Runs every missing (task, sample) conversation of a run with bounded concurrency.
+async def run_conversations(
+    tasks: Sequence[EvalTask],
+    *,
+    protocol: EvalProtocol,
+    make_policy: PolicyFactory,
+    interaction: Any,
+    scoring: EvalScoring,
+    store: RunStore,
+    runner: TaskRunnerSettings,
+) -> dict[str, int]:
+    """Run every (task, sample) conversation without a scored record in ``store``, through the task runner.
+
+    A conversation that could not be finished is stored (``status: "conversation_failed"``), counted
+    against the failure budget, tried again ``runner.retries`` times in this run and again by the next run.
 
     Args:
-        tasks: the tasks.
+        tasks: the tasks; each gets ``protocol.samples_per_row`` conversations.
         protocol: conversation settings.
         make_policy: builds the model under test's side of each conversation.
         interaction: the user simulator (one object for all conversations).
-        settings, specs: the metrics (``RewardSettings`` with every metric weighted 1, and their specs).
-        store: the run's records; conversations already scored there are skipped, failed ones run again.
-        concurrency: conversations in flight at once (>= 1). The LLM layer's per-model limits
-            (``max_concurrency``, ``requests_per_minute``) apply on top, shared by the whole process.
-        progress: show a progress bar (tqdm, on stderr) with running means, failures and cost.
+        scoring: the metrics.
+        store: the run's records.
+        runner: concurrency (conversations in flight), retries, failure budget, progress bar. The LLM
+            layer's per-model limits (``max_concurrency``, ``requests_per_minute``) apply on top.
+
+    Returns:
+        This invocation's counts: ``{"skipped", "run", "scored", "conversation_failed"}``.
+
+    Raises:
+        FailureBudgetExceeded: too many conversations could not be finished (the run stopped; records kept).
+        RuntimeError: from :func:`run_conversation` (other conversations are cancelled; records kept).
     """
+    slots = [ConversationSlot(task, k) for task in tasks for k in range(protocol.samples_per_row)]
 
-    def __init__(
-        self,
-        tasks: Sequence[EvalTask],
-        *,
-        protocol: EvalProtocol,
-        make_policy: PolicyFactory,
-        interaction: Any,
-        settings: RewardSettings,
-        specs: Mapping[str, MetricSpec],
-        store: RunStore,
-        concurrency: int = 64,
-        progress: bool = True,
-    ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
-        self.tasks = list(tasks)
-        self.protocol = protocol
-        self.make_policy = make_policy
-        self.interaction = interaction
-        self.settings = settings
-        self.specs = dict(specs)
-        self.store = store
-        self.concurrency = concurrency
-        self.progress = progress
+    async def work(slot: ConversationSlot, attempt: int) -> dict[str, Any]:
+        record = await run_conversation(
+            slot.task, slot.index, protocol=protocol, make_policy=make_policy, interaction=interaction, scoring=scoring
+        )
+        if record["status"] != STATUS_SCORED:
+            raise TaskFailed(f"{record['end_reason']}: {record['error']}", record=record)
+        return record
 
-    def pending(self) -> list[tuple[EvalTask, int]]:
-        """(task, sample index) pairs without a scored record, in task order."""
-        done = {r["key"] for r in self.store.records() if r.get("status") == STATUS_SCORED}
-        return [
-            (task, k)
-            for task in self.tasks
-            for k in range(self.protocol.samples_per_row)
-            if stable_key(task.task_id, k) not in done
-        ]
-
-    async def run(self) -> dict[str, int]:
-        """Run the pending conversations; returns ``{"skipped", "run", "scored", "conversation_failed"}``
-        counts of this invocation.
-
-        Raises:
-            RuntimeError: from :func:`run_conversation` (other conversations are cancelled; the records
-                written so far are kept).
-        """
-        todo = self.pending()
-        total = len(self.tasks) * self.protocol.samples_per_row
-        counts = {"skipped": total - len(todo), "run": 0, STATUS_SCORED: 0, STATUS_FAILED: 0}
-        queue: asyncio.Queue = asyncio.Queue()
-        for item in todo:
-            queue.put_nowait(item)
-        bar = _ProgressBar(total=total, done=counts["skipped"], records=self.store.records(), enabled=self.progress)
-
-        async def worker() -> None:
-            while True:
-                try:
-                    task, k = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                record = await run_conversation(
-                    task,
-                    k,
-                    protocol=self.protocol,
-                    make_policy=self.make_policy,
-                    interaction=self.interaction,
-                    settings=self.settings,
-                    specs=self.specs,
-                )
-                await asyncio.to_thread(self.store.append, record)
-                counts["run"] += 1
-                counts[record["status"]] += 1
-                bar.add(record)
-
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
-        try:
-            await asyncio.gather(*workers)
-        except BaseException:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
-        finally:
-            bar.close()
-        return counts
+    task_runner = TaskRunner(
+        runner,
+        store=store,
+        key=lambda slot: slot.key,
+        describe=lambda slot: f"task row {slot.task.row} sample {slot.index}",
+        is_finished=lambda record: record.get("status") == STATUS_SCORED,
+    )
+    means = _RunningMeans(store.records())
+    summary = await task_runner.run(slots, work, postfix=means.add)
+    return {
+        "skipped": summary.resumed,
+        "run": summary.finished + summary.failed,
+        STATUS_SCORED: summary.finished,
+        STATUS_FAILED: summary.failed,
+    }
 
 
-class _ProgressBar:
-    """tqdm bar whose postfix shows running means (over scored conversations), failures and cost."""
+class _RunningMeans:
+    """The progress bar's postfix: running metric means over scored conversations (earlier runs' included),
+    metric failures and cost of this run."""
 
-    def __init__(self, *, total: int, done: int, records, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
+    def __init__(self, records: Iterable[Mapping[str, Any]]) -> None:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
-        self.failed = 0
+        self.metric_failures = 0
         self.cost = 0.0
-        self.bar = tqdm(total=total, initial=done, desc="conversations", unit="conv", disable=not enabled)
         for record in records:
             if record.get("status") == STATUS_SCORED:
                 self._count(record)
 
     def _count(self, record: Mapping[str, Any]) -> None:
         self.cost += float(record.get("cost_usd") or 0.0)
-        if record["status"] != STATUS_SCORED:
-            self.failed += 1
+        if record.get("status") != STATUS_SCORED:
             return
         for name, value in (record.get("metrics") or {}).items():
             if value is not None:
                 self.sums[name] = self.sums.get(name, 0.0) + float(value)
                 self.counts[name] = self.counts.get(name, 0) + 1
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        self._count(record)
-        self.failed += len(record.get("metric_failures") or [])
-        postfix = {name: f"{self.sums[name] / self.counts[name]:.3g}" for name in self.sums}
-        postfix["failures"] = self.failed
+    def add(self, outcome: TaskOutcome[ConversationSlot]) -> dict[str, Any]:
+        """Count one conversation's record; returns the postfix."""
+        if outcome.record is not None:
+            self._count(outcome.record)
+            self.metric_failures += len(outcome.record.get("metric_failures") or [])
+        postfix: dict[str, Any] = {name: f"{self.sums[name] / self.counts[name]:.3g}" for name in self.sums}
+        postfix["metric_failures"] = self.metric_failures
         postfix["cost"] = f"${self.cost:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
+        return postfix

@@ -15,16 +15,19 @@ No verl import.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from collabllm_verl.recipe.core.plain import to_plain
+from collabllm_verl.recipe.core.run_store import stable_key
 from collabllm_verl.recipe.dataset.rows import DatasetFormatError, row_matches
 from collabllm_verl.recipe.dataset.source import load_rows, parse_filters
-from collabllm_verl.recipe.core.run_store import stable_key
+
+if TYPE_CHECKING:
+    from .settings import SourceSelection
 
 __all__ = ["PROCESSED_COLUMNS", "EvalTask", "TaskSource", "is_processed_parquet", "load_tasks", "tasks_from_rl_rows"]
 
@@ -83,17 +86,6 @@ class TaskSource:
     filters: Mapping[str, str]
 
 
-def _plain(value: Any) -> Any:
-    """numpy arrays / pyarrow scalars from a parquet row -> plain Python values."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def tasks_from_rl_rows(
     rows: Iterable[tuple[int, Mapping[str, Any]]], *, source: str, task_desc: str | None = None
 ) -> list[EvalTask]:
@@ -113,7 +105,7 @@ def tasks_from_rl_rows(
     tasks: list[EvalTask] = []
     seen: set[str] = set()
     for index, raw in rows:
-        row = _plain(dict(raw))
+        row = to_plain(dict(raw), json_safe=True)  # numpy values of a parquet row -> JSON-able Python
         extra = row.get("extra_info")
         if not isinstance(extra, Mapping):
             raise DatasetFormatError(source, index, "extra_info", "missing (expected a mapping)")
@@ -157,8 +149,8 @@ def is_processed_parquet(dataset: str) -> bool:
     return all(column in names for column in PROCESSED_COLUMNS)
 
 
-def load_tasks(args: argparse.Namespace) -> tuple[list[EvalTask], TaskSource]:
-    """The tasks named by the source flags (``add_source_arguments``), at most ``args.num_rows`` of them.
+def load_tasks(source: SourceSelection, *, num_rows: int | None = None) -> tuple[list[EvalTask], TaskSource]:
+    """The tasks named by the source flags, at most ``num_rows`` of them.
 
     Returns:
         ``(tasks, source)``: tasks in source order, repeated goals removed.
@@ -168,24 +160,23 @@ def load_tasks(args: argparse.Namespace) -> tuple[list[EvalTask], TaskSource]:
         ValueError: a malformed ``--filter``, or no task left.
         FileNotFoundError: a local source that does not exist.
     """
-    if is_processed_parquet(args.dataset):
+    if is_processed_parquet(source.dataset):
         from collabllm_verl.recipe.dataset.io import load_source_dataset
 
-        filters = parse_filters(args.filter)
-        dataset = load_source_dataset(args.dataset, split=args.split, num_proc=args.num_proc)
+        filters = parse_filters(source.filter)
+        dataset = load_source_dataset(source.dataset, split=source.split, num_proc=source.num_proc)
         kept = [(i, row) for i, row in enumerate(dataset) if not filters or row_matches(row, filters)]
-        if args.max_rows is not None:
-            kept = kept[: args.max_rows]
-        tasks = tasks_from_rl_rows(kept, source=args.dataset, task_desc=args.task_desc)
-        source = TaskSource(args.dataset, "processed_rl_parquet", len(kept), filters)
+        if source.max_rows is not None:
+            kept = kept[: source.max_rows]
+        tasks = tasks_from_rl_rows(kept, source=source.dataset, task_desc=source.task_desc)
+        origin = TaskSource(source.dataset, "processed_rl_parquet", len(kept), filters)
     else:
-        spec, rows, filters = load_rows(args)
-        tasks = tasks_from_rl_rows(((r.rl["extra_info"]["index"], r.rl) for r in rows), source=args.dataset)
-        source = TaskSource(args.dataset, spec.schema, len(rows), dict(filters))
-    if args.num_rows is not None:
-        tasks = tasks[: args.num_rows]
+        spec, rows, filters = load_rows(source.as_namespace())
+        tasks = tasks_from_rl_rows(((r.rl["extra_info"]["index"], r.rl) for r in rows), source=source.dataset)
+        origin = TaskSource(source.dataset, spec.schema, len(rows), dict(filters))
+    if num_rows is not None:
+        tasks = tasks[:num_rows]
     if not tasks:
-        raise ValueError(f"{args.dataset}: no evaluation task left (filters {dict(source.filters) or 'none'})")
-    logger.info("%s: %d tasks from %d rows (%s)", args.dataset, len(tasks), source.rows_read, source.kind)
-    return tasks, source
-
+        raise ValueError(f"{source.dataset}: no evaluation task left (filters {dict(origin.filters) or 'none'})")
+    logger.info("%s: %d tasks from %d rows (%s)", source.dataset, len(tasks), origin.rows_read, origin.kind)
+    return tasks, origin

@@ -11,7 +11,10 @@ the request's ``model`` field (a provider prefix such as ``openai/`` or ``hosted
 * ``echo`` - returns the content of the last message (for tests of the LLM-call layer).
 
 None of them is a language model: results obtained with them say nothing about model quality, and their
-log lines say so. Other responders can be added with :func:`register_responder`.
+log lines say so. Other responders can be added with :func:`register_responder` (a process-wide registry:
+every ``LocalLLMServer`` serves every registered name). A real checkpoint is not served here but by
+:func:`collabllm_verl.recipe.serving.hf_chat.serve_checkpoint`, on a server of its own that lists and
+answers that model only.
 
 Fault injection (for testing retries and failure handling): a fixed added latency, a queue of faults
 served to the next requests (:meth:`LocalLLMServer.inject`), and/or a random fault rate. Fault modes:
@@ -51,7 +54,6 @@ import os
 import random
 import re
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -60,6 +62,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from collabllm_verl.recipe.serving.http_thread import ThreadedHTTPServer
+from collabllm_verl.recipe.serving.http_thread import error_body as _error_body
 
 __all__ = ["FAULT_MODES", "LocalLLMServer", "main", "register_responder", "registered_responders"]
 
@@ -141,12 +146,9 @@ def _count_tokens(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
-def _error_body(message: str, kind: str, code: str | int) -> dict:
-    return {"error": {"message": message, "type": kind, "code": code}}
-
-
 class LocalLLMServer:
-    """OpenAI-compatible HTTP server running uvicorn in a background thread of this process.
+    """OpenAI-compatible HTTP server running uvicorn in a background thread of this process
+    (:class:`~collabllm_verl.recipe.serving.http_thread.ThreadedHTTPServer`).
 
     Args:
         host: interface to bind; keep the default ``127.0.0.1`` (the server has no authentication).
@@ -198,9 +200,7 @@ class LocalLLMServer:
         self.received: collections.deque[dict] = collections.deque(maxlen=5000)
         self._counts: collections.Counter[str] = collections.Counter()
         self._in_flight = 0
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._http: ThreadedHTTPServer | None = None
         self.port: int | None = None
 
     # ---------------------------------------------------------------- configuration
@@ -284,39 +284,12 @@ class LocalLLMServer:
 
     def start(self, timeout_s: float = 30.0) -> LocalLLMServer:
         """Bind the port and start serving in a daemon thread; returns once the server accepts requests."""
-        import uvicorn
-
-        if self._thread is not None:
+        if self._http is not None:
             raise RuntimeError("LocalLLMServer is already started")
         _load_builtin_responders()
-        # proto=IPPROTO_TCP: asyncio enables TCP_NODELAY only on sockets whose proto is TCP; with proto 0
-        # Nagle's algorithm delays each response body by ~40 ms (delayed ACK) after its headers.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._build_app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            loop="asyncio",
-            http="h11",
-            timeout_graceful_shutdown=1,
-            backlog=4096,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"local-llm-server:{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"local LLM server did not start on {self.host}:{self.port}")
-            time.sleep(0.01)
+        http = ThreadedHTTPServer(self._build_app(), host=self.host, port=self._requested_port, name="local-llm-server")
+        http.start(timeout_s)
+        self._http, self.port = http, http.port
         logger.info(
             "local OpenAI-compatible server at %s (responders: %s; scripted-* are offline stand-ins, not LLMs)",
             self.base_url,
@@ -326,15 +299,9 @@ class LocalLLMServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop serving (pending hung requests are cancelled after ~1 s) and release the port."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = None
-        self._thread = None
-        self._socket = None
+        if self._http is not None:
+            self._http.stop(timeout_s)
+        self._http = None
 
     def __enter__(self) -> LocalLLMServer:
         return self.start()

@@ -19,15 +19,16 @@ User-facing documentation: ``docs/agent_loop.md``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from uuid import uuid4
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopBase,
     AgentLoopOutput,
@@ -49,8 +50,8 @@ from collabllm_verl.recipe.core.forward_sampling import (
     unusable_response_reason,
     visible_history,
 )
-from collabllm_verl.recipe.core.llm_client import usage_scope
-from collabllm_verl.recipe.core.multiturn_reward import SIMULATOR_USAGE_KEYS
+from collabllm_verl.recipe.core.llm_client import Usage, usage_scope
+from collabllm_verl.recipe.core.plain import to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ DEFAULT_INTERACTION_CONFIG = "pkg://collabllm_verl.config/collabllm_interaction_
 
 # Interactions loaded in this process, keyed by the resolved YAML path. verl builds a new agent loop per
 # sample, so loading (and the user simulator's clients) must be shared, not rebuilt per sample.
-_INTERACTIONS_BY_PATH: dict[str, dict[str, Any]] = {}
+_INTERACTIONS_BY_PATH: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def resolve_interaction_config_path(path: str, agent_loop_config_path: str | None = None) -> str:
@@ -117,31 +118,26 @@ def resolve_interaction_config_path(path: str, agent_loop_config_path: str | Non
     raise FileNotFoundError(f"interaction_config_path {path!r} not found; tried {tried}")
 
 
-def load_interactions_cached(config_path: str) -> dict[str, Any]:
-    """Interactions (name -> ``BaseInteraction``) of an interaction YAML, loaded once per process.
+def load_interactions_cached(config_path: str, simulator: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Interactions (name -> ``BaseInteraction``) of an interaction YAML, loaded once per process and settings.
 
     Args:
         config_path: a resolved, absolute path (see :func:`resolve_interaction_config_path`).
+        simulator: ``actor_rollout_ref.rollout.custom.user_simulator``: settings merged over the ``config`` of
+            every entry of the file (keys of :class:`~collabllm_verl.recipe.core.settings.SimulatorSettings`).
 
     Raises:
-        Whatever :func:`collabllm_verl.interactions.loader.load_interactions` raises for a bad file.
+        Whatever :func:`collabllm_verl.interactions.loader.load_interactions` raises for a bad file or setting.
     """
-    interactions = _INTERACTIONS_BY_PATH.get(config_path)
+    simulator = dict(simulator or {})
+    cache_key = (config_path, json.dumps(simulator, sort_keys=True, default=str))
+    interactions = _INTERACTIONS_BY_PATH.get(cache_key)
     if interactions is None:
         from collabllm_verl.interactions.loader import load_interactions
 
-        interactions = dict(load_interactions(config_path))
-        _INTERACTIONS_BY_PATH[config_path] = interactions
+        interactions = dict(load_interactions(config_path, config_overrides=simulator))
+        _INTERACTIONS_BY_PATH[cache_key] = interactions
     return interactions
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers and numpy object arrays (how verl hands over row fields) as plain Python."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return value.tolist()
-    return value
 
 
 def _stop_reason(output: TokenOutput) -> str | None:
@@ -239,17 +235,39 @@ def _future_token_budget(rollout_config: Any, response_length: int) -> int:
     return value
 
 
-def _simulator_report(interaction: Any, conversations: list, usage: Mapping[str, float]) -> dict[str, Any]:
+def _simulator_report(interaction: Any, conversations: list, usage: Usage) -> dict[str, Any]:
     """The user simulator's part of the payload: its usage for this response (``simulator_usage``), its
     model and endpoint (``simulator``, no key) and the last failure (``simulator_error``), read by the
     reward manager's failure accounting (docs/metrics_and_reward.md, "Failures")."""
     settings = getattr(interaction, "llm", None)
     errors = [c.error for c in conversations if c.error]
     return {
-        "simulator_usage": {k: float(usage.get(k, 0.0)) for k in SIMULATOR_USAGE_KEYS},
+        "simulator_usage": usage.as_dict(*Usage.COLUMNS),
         "simulator": settings.describe() if hasattr(settings, "describe") else type(interaction).__name__,
         "simulator_error": errors[-1] if errors else None,
     }
+
+
+@dataclass
+class _Row:
+    """The dataset-row fields the loop reads, as plain Python."""
+
+    messages: list[dict]  # raw_prompt
+    history: list[dict[str, str]]  # raw_prompt without system messages (forward_sampling.visible_history)
+    interaction: Any  # the user simulator named by interaction_kwargs
+    interaction_kwargs: dict[str, Any]
+
+
+@dataclass
+class _TrainedResponse:
+    """The trained response: verl's generation output and the trained tokens."""
+
+    output: TokenOutput
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_mask: list[int]
+    response_logprobs: list[float] | None
+    text: str  # the decoded response (special tokens removed, reasoning kept)
 
 
 def _register_unless_configured(cls: type[AgentLoopBase]) -> type[AgentLoopBase]:
@@ -319,12 +337,13 @@ class CollabLLMAgentLoop(AgentLoopBase):
             self.rollout_config.get("max_model_len") or (self.prompt_length + self.response_length)
         )
         self.future_token_budget = _future_token_budget(self.rollout_config, self.response_length)
-        self.future_sampling_params = dict(_plain(future_sampling_params) or {})
+        self.future_sampling_params = dict(to_plain(future_sampling_params) or {})
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
         config_path = resolve_interaction_config_path(
             interaction_config_path, self.rollout_config.agent.get("agent_loop_config_path")
         )
-        self.interactions = load_interactions_cached(config_path)
+        custom = to_plain(self.rollout_config.get("custom")) or {}
+        self.interactions = load_interactions_cached(config_path, custom.get("user_simulator"))
         if not self.interactions:
             raise ValueError(f"interaction config {config_path} defines no interaction")
 
@@ -393,18 +412,35 @@ class CollabLLMAgentLoop(AgentLoopBase):
             ``TokenOutput.extra_fields`` (``min_global_steps``/``max_global_steps``), ``turn_scores`` and
             ``tool_rewards`` (empty, for schema consistency with verl's loops) and ``collabllm`` (the
             forward-sampling payload, see ``docs/architecture.md``).
-        """
-        priority = int(priority)
-        messages = [dict(_plain(m)) for m in _plain(kwargs["raw_prompt"])]
-        extra_info = _plain(kwargs.get("extra_info")) or {}
-        interaction_kwargs = _plain(extra_info.get("interaction_kwargs")) or {}
-        row_index = extra_info.get("index", kwargs.get("index"))
-        interaction = self._select_interaction(interaction_kwargs, row_index)
-        history = visible_history(messages)
 
-        # 1. the trained response
-        prompt_ids = await self.ct_build_initial_tokens(messages)
+        Raises:
+            ValueError: the row names an interaction the interaction config does not define.
+        """
+        row = self._read_row(kwargs)
         metrics: dict[str, Any] = {}
+        trained = await self._generate_trained_response(row.messages, sampling_params, int(priority), metrics)
+        payload = await self._forward_sample(row, trained, sampling_params, metrics)
+        return self._output(trained, payload, metrics)
+
+    def _read_row(self, row: Mapping[str, Any]) -> _Row:
+        """The row fields the loop reads, as plain Python (verl hands over numpy arrays and OmegaConf)."""
+        messages = [dict(m) for m in to_plain(row["raw_prompt"])]
+        extra_info = to_plain(row.get("extra_info")) or {}
+        interaction_kwargs = extra_info.get("interaction_kwargs") or {}
+        row_index = extra_info.get("index", row.get("index"))
+        return _Row(
+            messages=messages,
+            history=visible_history(messages),
+            interaction=self._select_interaction(interaction_kwargs, row_index),
+            interaction_kwargs=interaction_kwargs,
+        )
+
+    async def _generate_trained_response(
+        self, messages: list[dict], sampling_params: dict[str, Any], priority: int, metrics: dict[str, Any]
+    ) -> _TrainedResponse:
+        """Step 1: the policy answers ``messages``; its tokens are the trained ones. Adds the generation time
+        (``generate_sequences``) and ``num_preempted`` to ``metrics``."""
+        prompt_ids = await self.ct_build_initial_tokens(messages)
         request_id = f"det-{priority}" if self.rollout_config.get("full_determinism", False) else uuid4().hex
         with simple_timer("generate_sequences", metrics):
             output: TokenOutput = await self.server_manager.generate(
@@ -418,59 +454,80 @@ class CollabLLMAgentLoop(AgentLoopBase):
             [] if output.log_probs else None,
             assistant_logprobs=output.log_probs if output.log_probs else None,
         )
-        response_ids = merge_result.token_ids[-len(response_mask) :] if response_mask else []
-        prompt_ids = merge_result.token_ids[: len(merge_result.token_ids) - len(response_mask)]
+        return _TrainedResponse(
+            output=output,
+            prompt_ids=merge_result.token_ids[: len(merge_result.token_ids) - len(response_mask)],
+            response_ids=merge_result.token_ids[-len(response_mask) :] if response_mask else [],
+            response_mask=response_mask,
+            response_logprobs=response_logprobs,
+            text=self.decode(output.token_ids),
+        )
 
-        # 2. forward sampling
-        response_text = self.decode(output.token_ids)
+    async def _skip_reason(
+        self, messages: list[dict], trained: _TrainedResponse, sampling_params: Mapping[str, Any]
+    ) -> str | None:
+        """Why the trained response is unusable for forward sampling (truncated, empty, malformed
+        reasoning; :func:`unusable_response_reason`), or None."""
         budget = int(sampling_params.get("max_tokens") or self.response_length)
-        truncated = self._is_truncated(output, min(budget, self.response_length))
+        truncated = self._is_truncated(trained.output, min(budget, self.response_length))
         opened = False
-        if REASONING_CLOSE in response_text and not truncated:
+        if REASONING_CLOSE in trained.text and not truncated:
             opened = await self._generation_prompt_opens_reasoning(messages)
-        skip_reason = unusable_response_reason(response_text, truncated=truncated, opened_in_prompt=opened)
-        if skip_reason is not None:
-            summary = skipped_forward_sampling(skip_reason, num_history_messages=len(history))
-        else:
-            start = time.perf_counter()
-            future_params = self._future_sampling_params(sampling_params)
-            with usage_scope() as simulator_usage:  # only the simulator's calls go through the LLM layer
-                conversations = await asyncio.gather(
-                    *[
-                        sample_future_conversation(
-                            history=history,
-                            response=response_text,
-                            policy=_PolicyChat(
-                                self, [*messages, {"role": "assistant", "content": response_text}],
-                                prompt_ids + response_ids, future_params, prompt_length=len(prompt_ids),
-                            ),
-                            interaction=interaction,
-                            interaction_kwargs=interaction_kwargs,
-                            limits=self.turn_limits,
-                            token_budget=self.future_token_budget,
-                        )
-                        for _ in range(self.num_repeat_rollouts)
-                    ]
-                )
-            seconds = time.perf_counter() - start
-            summary = summarize_forward_sampling(conversations, num_history_messages=len(history), seconds=seconds)
-            simulator_report = _simulator_report(interaction, conversations, simulator_usage)
-            # verl logs agent_loop/tool_calls/{min,max,mean}: here it is the forward-sampling wall time.
-            metrics["tool_calls"] = seconds
+        return unusable_response_reason(trained.text, truncated=truncated, opened_in_prompt=opened)
 
-        extra_fields = dict(output.extra_fields)
-        payload = {**summary.as_dict(), **(simulator_report if skip_reason is None else {})}
+    async def _forward_sample(
+        self, row: _Row, trained: _TrainedResponse, sampling_params: Mapping[str, Any], metrics: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Step 2: the ``extra_fields["collabllm"]`` payload: the future conversations with their counters
+        and the simulator's usage, or the skip. Sets ``metrics["tool_calls"]`` to the forward-sampling wall
+        time (verl logs it as ``agent_loop/tool_calls/{min,max,mean}``)."""
+        skip_reason = await self._skip_reason(row.messages, trained, sampling_params)
+        if skip_reason is not None:
+            return skipped_forward_sampling(skip_reason, num_history_messages=len(row.history)).as_dict()
+        start = time.perf_counter()
+        future_params = self._future_sampling_params(sampling_params)
+        with usage_scope() as simulator_usage:  # only the simulator's calls go through the LLM layer
+            conversations = await asyncio.gather(
+                *[
+                    sample_future_conversation(
+                        history=row.history,
+                        response=trained.text,
+                        policy=self._policy_chat(row, trained, future_params),
+                        interaction=row.interaction,
+                        interaction_kwargs=row.interaction_kwargs,
+                        limits=self.turn_limits,
+                        token_budget=self.future_token_budget,
+                    )
+                    for _ in range(self.num_repeat_rollouts)
+                ]
+            )
+        seconds = time.perf_counter() - start
+        metrics["tool_calls"] = seconds
+        summary = summarize_forward_sampling(conversations, num_history_messages=len(row.history), seconds=seconds)
+        return {**summary.as_dict(), **_simulator_report(row.interaction, conversations, simulator_usage)}
+
+    def _policy_chat(self, row: _Row, trained: _TrainedResponse, sampling_params: dict[str, Any]) -> _PolicyChat:
+        """The policy's side of one future conversation, continuing the trained sequence's tokens."""
+        return _PolicyChat(
+            self,
+            [*row.messages, {"role": "assistant", "content": trained.text}],
+            trained.prompt_ids + trained.response_ids,
+            sampling_params,
+            prompt_length=len(trained.prompt_ids),
+        )
+
+    def _output(self, trained: _TrainedResponse, payload: dict[str, Any], metrics: dict[str, Any]) -> AgentLoopOutput:
+        """Step 3: verl's output: the trained tokens (cut to ``response_length``) and the payload."""
+        extra_fields = dict(trained.output.extra_fields)
         extra_fields.update({"turn_scores": [], "tool_rewards": [], "collabllm": payload})
+        length = self.response_length
+        routed = trained.output.routed_experts
         return AgentLoopOutput(
-            prompt_ids=prompt_ids,
-            response_ids=response_ids[: self.response_length],
-            response_mask=response_mask[: self.response_length],
-            response_logprobs=response_logprobs[: self.response_length] if response_logprobs else None,
-            routed_experts=(
-                output.routed_experts[: len(prompt_ids) + self.response_length]
-                if output.routed_experts is not None
-                else None
-            ),
+            prompt_ids=trained.prompt_ids,
+            response_ids=trained.response_ids[:length],
+            response_mask=trained.response_mask[:length],
+            response_logprobs=trained.response_logprobs[:length] if trained.response_logprobs else None,
+            routed_experts=routed[: len(trained.prompt_ids) + length] if routed is not None else None,
             num_turns=2,
             metrics=metrics,
             extra_fields=extra_fields,

@@ -13,6 +13,10 @@ Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
     +reward.reward_kwargs.conversation_dump.dir=outputs/rl_cpu/conversations
     +reward.reward_kwargs.conversation_dump.keep_last_steps=5    # optional; default: keep every step
 
+validated with the other reward settings
+(:attr:`~collabllm_verl.recipe.core.multiturn_reward.RewardSettings.conversation_dump`, a
+:class:`~collabllm_verl.recipe.core.dump_settings.DumpSettings`).
+
 Record fields (all JSON): ``step``, ``uid`` (the prompt's id, shared by its GRPO group), ``session_id``
 (0..n-1 within the group), ``data_source``, ``ground_truth``, ``reward``, ``excluded`` (why the response
 was kept out of the policy gradient, or null), ``metrics`` (name -> ``weight``, ``mean`` over
@@ -39,14 +43,28 @@ import math
 import os
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from collabllm_verl.recipe.core.dump_settings import DumpSettings
+from collabllm_verl.recipe.core.plain import to_plain
+
+if TYPE_CHECKING:  # only annotations: writing and reading dump files imports no LLM layer or metric
+    from collabllm_verl.recipe.core.multiturn_reward import ForwardSamples, SampleScore
+
+__all__ = [
+    "ConversationDumpWriter",
+    "DumpSettings",
+    "build_record",
+    "keep_step_records",
+    "previous_totals",
+    "read_records",
+    "sample_record",
+    "step_file",
+    "write_summary",
+]
 
 logger = logging.getLogger(__name__)
-
-CONFIG_KEY = "conversation_dump"
-"""Key under ``reward.reward_kwargs`` holding the dump settings."""
 
 _FILE_RE = re.compile(r"^step_(\d+)\.jsonl$")
 _SAMPLING_STATS = (
@@ -59,70 +77,10 @@ _SAMPLING_STATS = (
 SUMMARY_FILE = "summary.jsonl"
 
 
-@dataclass(frozen=True)
-class DumpSettings:
-    """Where and how much to dump.
-
-    Attributes:
-        dir: output folder (created on first write).
-        keep_last_steps: keep only the files of the newest K steps (K >= 1); None keeps all.
-    """
-
-    dir: str
-    keep_last_steps: int | None = None
-
-    @classmethod
-    def from_mapping(cls, value: Any) -> DumpSettings | None:
-        """Validate ``reward_kwargs.conversation_dump`` (a mapping, a folder string, or None).
-
-        Returns:
-            None when the dump is off (value None, or an empty ``dir``).
-
-        Raises:
-            TypeError: the value is neither a mapping nor a folder string.
-            ValueError: unknown keys, or ``keep_last_steps`` not a positive integer.
-        """
-        if value is None:
-            return None
-        if isinstance(value, (str, os.PathLike)):
-            value = {"dir": os.fspath(value)}
-        if not isinstance(value, Mapping):
-            raise TypeError(
-                f"reward_kwargs.{CONFIG_KEY} must be a mapping {{dir, keep_last_steps}}, got {value!r}"
-            )
-        unknown = sorted(set(value) - {"dir", "keep_last_steps"})
-        if unknown:
-            raise ValueError(
-                f"unknown reward_kwargs.{CONFIG_KEY} key(s) {unknown}; known: ['dir', 'keep_last_steps']"
-            )
-        directory = value.get("dir")
-        if not directory:
-            return None
-        keep = value.get("keep_last_steps")
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-            raise ValueError(
-                f"reward_kwargs.{CONFIG_KEY}.keep_last_steps must be an integer >= 1, got {keep!r}"
-            )
-        return cls(dir=os.fspath(directory), keep_last_steps=keep)
-
-
 def step_file(directory: str | os.PathLike, step: int | None) -> Path:
     """The file of a step: ``<dir>/step_<NNNNNN>.jsonl`` (``step_unknown.jsonl`` when the step is unknown)."""
     name = f"step_{int(step):06d}.jsonl" if step is not None else "step_unknown.jsonl"
     return Path(directory) / name
-
-
-def latest_step_file(directory: str | os.PathLike) -> Path | None:
-    """The file of the highest step in ``directory``, or None when there is none."""
-    best: tuple[int, Path] | None = None
-    folder = Path(directory)
-    if not folder.is_dir():
-        return None
-    for path in folder.iterdir():
-        match = _FILE_RE.match(path.name)
-        if match and (best is None or int(match.group(1)) > best[0]):
-            best = (int(match.group(1)), path)
-    return best[1] if best else None
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -149,17 +107,6 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays and other containers -> plain JSON values."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _message(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,18 +153,17 @@ def build_record(
             ``future_turns``, ``forward_sampling_seconds``), copied into ``forward_sampling``.
         fallback_history, fallback_response: used when there is no conversation (skipped sampling).
     """
-    names = list(weights)
-    metrics = {}
-    for name in names:
-        values = list((per_conversation or {}).get(name, ()))
-        metrics[name] = {
-            "weight": _number(weights[name]),
-            "mean": _number(means.get(name)),
-            "weighted": _number(weighted.get(name)),
-            "failures": int((failures or {}).get(name, 0)),
-            "scored": int((scored or {}).get(name, 0)),
-            "values": [_number(v) if v is not None else None for v in values] if values else None,
-        }
+    metrics = {
+        name: _metric_entry(
+            weights[name],
+            means.get(name),
+            weighted.get(name),
+            (failures or {}).get(name, 0),
+            (scored or {}).get(name, 0),
+            (per_conversation or {}).get(name, ()),
+        )
+        for name in weights
+    }
     if conversations:
         first = conversations[0]
         history = [_message(m) for m in first[:num_history_messages]]
@@ -226,21 +172,12 @@ def build_record(
     else:
         history = [_message(m) for m in (fallback_history or ())]
         response = fallback_response or ""
-    futures = []
-    for index, conversation in enumerate(conversations):
-        scores = {}
-        for name in names:
-            values = metrics[name]["values"] or []
-            if index < len(values):
-                scores[name] = values[index]
-        future = [_message(m) for m in conversation[num_history_messages + 1 :]]
-        futures.append({"messages": future, "scores": scores})
     return {
         "step": int(step) if step is not None else None,
         "uid": None if uid is None else str(uid),
         "session_id": None if session_id is None else int(session_id),
         "data_source": None if data_source is None else str(data_source),
-        "ground_truth": _jsonable(ground_truth),
+        "ground_truth": to_plain(ground_truth, json_safe=True),
         "reward": _number(reward),
         "excluded": excluded,
         "metrics": metrics,
@@ -249,15 +186,48 @@ def build_record(
             "skip_reason": skip_reason,
             "num_conversations": len(conversations),
             **{
-                key: _jsonable(value)
+                key: to_plain(value, json_safe=True)
                 for key, value in (sampling_stats or {}).items()
                 if key in _SAMPLING_STATS
             },
         },
         "history": history,
         "response": response,
-        "future_conversations": futures,
+        "future_conversations": _future_entries(conversations, num_history_messages, metrics),
     }
+
+
+def _metric_entry(
+    weight: float, mean: Any, weighted: Any, failures: int, scored: int, values: Sequence[float | None]
+) -> dict[str, Any]:
+    """One metric's part of a record: its numbers, and its values per conversation (None if none)."""
+    values = list(values)
+    return {
+        "weight": _number(weight),
+        "mean": _number(mean),
+        "weighted": _number(weighted),
+        "failures": int(failures),
+        "scored": int(scored),
+        "values": [_number(v) if v is not None else None for v in values] if values else None,
+    }
+
+
+def _future_entries(
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    num_history_messages: int,
+    metrics: Mapping[str, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Per conversation: the messages after the trained response and each metric's value on it."""
+    futures = []
+    for index, conversation in enumerate(conversations):
+        scores = {
+            name: entry["values"][index]
+            for name, entry in metrics.items()
+            if index < len(entry["values"] or ())
+        }
+        future = [_message(m) for m in conversation[num_history_messages + 1 :]]
+        futures.append({"messages": future, "scores": scores})
+    return futures
 
 
 class ConversationDumpWriter:
@@ -281,7 +251,7 @@ class ConversationDumpWriter:
         directory.mkdir(parents=True, exist_ok=True)
         step = record.get("step")
         path = step_file(directory, step)
-        line = json.dumps(_jsonable(dict(record)), ensure_ascii=False, default=str) + "\n"
+        line = json.dumps(to_plain(record, json_safe=True), ensure_ascii=False) + "\n"
         with open(path, "a", encoding="utf-8") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
@@ -332,7 +302,7 @@ def write_summary(directory: str | os.PathLike, summary: Mapping[str, Any]) -> P
     """
     path = Path(directory) / SUMMARY_FILE
     step = int(summary["step"])
-    _rewrite_locked(path, lambda row: int(row.get("step", -1)) < step, [json.dumps(_jsonable(dict(summary)))])
+    _rewrite_locked(path, lambda row: int(row.get("step", -1)) < step, [json.dumps(to_plain(summary, json_safe=True))])
     return path
 
 
@@ -355,38 +325,16 @@ def keep_step_records(directory: str | os.PathLike, step: int, uids: Collection[
     return before - len(read_records(path))
 
 
-def writer_from_trainer_config(config: Any) -> ConversationDumpWriter | None:
-    """The writer configured by ``reward.reward_kwargs.conversation_dump`` of verl's config, or None.
-
-    Raises:
-        ValueError: see :meth:`DumpSettings.from_mapping`.
-    """
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(config):
-        value = OmegaConf.select(config, f"reward.reward_kwargs.{CONFIG_KEY}", default=None)
-        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    elif isinstance(config, Mapping):
-        value = ((config.get("reward") or {}).get("reward_kwargs") or {}).get(CONFIG_KEY)
-    else:
-        value = None
-    settings = DumpSettings.from_mapping(value)
-    return None if settings is None else ConversationDumpWriter(settings)
-
-
 def sample_record(
-    item: Any, samples: Any, score: Any, weights: Mapping[str, float], tokenizer: Any = None
+    item: Any, samples: ForwardSamples, score: SampleScore, weights: Mapping[str, float], tokenizer: Any = None
 ) -> dict:
     """Build the record of one scored response from the reward manager's objects.
 
     Args:
         item: verl ``DataProtoItem`` of the response (``non_tensor_batch`` with ``global_steps``, ``uid``,
             ``session_id``, ``data_source``, ``reward_model``, ``raw_prompt``; ``batch["responses"]``).
-        samples: the forward-sampling result (attributes ``conversations``, ``num_history_messages``,
-            ``skipped``, ``skip_reason`` and the counters ``simulator_failures``, ``early_terminations``,
-            ``future_turns``, ``seconds``; see ``multiturn_reward.ForwardSamples``).
-        score: the reward breakdown (attributes ``reward``, ``means``, ``weighted``, ``failures`` and,
-            optionally, ``scored``, ``excluded`` and ``per_conversation``).
+        samples: the response's forward-sampling result (conversations and counters).
+        score: its reward and per-metric breakdown.
         weights: metric name -> weight.
         tokenizer: decodes the response when no conversation holds it (skipped forward sampling).
     """
@@ -411,14 +359,14 @@ def sample_record(
         session_id=int(session_id) if session_id is not None else None,
         data_source=non_tensor.get("data_source"),
         ground_truth=ground_truth,
-        reward=None if getattr(score, "excluded", None) else score.reward,
+        reward=None if score.excluded else score.reward,
         weights=weights,
         means=score.means,
         weighted=score.weighted,
         failures=score.failures,
-        scored=getattr(score, "scored", None),
-        excluded=getattr(score, "excluded", None),
-        per_conversation=getattr(score, "per_conversation", None),
+        scored=score.scored,
+        excluded=score.excluded,
+        per_conversation=score.per_conversation,
         conversations=samples.conversations,
         num_history_messages=samples.num_history_messages,
         skipped=samples.skipped,
@@ -430,6 +378,6 @@ def sample_record(
             "end_reasons": samples.end_reasons,
             "forward_sampling_seconds": samples.seconds,
         },
-        fallback_history=[m for m in (_jsonable(raw_prompt) or []) if isinstance(m, Mapping)],
+        fallback_history=[m for m in (to_plain(raw_prompt) or []) if isinstance(m, Mapping)],
         fallback_response=fallback_response,
     )

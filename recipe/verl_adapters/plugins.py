@@ -4,8 +4,9 @@ verl imports each module named in ``VERL_USE_EXTERNAL_MODULES`` (comma-separated
 imported, in the driver and in every Ray worker (``verl/__init__.py``). Importing this module registers:
 
 * the agent loop ``collabllm_agent`` (``actor_rollout_ref.rollout.agent``; rows select it through their
-  ``agent_name`` column), and
-* the reward manager ``collabllm`` (``reward.reward_manager.name=collabllm``).
+  ``agent_name`` column),
+* the reward manager ``collabllm`` (``reward.reward_manager.name=collabllm``), and
+* the OmegaConf resolvers of the recipe configs (``config_resolvers``), for the processes that resolve them.
 
 Usage::
 
@@ -14,4 +15,4 @@ Usage::
     export VERL_USE_EXTERNAL_MODULES=collabllm_verl.recipe.cpu,collabllm_verl.recipe.verl_adapters.plugins
 """
 
-from collabllm_verl.recipe.verl_adapters import agent_loop, reward_manager  # noqa: F401  (registration)
+from collabllm_verl.recipe.verl_adapters import agent_loop, config_resolvers, reward_manager  # noqa: F401  (registration)

@@ -17,7 +17,8 @@ After verl's own sampling, :meth:`CollabLLMReplayBuffer.sample` drains the step 
 2. for training steps, prints the ``[collabllm reward] step N: ...`` line, writes the step's row of
    ``<conversation_dump.dir>/summary.jsonl`` (replacing rows an interrupted run left for this step) and
    drops stale records of an interrupted run from the step's conversation dump;
-3. adds the ``collabllm/...`` training metrics (:func:`~collabllm_verl.recipe.verl_adapters.step_summary.training_metrics`).
+3. adds the ``collabllm/...`` training metrics
+   (:func:`~collabllm_verl.recipe.verl_adapters.step_summary.training_metrics`).
 
 Validation samplings (``partition_id="val"``) only get check 1.
 """
@@ -31,7 +32,12 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from collabllm_verl.recipe.verl_adapters import conversation_dump
 from collabllm_verl.recipe.verl_adapters.step_ledger import create_ledger, drain
-from collabllm_verl.recipe.verl_adapters.step_summary import check_reports, format_summary, summarize_step, training_metrics
+from collabllm_verl.recipe.verl_adapters.step_summary import (
+    check_reports,
+    format_summary,
+    summarize_step,
+    training_metrics,
+)
 
 __all__ = ["CollabLLMReplayBuffer"]
 

@@ -17,20 +17,16 @@ budget and stops the run on non-transient errors. Outages (docs/metrics_and_rewa
 * any other error (bad data such as a missing ground truth, a bad metric option met at run time) is
   reported as ``fatal`` and raised; the driver stops training with it.
 
-Configuration (Hydra overrides of ``verl.trainer.main_ppo``)::
+Configuration: ``reward.reward_manager.name=collabllm`` and ``reward.reward_kwargs`` (the keys of
+:class:`~collabllm_verl.recipe.core.multiturn_reward.RewardSettings`); the recipe config
+``config/collabllm_rl.yaml`` sets both, e.g. overridden with::
 
-    reward.reward_manager.name=collabllm
-    +reward.reward_kwargs.metric_weights.accuracy=1
-    +reward.reward_kwargs.metric_weights.interactivity=1
-    +reward.reward_kwargs.metric_weights.token_amount=-0.0001
-    +reward.reward_kwargs.llm_judge_kwargs.model=gpt-4o-mini
-    +reward.reward_kwargs.failure_policy=drop          # optional
-    +reward.reward_kwargs.skip_penalty=-1.0            # optional
-    +reward.reward_kwargs.max_failure_rate=0.2         # optional: failure budget per step
-    +reward.reward_kwargs.metric_kwargs.token_amount.unit=tokens   # optional, per-metric options
+    reward.reward_kwargs.metric_weights.accuracy=1
+    ++reward.reward_kwargs.llm_judge_kwargs.model=anthropic/claude-3-5-sonnet-latest
+    ++reward.reward_kwargs.skip_penalty=-0.2
 
-The original README's ``+reward_model.reward_kwargs.*`` form is accepted too (with a warning); where a
-key is given both ways, ``reward.reward_kwargs`` wins.
+The original README's ``+reward_model.reward_kwargs.*`` form is translated by the recipe's entry point
+(:mod:`collabllm_verl.recipe.verl_adapters.overrides`) before the config is composed.
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from collabllm_verl.recipe.verl_adapters.conversation_dump import sample_record, writer_from_trainer_config
 from collabllm_verl.recipe.core.multiturn_reward import (
     ForwardSamples,
     RewardSettings,
@@ -51,6 +46,7 @@ from collabllm_verl.recipe.core.multiturn_reward import (
     resolve_settings,
     score_sample,
 )
+from collabllm_verl.recipe.verl_adapters.conversation_dump import ConversationDumpWriter, sample_record
 from collabllm_verl.recipe.verl_adapters.step_ledger import LedgerClient
 from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport
 
@@ -99,7 +95,7 @@ class CollabLLMRewardManager(RewardManagerBase):
     config; settings are validated here, so a bad metric name or option fails at start-up.
 
     Args:
-        config: verl's trainer config (``reward.reward_kwargs`` / legacy ``reward_model.reward_kwargs``).
+        config: verl's trainer config (``reward.reward_kwargs``).
         tokenizer: the policy tokenizer (used by ``token_amount`` with ``unit=tokens``).
         compute_score: verl's default score function; unused (metrics come from the registry).
         reward_router_address, reward_model_tokenizer: passed by verl; unused.
@@ -121,7 +117,8 @@ class CollabLLMRewardManager(RewardManagerBase):
         super().__init__(config, tokenizer, compute_score)
         self.settings = RewardSettings.from_trainer_config(config)
         self.specs = resolve_settings(self.settings)
-        self.conversation_dump = writer_from_trainer_config(config)  # None unless configured
+        dump = self.settings.conversation_dump  # reward_kwargs.conversation_dump; None unless configured
+        self.conversation_dump = ConversationDumpWriter(dump) if dump is not None else None
         self.ledger = LedgerClient()
         logger.info(
             "collabllm reward: weights=%s failure_policy=%s skip_penalty=%s judge=%s",
@@ -133,12 +130,12 @@ class CollabLLMRewardManager(RewardManagerBase):
 
     def _context(self) -> dict[str, Any]:
         """The settings the driver needs to judge a step (:class:`ResponseReport`.context)."""
-        judge = self.settings.judge
+        judge, dump = self.settings.judge, self.settings.conversation_dump
         return {
             "metric_weights": dict(self.settings.metric_weights),
             "max_failure_rate": self.settings.max_failure_rate,
             "judge": judge.describe() if judge is not None else None,
-            "dump_dir": self.conversation_dump.settings.dir if self.conversation_dump is not None else None,
+            "dump_dir": dump.dir if dump is not None else None,
         }
 
     async def run_single(self, data: DataProto) -> dict:
@@ -168,12 +165,7 @@ class CollabLLMRewardManager(RewardManagerBase):
             report.fatal = f"{type(exc).__name__}: {exc}"
             await self.ledger.report(report)
             raise
-        info = {**score.extra_info(), **samples.extra_info()}
-        report.reward = None if score.excluded else float(score.reward)
-        report.skipped, report.skip_reason, report.excluded = samples.skipped, samples.skip_reason, score.excluded
-        report.columns, report.metric_errors = info, dict(score.errors)
-        report.simulator_error = samples.simulator_error
-        report.context["simulator"] = samples.simulator
+        report.score, report.sampling = score, samples.stats()
         if self.conversation_dump is not None:
             await self.conversation_dump.awrite(
                 sample_record(item, samples, score, self.settings.metric_weights, self.tokenizer)
@@ -182,7 +174,7 @@ class CollabLLMRewardManager(RewardManagerBase):
         if score.excluded:
             logger.warning("collabllm reward: response left out of the policy gradient: %s", score.excluded)
             raise ResponseExcluded(f"collabllm reward: response left out of the policy gradient: {score.excluded}")
-        return {"reward_score": float(score.reward), "reward_extra_info": info}
+        return {"reward_score": float(score.reward), "reward_extra_info": report.columns}
 
     async def _score(self, item: Any) -> tuple[ForwardSamples, SampleScore]:
         non_tensor = item.non_tensor_batch

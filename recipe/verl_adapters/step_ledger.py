@@ -34,16 +34,17 @@ LEDGER_NAME = "collabllm_step_ledger"
 
 @ray.remote(num_cpus=0)
 class StepLedger:
-    """Holds the reports sent since the last :meth:`drain` (plain dicts)."""
+    """Holds the reports sent since the last :meth:`drain` (:class:`ResponseReport` objects; Ray pickles
+    them on the way in and out)."""
 
     def __init__(self) -> None:
-        self._reports: list[dict[str, Any]] = []
+        self._reports: list[ResponseReport] = []
 
-    def add(self, report: dict[str, Any]) -> None:
+    def add(self, report: ResponseReport) -> None:
         """Store one report."""
         self._reports.append(report)
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[ResponseReport]:
         """Return and forget every stored report."""
         reports, self._reports = self._reports, []
         return reports
@@ -55,8 +56,8 @@ def create_ledger() -> Any:
 
 
 def drain(ledger: Any) -> list[ResponseReport]:
-    """Blocking: every report the ledger holds, as :class:`ResponseReport` objects."""
-    return [ResponseReport.from_dict(r) for r in ray.get(ledger.drain.remote())]
+    """Blocking: every report the ledger holds, in the order they arrived."""
+    return list(ray.get(ledger.drain.remote()))
 
 
 class LedgerClient:
@@ -89,7 +90,8 @@ class LedgerClient:
                     logger.warning(
                         "collabllm reward: no step ledger (%s): the per-step breakdown, the failure budget and "
                         "the stop on non-transient errors are off. train_rl_collabllm.sh enables them with "
-                        "trainer.v1.sampler.custom_sampler.path=pkg://collabllm_verl.recipe.verl_adapters.replay_buffer "
+                        "trainer.v1.sampler.custom_sampler.path="
+                        "pkg://collabllm_verl.recipe.verl_adapters.replay_buffer "
                         "trainer.v1.sampler.custom_sampler.name=CollabLLMReplayBuffer",
                         LEDGER_NAME,
                     )
@@ -99,4 +101,4 @@ class LedgerClient:
         """Send one report (awaited: it is stored before this returns)."""
         handle = await self._ledger()
         if handle is not None:
-            await handle.add.remote(report.as_dict())
+            await handle.add.remote(report)

@@ -1,8 +1,10 @@
 """Per-step accounting of the multiturn-aware reward: breakdown, failures, usage and the failure budget.
 
 Nothing here imports verl or Ray. The reward manager turns every scored (or excluded, or failed) response
-into a :class:`ResponseReport`; the trainer's driver collects the reports of one step
-(``recipe/verl_adapters/replay_buffer.py``) and calls:
+into a :class:`ResponseReport` holding the typed records of the reward core (its
+:class:`~collabllm_verl.recipe.core.multiturn_reward.SampleScore` and
+:class:`~collabllm_verl.recipe.core.multiturn_reward.ForwardSamplingStats`); the trainer's driver collects
+the reports of one step (``recipe/verl_adapters/replay_buffer.py``) and calls:
 
 * :func:`check_reports`: stops training on a non-transient error (:class:`FatalRewardError`) or when a
   metric's or the user simulator's failure share exceeds ``max_failure_rate``
@@ -23,8 +25,11 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from collabllm_verl.recipe.core.llm_client import Usage
+from collabllm_verl.recipe.core.multiturn_reward import ForwardSamplingStats, SampleScore
 
 __all__ = [
     "FailureBudgetExceeded",
@@ -37,7 +42,6 @@ __all__ = [
 ]
 
 METRICS_PREFIX = "collabllm/"
-USAGE_KEYS = ("calls", "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd")
 TOTAL_KEYS = ("judge_tokens", "judge_cost_usd", "simulator_tokens", "simulator_cost_usd")
 
 
@@ -51,51 +55,78 @@ class FailureBudgetExceeded(RuntimeError):
 
 @dataclass
 class ResponseReport:
-    """What the driver learns about one response of a step (sent as a plain dict, :meth:`as_dict`).
+    """What the driver learns about one response of a step (picklable: sent as is through the step ledger).
 
     Attributes:
         step: trainer step (``global_steps``), or None.
         uid, session_id: the prompt's id and the response's index in its group.
         data_source: the row's ``data_source``.
-        reward: the reward given, or None when the response is excluded or failed.
-        skipped, skip_reason: forward sampling was skipped, and why.
-        excluded: why the response is kept out of the policy gradient (an outage), or None.
         fatal: the non-transient error that stopped its reward computation, or None.
-        columns: its ``reward_extra_info`` (``mr/*`` and ``fs/*`` floats; empty when ``fatal``).
-        metric_errors: metric -> last failure description.
-        simulator_error: the last user-simulator failure, or None.
-        context: settings the driver needs: ``metric_weights``, ``max_failure_rate``, ``judge`` and
-            ``simulator`` (model and endpoint, no key), ``dump_dir`` (or None).
+        score: the reward and its per-metric breakdown, or None when ``fatal``.
+        sampling: the forward-sampling counters, or None when ``fatal``.
+        context: settings the driver needs: ``metric_weights``, ``max_failure_rate``, ``judge`` (model and
+            endpoint, no key), ``dump_dir`` (or None).
     """
 
     step: int | None = None
     uid: str | None = None
     session_id: int | None = None
     data_source: str | None = None
-    reward: float | None = None
-    skipped: bool = False
-    skip_reason: str | None = None
-    excluded: str | None = None
     fatal: str | None = None
-    columns: dict[str, float] = field(default_factory=dict)
-    metric_errors: dict[str, str] = field(default_factory=dict)
-    simulator_error: str | None = None
+    score: SampleScore | None = None
+    sampling: ForwardSamplingStats | None = None
     context: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form (what crosses process boundaries)."""
-        return asdict(self)
+    @property
+    def excluded(self) -> str | None:
+        """Why the response is kept out of the policy gradient (an outage), or None."""
+        return self.score.excluded if self.score is not None else None
 
-    @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> ResponseReport:
-        """Inverse of :meth:`as_dict`; unknown keys are ignored."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in value.items() if k in names})
+    @property
+    def reward(self) -> float | None:
+        """The reward given, or None when the response is excluded or failed."""
+        return None if self.score is None or self.excluded else float(self.score.reward)
+
+    @property
+    def skipped(self) -> bool:
+        """Forward sampling was skipped (the response is trained with the skip penalty)."""
+        return self.sampling is not None and self.sampling.skipped
+
+    @property
+    def skip_reason(self) -> str | None:
+        """Why forward sampling was skipped, or None."""
+        return self.sampling.skip_reason if self.sampling is not None else None
+
+    @property
+    def metric_errors(self) -> dict[str, str]:
+        """Metric -> the last failure's description."""
+        return dict(self.score.errors) if self.score is not None else {}
+
+    @property
+    def simulator_error(self) -> str | None:
+        """The last user-simulator failure, or None."""
+        return self.sampling.simulator_error if self.sampling is not None else None
+
+    @property
+    def simulator(self) -> str | None:
+        """The user simulator's model and endpoint (no key), or None."""
+        return self.sampling.simulator if self.sampling is not None else None
+
+    @property
+    def conversations(self) -> int:
+        """Forward-sampled conversations of the response (0 when ``fatal``)."""
+        return self.score.num_conversations if self.score is not None else 0
+
+    @property
+    def columns(self) -> dict[str, float]:
+        """Its ``reward_extra_info``: the ``mr/*`` and ``fs/*`` floats (empty when ``fatal``)."""
+        info = self.score.extra_info() if self.score is not None else {}
+        return {**info, **(self.sampling.extra_info() if self.sampling is not None else {})}
 
     @property
     def trained(self) -> bool:
-        """The response reached the batch (not excluded, no failure)."""
-        return self.excluded is None and self.fatal is None
+        """The response reached the batch (scored, not excluded, no failure)."""
+        return self.score is not None and self.excluded is None and self.fatal is None
 
 
 def _context(reports: Sequence[ResponseReport]) -> dict[str, Any]:
@@ -106,47 +137,45 @@ def _context(reports: Sequence[ResponseReport]) -> dict[str, Any]:
     return {}
 
 
-def _mean(values: Iterable[float]) -> float | None:
+def _mean(values: Iterable[float | None]) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return sum(values) / len(values) if values else None
 
 
-def _weighted_turns(reports: Sequence[ResponseReport]) -> float | None:
-    """Mean future turns per conversation (each response's mean weighted by its conversations)."""
-    count = _column_sum(reports, "mr/num_conversations")
-    if not count:
-        return None
-    total = sum(
-        r.columns.get("fs/future_turns_mean", 0.0) * r.columns.get("mr/num_conversations", 0.0)
-        for r in reports
-    )
-    return total / count
-
-
 def _metric_names(reports: Sequence[ResponseReport]) -> list[str]:
+    """The weighted metrics of the step, then any other metric a report was scored on."""
     names = list(_context(reports).get("metric_weights") or {})
     for report in reports:
-        for key in report.columns:
-            if key.startswith("mr/") and key.endswith("_scored") and key[3:-7] not in names:
-                names.append(key[3:-7])
+        if report.score is not None:
+            names.extend(name for name in report.score.means if name not in names)
     return names
 
 
-def _column_sum(reports: Iterable[ResponseReport], key: str) -> float:
-    return float(sum(r.columns.get(key, 0.0) for r in reports))
+def _scores(reports: Iterable[ResponseReport]) -> list[SampleScore]:
+    return [r.score for r in reports if r.score is not None]
+
+
+def _sampled(reports: Iterable[ResponseReport]) -> list[ResponseReport]:
+    """The reports whose forward sampling ran (not skipped, not failed)."""
+    return [r for r in reports if r.sampling is not None and not r.sampling.skipped]
+
+
+def _metric_totals(reports: Iterable[ResponseReport], name: str) -> tuple[int, int]:
+    """``(scored, failures)`` of metric ``name``: conversations over ``reports``."""
+    scores = _scores(reports)
+    return sum(s.scored.get(name, 0) for s in scores), sum(s.failures.get(name, 0) for s in scores)
 
 
 def _failure_rates(reports: Sequence[ResponseReport]) -> dict[str, tuple[int, int]]:
     """``{"metric:<name>" | "simulator": (failures, attempts)}`` over every report of the step."""
     rates = {}
     for name in _metric_names(reports):
-        failures = int(_column_sum(reports, f"mr/{name}_failures"))
-        scored = int(_column_sum(reports, f"mr/{name}_scored"))
+        scored, failures = _metric_totals(reports, name)
         rates[f"metric:{name}"] = (failures, failures + scored)
-    sampled = [r for r in reports if not r.skipped]
+    sampled = _sampled(reports)
     rates["simulator"] = (
-        int(_column_sum(sampled, "fs/simulator_failures")),
-        int(_column_sum(sampled, "mr/num_conversations")),
+        sum(r.sampling.simulator_failures for r in sampled),
+        sum(r.conversations for r in sampled),
     )
     return rates
 
@@ -174,7 +203,7 @@ def check_reports(step: int | None, reports: Sequence[ResponseReport]) -> None:
         if not attempts or failures / attempts <= budget:
             continue
         if key == "simulator":
-            endpoint = next((r.context["simulator"] for r in reports if r.context.get("simulator")), None)
+            endpoint = next((r.simulator for r in reports if r.simulator), None)
             who = f"the user simulator ({endpoint or 'unknown endpoint'})"
             last = next((r.simulator_error for r in reversed(reports) if r.simulator_error), None)
         else:
@@ -190,8 +219,81 @@ def check_reports(step: int | None, reports: Sequence[ResponseReport]) -> None:
         )
 
 
-def _usage(reports: Sequence[ResponseReport], prefix: str) -> dict[str, float]:
-    return {key: _column_sum(reports, f"{prefix}{key}") for key in USAGE_KEYS}
+# ------------------------------------------------------------------------------------------------
+# the step's summary, one block at a time
+# ------------------------------------------------------------------------------------------------
+def _reward_block(trained: Sequence[ResponseReport]) -> dict[str, float | None]:
+    """``{mean, min, max}`` of the rewards given (the skip penalty included)."""
+    rewards = [r.reward for r in trained if r.reward is not None]
+    return {
+        "mean": _mean(rewards),
+        "min": min(rewards) if rewards else None,
+        "max": max(rewards) if rewards else None,
+    }
+
+
+def _metric_block(group: Sequence[ResponseReport], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per metric: ``mean`` over trained responses with a scored conversation, ``weighted`` over trained
+    responses whose forward sampling ran, ``scored`` and ``failures`` summed over the group."""
+    trained = [r for r in group if r.trained]
+    out = {}
+    for name in names:
+        scored, failures = _metric_totals(group, name)
+        out[name] = {
+            "mean": _mean(r.score.means.get(name) for r in trained if r.score.scored.get(name, 0) > 0),
+            "weighted": _mean(r.score.weighted.get(name) for r in trained if not r.skipped),
+            "scored": scored,
+            "failures": failures,
+        }
+    return out
+
+
+def _forward_sampling_block(sampled: Sequence[ResponseReport]) -> dict[str, Any]:
+    """Conversations, future turns per conversation, end reasons, simulator failures and seconds of the
+    responses whose forward sampling ran."""
+    conversations = sum(r.conversations for r in sampled)
+    turns = sum(r.sampling.future_turns_mean * r.conversations for r in sampled)
+    end_reasons: Counter[str] = Counter()
+    for report in sampled:
+        end_reasons.update(report.sampling.end_counts())
+    seconds = [r.sampling.seconds for r in sampled]
+    return {
+        "conversations": conversations,
+        "future_turns_mean": turns / conversations if conversations else None,
+        "end_reasons": {reason: end_reasons[reason] for reason in sorted(end_reasons)},
+        "simulator_failures": sum(r.sampling.simulator_failures for r in sampled),
+        "seconds": {"mean": _mean(seconds), "max": max(seconds, default=None)},
+    }
+
+
+def _running_totals(
+    previous: Mapping[str, float] | None, judge: Usage, simulator: Usage
+) -> dict[str, float]:
+    """:data:`TOTAL_KEYS` continued from ``previous`` (the last step's ``totals``) with this step's usage."""
+    totals = dict.fromkeys(TOTAL_KEYS, 0.0)
+    totals.update({k: float(v) for k, v in (previous or {}).items() if k in totals})
+    totals["judge_tokens"] += judge.tokens
+    totals["judge_cost_usd"] += judge.cost_usd
+    totals["simulator_tokens"] += simulator.tokens
+    totals["simulator_cost_usd"] += simulator.cost_usd
+    return totals
+
+
+def _data_source_blocks(reports: Sequence[ResponseReport], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per data source (only when the step has several): responses, reward mean and metric means."""
+    by_source: dict[str, list[ResponseReport]] = defaultdict(list)
+    for report in reports:
+        by_source[str(report.data_source)].append(report)
+    if len(by_source) < 2:
+        return {}
+    return {
+        source: {
+            "responses": len(group),
+            "reward_mean": _mean(r.reward for r in group if r.trained),
+            "metrics": {name: block["mean"] for name, block in _metric_block(group, names).items()},
+        }
+        for source, group in by_source.items()
+    }
 
 
 def summarize_step(
@@ -216,40 +318,10 @@ def summarize_step(
         over all responses. A mean with nothing to average is None.
     """
     trained = [r for r in reports if r.trained]
-    sampled = [r for r in reports if not r.skipped and not r.fatal]
-    rewards = [r.reward for r in trained if r.reward is not None]
+    sampled = _sampled(reports)
     names = _metric_names(reports)
-
-    def metric_block(group: Sequence[ResponseReport]) -> dict[str, dict[str, Any]]:
-        out = {}
-        for name in names:
-            with_values = [r for r in group if r.trained and r.columns.get(f"mr/{name}_scored", 0) > 0]
-            out[name] = {
-                "mean": _mean(r.columns[f"mr/{name}"] for r in with_values),
-                "weighted": _mean(
-                    r.columns.get(f"mr/{name}_weighted") for r in group if r.trained and not r.skipped
-                ),
-                "scored": int(_column_sum(group, f"mr/{name}_scored")),
-                "failures": int(_column_sum(group, f"mr/{name}_failures")),
-            }
-        return out
-
-    end_reasons = {
-        key[len("fs/end_") :]: int(_column_sum(sampled, key))
-        for key in sorted({k for r in sampled for k in r.columns if k.startswith("fs/end_")})
-    }
-    seconds = [r.columns.get("fs/seconds") for r in sampled]
-    judge = _usage(reports, "mr/judge_")
-    simulator = _usage(sampled, "fs/simulator_")
-    totals = dict.fromkeys(TOTAL_KEYS, 0.0)
-    totals.update({k: float(v) for k, v in (previous_totals or {}).items() if k in totals})
-    totals["judge_tokens"] += judge["prompt_tokens"] + judge["completion_tokens"]
-    totals["judge_cost_usd"] += judge["cost_usd"]
-    totals["simulator_tokens"] += simulator["prompt_tokens"] + simulator["completion_tokens"]
-    totals["simulator_cost_usd"] += simulator["cost_usd"]
-    by_source: dict[str, list[ResponseReport]] = defaultdict(list)
-    for report in reports:
-        by_source[str(report.data_source)].append(report)
+    judge = sum((s.judge_usage for s in _scores(reports)), Usage())
+    simulator = sum((r.sampling.simulator_usage for r in sampled), Usage())
     return {
         "step": step,
         "responses": len(reports),
@@ -258,35 +330,13 @@ def summarize_step(
         "skipped": sum(r.skipped for r in reports),
         "skip_reasons": dict(Counter(r.skip_reason or "unknown" for r in reports if r.skipped)),
         "excluded_reasons": [r.excluded for r in reports if r.excluded][:5],
-        "reward": {
-            "mean": _mean(rewards),
-            "min": min(rewards) if rewards else None,
-            "max": max(rewards) if rewards else None,
-        },
-        "metrics": metric_block(reports),
-        "forward_sampling": {
-            "conversations": int(_column_sum(sampled, "mr/num_conversations")),
-            "future_turns_mean": _weighted_turns(sampled),
-            "end_reasons": end_reasons,
-            "simulator_failures": int(_column_sum(sampled, "fs/simulator_failures")),
-            "seconds": {
-                "mean": _mean(seconds),
-                "max": max((s for s in seconds if s is not None), default=None),
-            },
-        },
-        "judge": judge,
-        "simulator": simulator,
-        "totals": totals,
-        "data_sources": {
-            source: {
-                "responses": len(group),
-                "reward_mean": _mean(r.reward for r in group if r.trained),
-                "metrics": {name: block["mean"] for name, block in metric_block(group).items()},
-            }
-            for source, group in by_source.items()
-        }
-        if len(by_source) > 1
-        else {},
+        "reward": _reward_block(trained),
+        "metrics": _metric_block(reports, names),
+        "forward_sampling": _forward_sampling_block(sampled),
+        "judge": judge.columns(),
+        "simulator": simulator.columns(),
+        "totals": _running_totals(previous_totals, judge, simulator),
+        "data_sources": _data_source_blocks(reports, names),
     }
 
 
@@ -324,6 +374,27 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _column_means(group: Sequence[ResponseReport], names: Sequence[str], prefix: str) -> dict[str, float]:
+    """``<prefix><column>``: each column's mean over the trained responses whose forward sampling ran; a
+    metric's raw mean only over those with a scored conversation. Means with nothing to average are left
+    out."""
+    trained = [r for r in group if r.trained and not r.skipped]
+    rows = [(r, r.columns) for r in trained]
+    raw_means = {SampleScore.mean_column(name): name for name in names}
+    metrics = {}
+    for key in sorted({k for _, columns in rows for k in columns}):
+        name = raw_means.get(key)
+        values = (
+            columns.get(key)
+            for report, columns in rows
+            if name is None or report.score.scored.get(name, 0) > 0
+        )
+        value = _mean(values)
+        if value is not None:
+            metrics[f"{prefix}{key}"] = value
+    return metrics
+
+
 def training_metrics(summary: Mapping[str, Any], reports: Sequence[ResponseReport]) -> dict[str, float]:
     """The step's ``collabllm/...`` training metrics (floats; a mean with nothing to average is left out).
 
@@ -335,23 +406,11 @@ def training_metrics(summary: Mapping[str, Any], reports: Sequence[ResponseRepor
       failures, tokens and cost (sums over the step), per-metric ``<name>_failures`` and ``<name>_scored``;
     * ``collabllm/total/<key>``: running totals of judge and simulator tokens and cost.
     """
-    metrics: dict[str, float] = {}
-
-    def column_means(group: Sequence[ResponseReport], prefix: str) -> None:
-        trained = [r for r in group if r.trained and not r.skipped]
-        keys = sorted({k for r in trained for k in r.columns})
-        for key in keys:
-            rows = trained
-            if any(f"{key}_scored" in r.columns for r in trained):  # a metric's raw mean
-                rows = [r for r in trained if r.columns.get(f"{key}_scored", 0) > 0]
-            value = _mean(r.columns.get(key) for r in rows)
-            if value is not None:
-                metrics[f"{prefix}{key}"] = value
-
-    column_means(reports, METRICS_PREFIX)
-    if summary.get("data_sources"):
-        for source in summary["data_sources"]:
-            column_means([r for r in reports if str(r.data_source) == source], f"{METRICS_PREFIX}{source}/")
+    names = list(summary["metrics"])
+    metrics = _column_means(reports, names, METRICS_PREFIX)
+    for source in summary.get("data_sources") or {}:
+        group = [r for r in reports if str(r.data_source) == source]
+        metrics.update(_column_means(group, names, f"{METRICS_PREFIX}{source}/"))
     step = f"{METRICS_PREFIX}step/"
     for key in ("responses", "trained", "excluded", "skipped"):
         metrics[step + key] = float(summary[key])
