@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from collabllm_verl.recipe.core.plain import to_plain
-from collabllm_verl.recipe.core.validation import NonNegative, validate
+from collabllm_verl.recipe.core.validation import NonNegative, check_backoff_order, validate
 
 __all__ = [
     "LITELLM_PASSTHROUGH_KEYS",
@@ -210,11 +210,7 @@ class LLMSettings(BaseModel):
 
     @model_validator(mode="after")
     def _backoff_order(self) -> LLMSettings:
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError(
-                f"backoff_max ({self.backoff_max}) must be >= backoff_initial ({self.backoff_initial})"
-            )
-        return self
+        return check_backoff_order(self, "backoff_initial", "backoff_max")
 
     def __repr__(self) -> str:  # never show the API key
         fields = {**self.__dict__, "completion_kwargs": redact_secrets(self.completion_kwargs)}

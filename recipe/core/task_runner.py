@@ -43,6 +43,7 @@ from tenacity import (
 from tqdm.auto import tqdm
 
 from collabllm_verl.recipe.core.run_store import RunStore
+from collabllm_verl.recipe.core.validation import check_backoff_order
 
 __all__ = [
     "DEFAULT_FAILURE_BUDGET",
@@ -105,11 +106,7 @@ class TaskRunnerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _backoff_order(self) -> TaskRunnerSettings:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError(
-                f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})"
-            )
-        return self
+        return check_backoff_order(self, "backoff_initial_s", "backoff_max_s")
 
     def wait(self) -> wait_exponential:
         """The tenacity wait strategy of task retries (see :meth:`backoff_waits`)."""

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
-__all__ = ["Finite", "NonNegative", "NotText", "key_path", "validate"]
+__all__ = ["Finite", "NonNegative", "NotText", "check_backoff_order", "key_path", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,6 +44,20 @@ Finite = Annotated[float, _number_check("Input should be a finite number"), Afte
 
 NonNegative = Annotated[Finite, Field(ge=0)]
 """A finite real number >= 0."""
+
+
+def check_backoff_order(model: BaseModel, initial: str, longest: str) -> BaseModel:
+    """For a model validator: the longest back-off (field ``longest``, seconds) must not be shorter than the
+    first one (field ``initial``).
+
+    Raises:
+        ValueError: ``<longest> (<value>) must be >= <initial> (<value>)``.
+    """
+    if getattr(model, longest) < getattr(model, initial):
+        raise ValueError(
+            f"{longest} ({getattr(model, longest)}) must be >= {initial} ({getattr(model, initial)})"
+        )
+    return model
 
 
 def key_path(where: str, loc: tuple, style: Literal["dot", "item"] = "dot") -> str:
