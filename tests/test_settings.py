@@ -14,8 +14,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 ROW = re.compile(r"^\| `(\w+)` \| `([^`]*)` \| (.*) \|$")
 
 
-def documented_table(doc: str, model: type) -> list[tuple[str, str, str]]:
-    """The rows of the first table after the line that names ``model`` in ``doc``."""
+def documented_table(doc: str | Path, model: type) -> list[tuple[str, str, str]]:
+    """The rows of the first table after the line that names ``model`` in ``doc`` (a name in docs/ or a path)."""
     lines = (DOCS / doc).read_text(encoding="utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if f"settings.{model.__name__}" in line)
     rows, seen_table = [], False
@@ -35,11 +35,14 @@ def test_documented_defaults_are_the_models(doc, model):
     assert documented_table(doc, model) == settings_table(model)
 
 
-def test_a_changed_default_is_caught():
-    """The comparison above can fail: a table with one default changed differs from the model's."""
-    rows = settings_table(JudgeSettings)
-    changed = [(k, "1.0" if k == "temperature" else d, m) for k, d, m in rows]
-    assert changed != rows
+def test_a_changed_default_is_caught(tmp_path):
+    """The comparison above can fail: the doc with one default edited no longer matches the model."""
+    text = (DOCS / "metrics_and_reward.md").read_text(encoding="utf-8")
+    row = "| `temperature` | `0.0` |"
+    assert text.count(row) == 1
+    edited = tmp_path / "edited.md"
+    edited.write_text(text.replace(row, "| `temperature` | `1.0` |"), encoding="utf-8")
+    assert documented_table(edited, JudgeSettings) != settings_table(JudgeSettings)
 
 
 def test_role_defaults_and_aliases():

@@ -16,7 +16,6 @@ the model's. Unknown keys are errors (``extra="forbid"``) that name the key as t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
@@ -114,16 +113,8 @@ class LLMRoleSettings(BaseModel):
             ValueError: ``api_key_env`` names a variable that is not set, or ``completion_kwargs`` holds a key
                 the layer sets itself (``model``, ``timeout``, ...).
         """
-        kwargs = {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens),
-                                    ("api_base", self.api_base), ("api_key", self.api_key)) if v is not None}
-        if self.api_key_env and self.api_key is None:
-            if not os.environ.get(self.api_key_env):
-                raise ValueError(f"{where}.api_key_env names {self.api_key_env!r}, which is not set in the environment")
-            kwargs["api_key"] = os.environ[self.api_key_env]
-        kwargs.update(self.completion_kwargs)
-        limits = ("timeout", "num_retries", "max_concurrency", "requests_per_minute", "backoff_initial", "backoff_max")
-        fields = {name: getattr(self, name) for name in limits}
-        return validate(LLMSettings, {"model": self.model, "completion_kwargs": kwargs, **fields}, where=where)
+        # the layer's own conversion (api_key_env, litellm options, limits); keys it does not know are ignored
+        return LLMSettings.from_config(self.model_dump(), where=where)
 
 
 class SimulatorSettings(LLMRoleSettings):
