@@ -11,8 +11,7 @@ print_usage() {
 # shortcut VAR KEY: when the environment variable VAR is set and not empty, append the override KEY=$VAR to
 # ARGS (KEY may start with '++' for a key the composed config does not have yet).
 shortcut() {
-  local value
-  eval "value=\${$1:-}"
+  local value=${!1:-}
   if [[ -n "$value" ]]; then ARGS+=("$2=$value"); fi
 }
 
