@@ -15,12 +15,13 @@ the entry point and the conversation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .registry import MetricContext, MetricError
 
 __all__ = [
+    "ACCURACY_STRICT_RULES",
     "JUDGE_TASKS",
     "ask_judge",
     "build_judge_messages",
@@ -31,7 +32,7 @@ __all__ = [
 
 # task -> the JSON keys (and types) the judge must return.
 JUDGE_TASKS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "accuracy": {"thought": str, "accuracy": (int, float, bool)},
+    "accuracy": {"thought": str, "accuracy": (int, float, bool, str)},
     "interactivity": {
         "thought": str,
         "understanding": (int, float),
@@ -44,15 +45,25 @@ JUDGE_TASKS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 _JSON_ONLY = "Answer with one JSON object and nothing else, in exactly this shape:\n"
 
+# Grading rules this project wrote on top of the original accuracy criterion; used only with the accuracy
+# option ``grading: strict`` (docs/fidelity.md 3.3). They close three gaps a lenient judge falls into: an
+# early draft that was later corrected, an equivalent form read as a mismatch, and a conversation that
+# only asked questions being credited with the reference.
+ACCURACY_STRICT_RULES = (
+    "Additional grading rules:\n"
+    "- Only the assistant's last committed answer counts; earlier drafts or corrected attempts do not.\n"
+    "- Judge substance, not wording: equivalent forms are correct (0.5 and 1/2, the same set in another "
+    "order, an equivalent expression).\n"
+    "- If the assistant never gives an answer (e.g. it only asks questions), the answer is wrong."
+)
+
 _SYSTEM_PROMPTS = {
+    # The original criterion only (docs/fidelity.md 3.3); ACCURACY_STRICT_RULES is the opt-in addition.
     "accuracy": (
         "You grade the outcome of a conversation between a user and an AI assistant. You are given the "
-        "user's underlying task, a reference answer for it, and the conversation. Decide whether the final "
-        "answer the assistant committed to is correct with respect to the reference.\n"
-        "- Only the assistant's last committed answer counts; earlier drafts or corrected attempts do not.\n"
-        "- Judge substance, not wording: equivalent forms are correct (0.5 and 1/2, the same set in another "
-        "order, an equivalent expression).\n"
-        "- If the assistant never gives an answer (e.g. it only asks questions), the answer is wrong.\n"
+        "user's target question, a reference answer for it, and the conversation. Decide whether the "
+        "assistant's final response to the target question is factually correct and consistent with the "
+        "reference: 1 when it agrees with the reference, 0 when it contradicts the reference or misses it.\n"
         + _JSON_ONLY
         + '{"thought": "<one or two sentences of reasoning>", "accuracy": <1 if correct, otherwise 0>}'
     ),
@@ -130,7 +141,7 @@ def reference_text(ground_truth: Any) -> str:
 
 
 def build_judge_messages(
-    task: str, ctx: MetricContext, sections: Mapping[str, str] | None = None
+    task: str, ctx: MetricContext, sections: Mapping[str, str] | None = None, *, extra_rules: str | None = None
 ) -> list[dict[str, str]]:
     """The system + user messages asking the judge to perform ``task`` (a key of :data:`JUDGE_TASKS`).
 
@@ -138,6 +149,8 @@ def build_judge_messages(
         task: the judge task.
         ctx: the conversation and row fields.
         sections: texts of sections that the context does not hold (``entry_point`` for ``extract_code``).
+        extra_rules: text inserted into the system prompt before the answer format (e.g.
+            :data:`ACCURACY_STRICT_RULES`); None: the task's prompt unchanged.
 
     Raises:
         ValueError: a section the task needs is neither in the context nor in ``sections``.
@@ -156,18 +169,29 @@ def build_judge_messages(
         else:
             raise ValueError(f"judge task {task!r} needs the section {name!r}")
         blocks.append(f"<{name}>\n{body}\n</{name}>")
+    system = _SYSTEM_PROMPTS[task]
+    if extra_rules:
+        head, sep, answer_format = system.partition(_JSON_ONLY)
+        system = f"{head}{extra_rules.rstrip()}\n{sep}{answer_format}"
     return [
-        {"role": "system", "content": _SYSTEM_PROMPTS[task]},
+        {"role": "system", "content": system},
         {"role": "user", "content": "\n\n".join(blocks)},
     ]
 
 
 async def ask_judge(
-    task: str, metric: str, ctx: MetricContext, *, sections: Mapping[str, str] | None = None
+    task: str,
+    metric: str,
+    ctx: MetricContext,
+    *,
+    sections: Mapping[str, str] | None = None,
+    extra_rules: str | None = None,
+    validate: Callable[[dict], str | None] | None = None,
 ) -> dict[str, Any]:
     """Run one judge task for ``metric`` on ``ctx`` and return the parsed JSON object.
 
-    ``sections`` as in :func:`build_judge_messages`.
+    ``sections`` and ``extra_rules`` as in :func:`build_judge_messages`; ``validate`` as in
+    :func:`~collabllm_verl.recipe.core.llm_client.acomplete_json` (an answer it rejects is retried).
 
     Raises:
         LLMCallError: the call failed after the LLM layer's retries, or its answer never had the required
@@ -179,8 +203,10 @@ async def ask_judge(
 
     if ctx.judge is None:
         raise ValueError(f"metric {metric!r} needs an LLM judge; set reward_kwargs.llm_judge_kwargs.model")
-    messages = build_judge_messages(task, ctx, sections)
-    return await acomplete_json(messages, ctx.judge, required=JUDGE_TASKS[task], purpose=f"judge:{metric}")
+    messages = build_judge_messages(task, ctx, sections, extra_rules=extra_rules)
+    return await acomplete_json(
+        messages, ctx.judge, required=JUDGE_TASKS[task], purpose=f"judge:{metric}", validate=validate
+    )
 
 
 def unit_interval(metric: str, key: str, value: Any) -> float:

@@ -7,13 +7,17 @@ failure handling are exercised end to end; the scores themselves are the stand-i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sacrebleu
 from nltk.translate.bleu_score import sentence_bleu
 
 from collabllm_verl.metrics import MetricContext, MetricError, get_metric
 from collabllm_verl.metrics.bleu_score import document_bleu
+from collabllm_verl.metrics.judge import ACCURACY_STRICT_RULES
 from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
+from collabllm_verl.recipe.offline.server import register_responder
 from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
 
 GOAL = "Compute 7 * 6 and explain the steps briefly."
@@ -174,3 +178,59 @@ async def test_request_level_malformed_mode(judge, llm_server):
 async def test_judge_metric_without_judge_settings_is_an_error():
     with pytest.raises(ValueError, match="llm_judge_kwargs"):
         await get_metric("accuracy").score(ctx(None, "42"))
+
+
+# --- accuracy: the original criterion and the verl recipe's reading of the value (fidelity.md 3.3) ---
+
+FIXED_JUDGE = "fid-fixed-accuracy-judge"
+
+
+def _fixed_answer(messages: list, request: dict) -> str:
+    """Responder answering every request with the ``accuracy`` value given in the request's extra body."""
+    return json.dumps({"thought": "fixed answer for a parsing test", "accuracy": request["fixed_accuracy"]})
+
+
+def fixed_judge(judge, value) -> object:
+    register_responder(FIXED_JUDGE, _fixed_answer)
+    kwargs = {**judge.completion_kwargs, "extra_body": {"fixed_accuracy": value}}
+    return judge.model_copy(update={"model": f"openai/{FIXED_JUDGE}", "completion_kwargs": kwargs})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0.8", 0.8), ("1", 1.0), (" 0 ", 0.0), (0.8, 0.8), (1, 1.0), (True, 1.0), (False, 0.0)]
+)
+async def test_accuracy_reads_any_number_as_the_verl_recipe(judge, llm_server, value, expected):
+    assert await get_metric("accuracy").score(ctx(fixed_judge(judge, value), "42")) == pytest.approx(expected)
+    assert llm_server.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize("value", ["yes", "correct", None, "nan"])
+async def test_accuracy_value_that_is_no_number_is_a_judge_failure(judge, llm_server, value):
+    reset_llm_stats()
+    with pytest.raises(MetricError) as err:
+        await get_metric("accuracy").score(ctx(fixed_judge(judge, value), "42"))
+    assert err.value.judge_failure
+    assert llm_server.stats()["requests"] == 2  # unusable answer: retried once (num_retries=1), then failed
+    assert llm_stats()["judge:accuracy/failures"] == 1
+
+
+async def test_default_accuracy_prompt_is_the_original_criterion_and_strict_adds_the_rules(judge, llm_server):
+    spec = get_metric("accuracy")
+    assert await spec.score(ctx(judge, "7 * 6 = 42.")) == 1.0
+    default_system = llm_server.received[-1]["messages"][0]["content"]
+    assert await spec.score(ctx(judge, "7 * 6 = 42.", grading="strict")) == 1.0
+    strict_system = llm_server.received[-1]["messages"][0]["content"]
+    for rule in ACCURACY_STRICT_RULES.splitlines()[1:]:
+        assert rule not in default_system and rule in strict_system
+    assert "last committed answer" not in default_system and "only asks" not in default_system
+    assert "consistent with the reference" in default_system and "contradicts" in default_system
+    # the answer format stays last in both prompts
+    assert default_system.rstrip().endswith("otherwise 0>}") and strict_system.rstrip().endswith("otherwise 0>}")
+    # strict accepts 0 or 1 only; the default takes the fraction
+    assert await spec.score(ctx(fixed_judge(judge, 0.5), "42")) == 0.5
+    with pytest.raises(MetricError, match="expected 0 or 1") as err:
+        await spec.score(ctx(fixed_judge(judge, 0.5), "42", grading="strict"))
+    assert err.value.judge_failure
+    spec.check_options({"grading": "strict"})
+    with pytest.raises(ValueError, match="grading"):
+        spec.check_options({"grading": "lenient"})
