@@ -77,6 +77,8 @@ async def accuracy(ctx: MetricContext) -> float:
     number = unit_interval("accuracy", "accuracy", parse_accuracy(value))
     if strict and number not in (0.0, 1.0):
         raise MetricError(
-            "accuracy", f"judge answered accuracy={value!r}, expected 0 or 1 (grading: strict)", judge_failure=True
+            "accuracy",
+            f"judge answered accuracy={value!r}, expected 0 or 1 (grading: strict)",
+            judge_failure=True,
         )
     return number

@@ -107,7 +107,7 @@ _SYSTEM_PROMPTS = {
         "one complete, runnable Python program: every import, helper function and class it needs, each in "
         "the latest version found in the conversation. The main function must be named exactly as the entry "
         "point: if the assistant named it otherwise, rename it and its calls. Leave out tests, example "
-        "usage and any `if __name__ == \"__main__\":` block. Do not otherwise change the code's logic, and do "
+        'usage and any `if __name__ == "__main__":` block. Do not otherwise change the code\'s logic, and do '
         "not wrap it in Markdown fences. If the assistant never wrote code, return an empty string.\n"
         + _JSON_ONLY
         + '{"thought": "<where the final code is and what you renamed>", "final_code": "<the code>"}'
@@ -141,7 +141,11 @@ def reference_text(ground_truth: Any) -> str:
 
 
 def build_judge_messages(
-    task: str, ctx: MetricContext, sections: Mapping[str, str] | None = None, *, extra_rules: str | None = None
+    task: str,
+    ctx: MetricContext,
+    sections: Mapping[str, str] | None = None,
+    *,
+    extra_rules: str | None = None,
 ) -> list[dict[str, str]]:
     """The system + user messages asking the judge to perform ``task`` (a key of :data:`JUDGE_TASKS`).
 

@@ -17,8 +17,8 @@ from collabllm_verl.metrics import MetricContext, MetricError, get_metric
 from collabllm_verl.metrics.bleu_score import document_bleu
 from collabllm_verl.metrics.judge import ACCURACY_STRICT_RULES
 from collabllm_verl.recipe.core.llm_client import llm_stats, reset_llm_stats
-from collabllm_verl.recipe.offline.server import register_responder
 from collabllm_verl.recipe.offline.scripted_judges import MALFORMED_MARKER, OUT_OF_RANGE_MARKER
+from collabllm_verl.recipe.offline.server import register_responder
 
 GOAL = "Compute 7 * 6 and explain the steps briefly."
 
@@ -197,7 +197,8 @@ def fixed_judge(judge, value) -> object:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("0.8", 0.8), ("1", 1.0), (" 0 ", 0.0), (0.8, 0.8), (1, 1.0), (True, 1.0), (False, 0.0)]
+    ("value", "expected"),
+    [("0.8", 0.8), ("1", 1.0), (" 0 ", 0.0), (0.8, 0.8), (1, 1.0), (True, 1.0), (False, 0.0)],
 )
 async def test_accuracy_reads_any_number_as_the_verl_recipe(judge, llm_server, value, expected):
     assert await get_metric("accuracy").score(ctx(fixed_judge(judge, value), "42")) == pytest.approx(expected)
@@ -225,7 +226,9 @@ async def test_default_accuracy_prompt_is_the_original_criterion_and_strict_adds
     assert "last committed answer" not in default_system and "only asks" not in default_system
     assert "consistent with the reference" in default_system and "contradicts" in default_system
     # the answer format stays last in both prompts
-    assert default_system.rstrip().endswith("otherwise 0>}") and strict_system.rstrip().endswith("otherwise 0>}")
+    assert default_system.rstrip().endswith("otherwise 0>}") and strict_system.rstrip().endswith(
+        "otherwise 0>}"
+    )
     # strict accepts 0 or 1 only; the default takes the fraction
     assert await spec.score(ctx(fixed_judge(judge, 0.5), "42")) == 0.5
     with pytest.raises(MetricError, match="expected 0 or 1") as err:
