@@ -36,8 +36,15 @@ from .bigcodebench_sandbox import run_in_session
 from .judge import ask_judge
 from .registry import MetricContext, MetricError, register_metric
 
-# BigCodeBench's defaults (bigcodebench.evaluate): memory limits in MiB, time limit in seconds.
-DEFAULT_LIMITS = {"max_as_limit_mb": 30 * 1024, "max_data_limit_mb": 30 * 1024, "max_stack_limit_mb": 10}
+# The originals' limits (both pass 300 x 1024 MiB as the address-space, data and stack limits), in MiB;
+# BigCodeBench's own defaults (30 GiB, 30 GiB, 10 MiB stack) make a deeply recursive correct solution,
+# e.g. json.dumps of a deeply nested object, crash or time out (docs/fidelity.md 4.3). Time limit in seconds.
+ORIGINAL_LIMIT_MB = 300 * 1024
+DEFAULT_LIMITS = {
+    "max_as_limit_mb": ORIGINAL_LIMIT_MB,
+    "max_data_limit_mb": ORIGINAL_LIMIT_MB,
+    "max_stack_limit_mb": ORIGINAL_LIMIT_MB,
+}
 DEFAULT_TIMEOUT_S = 240.0
 
 _runner: ThreadPoolExecutor | None = None
@@ -178,9 +185,10 @@ def _check_options(options: Mapping[str, Any]) -> None:
     needs_judge=True,
     options={
         "timeout_s": f"seconds for one test run (default {DEFAULT_TIMEOUT_S:g}, BigCodeBench's limit)",
-        "max_as_limit_mb": "address-space limit of the test process in MiB (default 30720)",
-        "max_data_limit_mb": "data-segment limit of the test process in MiB (default 30720)",
-        "max_stack_limit_mb": "stack limit of the test process in MiB (default 10)",
+        "max_as_limit_mb": "address-space limit of the test process in MiB (default 307200, as the originals)",
+        "max_data_limit_mb": "data-segment limit of the test process in MiB (default 307200, as the originals)",
+        "max_stack_limit_mb": "stack limit of the test process in MiB (default 307200, as the originals; "
+        "BigCodeBench's own default is 10)",
     },
     validate=_check_options,
 )
@@ -194,7 +202,9 @@ async def pass_rate(ctx: MetricContext) -> float:
     """
     require_bigcodebench()
     task = find_task(ctx.ground_truth, ctx.extra_info)
-    task_text = ctx.single_turn_prompt or str(task.get("instruct_prompt") or task.get("complete_prompt") or "")
+    task_text = ctx.single_turn_prompt or str(
+        task.get("instruct_prompt") or task.get("complete_prompt") or ""
+    )
     answer = await ask_judge(
         "extract_code",
         "pass_rate",

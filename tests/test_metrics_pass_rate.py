@@ -97,6 +97,39 @@ async def test_a_correct_solution_under_another_name_passes(judge, llm_server):
     assert "entry point" in system["content"] and "__main__" in system["content"]
 
 
+# A correct solution whose work recurses deeply in C: json.dumps of a list nested NESTING levels deep needs far
+# more than a 10 MiB stack (measured: passes at depth 50000, crashes at 200000 under 10 MiB).
+NESTING = 200_000
+DEEP_TASK = {
+    "task_id": "collabllm-verl/deep-recursion",
+    "instruct_prompt": "Return the length of the JSON text of a list nested `depth` levels deep around 0.",
+    "entry_point": "task_func",
+    "code_prompt": "import json\nimport sys\n\ndef task_func(depth):\n",
+    "canonical_solution": (
+        "    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * depth + 1000))\n"
+        "    value = 0\n"
+        "    for _ in range(depth):\n"
+        "        value = [value]\n"
+        "    return len(json.dumps(value))\n"
+    ),
+    "test": (
+        "import unittest\n\n"
+        "class TestCases(unittest.TestCase):\n"
+        "    def test_deep(self):\n"
+        f"        self.assertEqual(task_func({NESTING}), {2 * NESTING + 1})\n"
+    ),
+}
+
+
+async def test_deeply_recursive_correct_solution_passes_with_the_originals_stack_limit(judge, llm_server):
+    """fidelity.md 4.3: the originals pass 300 x 1024 MiB as the stack limit too; under BigCodeBench's own
+    10 MiB stack the same correct solution fails."""
+    spec = get_metric("pass_rate")
+    solution = DEEP_TASK["code_prompt"] + DEEP_TASK["canonical_solution"]
+    assert await spec.score(ctx(DEEP_TASK, solution, judge)) == 1.0
+    assert await spec.score(ctx(DEEP_TASK, solution, judge, max_stack_limit_mb=10, timeout_s=5)) == 0.0
+
+
 async def test_no_code_scores_zero_without_running_tests(judge):
     task = TASKS[FAST_TASKS[0]]
     c = ctx(task, None, judge)
