@@ -33,8 +33,17 @@ def _run(tmp_path: Path, rows: list[dict], *extra) -> tuple[int, Path]:
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     code = process_dataset.main(
-        ["--dataset", str(source), "--local_dir", str(out), "--dataset_type", "dpo", "--validation_size", "0",
-         *map(str, extra)]
+        [
+            "--dataset",
+            str(source),
+            "--local_dir",
+            str(out),
+            "--dataset_type",
+            "dpo",
+            "--validation_size",
+            "0",
+            *map(str, extra),
+        ]
     )
     return code, out
 
@@ -69,8 +78,23 @@ def test_validation_split_keeps_a_conversation_whole(tmp_path):
     rows = [*ROWS, _row(11, 1, [U1], "Which one?", 0.5), _row(11, 1, [U1], "2.", 0.0)]
     source = tmp_path / "mt.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert process_dataset.main(["--dataset", str(source), "--local_dir", str(tmp_path / "o"), "--dataset_type",
-                                 "dpo", "--validation_size", "1", "--dpo_min_gap", "0"]) == 0
+    assert (
+        process_dataset.main(
+            [
+                "--dataset",
+                str(source),
+                "--local_dir",
+                str(tmp_path / "o"),
+                "--dataset_type",
+                "dpo",
+                "--validation_size",
+                "1",
+                "--dpo_min_gap",
+                "0",
+            ]
+        )
+        == 0
+    )
     train = pd.read_parquet(tmp_path / "o" / "dpo_train.parquet")
     val = pd.read_parquet(tmp_path / "o" / "dpo_validation.parquet")
     convs = lambda frame: {e["conv_id"] for e in frame["extra_info"]}  # noqa: E731
@@ -97,9 +121,21 @@ def test_bad_input_names_the_row(tmp_path, caplog):
     rows[1]["prompt"] = [{"role": "user", "content": "something else"}]
     assert _run(tmp_path, rows)[0] == 2
     assert "row 1: field 'prompt': differs from row 0" in caplog.text
-    assert process_dataset.main(["--dataset", str(REPO / "data" / "math" / "math500_level5.jsonl"),
-                                 "--local_dir", str(tmp_path / "st"), "--dataset_type", "dpo",
-                                 "--max_rows", "2"]) == 2
+    assert (
+        process_dataset.main(
+            [
+                "--dataset",
+                str(REPO / "data" / "math" / "math500_level5.jsonl"),
+                "--local_dir",
+                str(tmp_path / "st"),
+                "--dataset_type",
+                "dpo",
+                "--max_rows",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "needs scored multi-turn rows" in caplog.text
 
 
@@ -112,3 +148,19 @@ def test_rows_are_in_trl_conversational_preference_format(tmp_path):
     dataset = datasets.load_dataset("parquet", data_files=str(out / "dpo_train.parquet"), split="train")
     assert data_utils.is_conversational(dataset[0])
     assert {"prompt", "chosen", "rejected"} <= set(dataset.column_names)
+
+
+def test_ties_as_the_original_first_best_is_chosen_last_worst_is_rejected(tmp_path):
+    """fidelity.md 7.1: of equally high candidates the first is chosen, of equally low ones the last is rejected."""
+    rows = [
+        _row(4, 1, [U1], "Low one.", 0.10),
+        _row(4, 1, [U1], "High one.", 0.70),
+        _row(4, 1, [U1], "Low two.", 0.10),
+        _row(4, 1, [U1], "High two.", 0.70),
+        _row(4, 1, [U1], "Low three.", 0.10),
+    ]
+    code, out = _run(tmp_path, rows)
+    assert code == 0
+    pair = pd.read_parquet(out / "dpo_train.parquet").iloc[0]
+    assert pair["chosen"][0]["content"] == "High one." and pair["rejected"][0]["content"] == "Low three."
+    assert (pair["extra_info"]["index_chosen"], pair["extra_info"]["index_rejected"]) == (1, 4)

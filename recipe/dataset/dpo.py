@@ -5,7 +5,8 @@ output of ``build_dataset.py --mode conversations``) holds several candidate rep
 conversation prefix, each with its multiturn-aware reward (``score``). As in the original CollabLLM data
 engine, the pair of one turn is its highest-scoring candidate (chosen) and its lowest-scoring one
 (rejected); turns with fewer than two candidates, or whose score gap is below a minimum (0.02 by default),
-give no pair. On equal scores the first row in source order wins each side.
+give no pair. Ties as in the original: the first of equally high candidates (in source order) is chosen,
+the last of equally low ones rejected (docs/fidelity.md 7.1).
 
 The rows use the conversational preference format that TRL's ``DPOTrainer`` reads: ``prompt`` (system
 prompt, then the conversation so far), ``chosen`` and ``rejected`` (one assistant message each), plus
@@ -101,8 +102,8 @@ def dpo_pairs(
         if len(candidates) < 2:
             stats.single_candidate += 1
             continue
-        chosen = max(candidates, key=_score)  # max/min keep the first of equal scores
-        rejected = min(candidates, key=_score)
+        chosen = max(candidates, key=_score)  # max keeps the first of equal scores
+        rejected = min(reversed(candidates), key=_score)  # the last of equal scores, as the original
         if _score(chosen) - _score(rejected) < min_gap:
             stats.below_gap += 1
             continue
