@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("conversation search (--mode conversations)")
     g.add_argument("--num_candidates", type=int, default=3, help="K, candidate replies per turn (default 3)")
     g.add_argument("--proactive_share", type=float, default=0.5,
-                   help="share of the candidates given the proactive instruction (default 0.5: 2 of 3)")
+                   help="share of the candidates given the proactive instruction instead of the system prompt, "
+                   "floor(K * share) of them (default 0.5: 1 of 3, as the original)")
     g.add_argument("--num_samples", type=int, default=3, help="S, forward-sampled conversations per candidate (3)")
     g.add_argument("--max_new_turns", type=int, default=4,
                    help="messages each forward-sampled conversation adds after the candidate, even (default 4)")

@@ -150,30 +150,37 @@ def test_conversation_rows_follow_the_published_schema_and_the_mr(conversations)
         assert row["single_turn_prompt"] == SOURCE[row["conv_id"]]["problem"]
 
 
-def test_best_candidate_continues_and_next_user_turn_comes_from_its_longest_future(conversations):
+def test_best_candidate_continues_and_next_user_turn_comes_from_its_longest_future(conversations, llm_server):
     rows = _rows(conversations)
     for _, conv in rows.groupby("conv_id"):
         turns = sorted(set(conv["turn_id"]))
         assert turns[0] == 1 and len(turns) >= 2
         first = conv[conv["turn_id"] == 1]
         assert len(first) == 3  # K candidates, all kept
-        # proactive candidates (the first two) ask a question and win over the direct answer
+        # floor(3 / 2) = 1 proactive candidate (the first): it asks a question and wins over the direct answers
         completions = list(first["completion"])
-        assert "?" in completions[0] and "?" in completions[1] and "?" not in completions[2]
+        assert "?" in completions[0] and "?" not in completions[1] and "?" not in completions[2]
         assert first["score"].iloc[0] > first["score"].iloc[2]
         for earlier, later in itertools.pairwise(turns):
             candidates = conv[conv["turn_id"] == earlier].reset_index(drop=True)
             best = int(candidates["score"].to_numpy().argmax())  # first of equal scores
             prompt = list(candidates.loc[best, "prompt"])
             sessions = [list(s) for s in candidates.loc[best, "sessions"]]
-            longest = max(sessions, key=len)
+            longest = max(reversed(sessions), key=len)  # the last of equally long ones
             next_prompt = list(conv[conv["turn_id"] == later].iloc[0]["prompt"])
             assert next_prompt[: len(prompt)] == prompt
             assert next_prompt[len(prompt)] == {"role": "assistant", "content": candidates.loc[best, "completion"]}
             assert next_prompt[len(prompt) + 1] == longest[len(prompt) + 1]
             assert later == len(prompt) + 2
     manifest = json.loads((conversations / "build_dataset.json").read_text())
-    assert manifest["search"]["num_proactive"] == 2 and manifest["summary"]["conversations"] == 2
+    assert manifest["search"]["num_proactive"] == 1 and manifest["summary"]["conversations"] == 2
+    # the proactive instruction is the only system message of one candidate per turn, never added to another
+    # prompt; the other candidates and the forward-sampled assistant turns run without a system message
+    assistant_calls = [r["messages"] for r in llm_server.received if r["model"] == "scripted-assistant"]
+    with_system = [m for m in assistant_calls if any(x["role"] == "system" for x in m)]
+    assert all(m[0] == {"role": "system", "content": PROACTIVE_INSTRUCTION} for m in with_system)
+    assert all(sum(x["role"] == "system" for x in m) == 1 for m in with_system)
+    assert len(with_system) == rows[["conv_id", "turn_id"]].drop_duplicates().shape[0]
     # the scripted user ends the chat after an answer
     assert manifest["summary"]["end_reasons"] == {"terminated": 2}
     purposes = {"user_simulator", "assistant:candidate", "assistant:future", "judge:accuracy", "judge:interactivity"}
@@ -340,11 +347,13 @@ def test_next_user_turn_rule():
                   session(("user", "tie"), ("assistant", "ok"), ("user", "x"))],
         end_reasons=["terminated", "turn_limit", "turn_limit"],
     )
-    assert next_user_turn(candidate, 2) == ("long", None)  # the longest, the first of equal length
+    assert next_user_turn(candidate, 2) == ("tie", None)  # the longest, the last of equal length (the original)
+    candidate.sessions.append(session(("user", "shorter again")))
+    assert next_user_turn(candidate, 2) == ("tie", None)
     ended = ScoredCandidate(completion="a", proactive=False, score=0.1, sessions=[[*prompt, reply]] * 2,
-                            end_reasons=["turn_limit", "terminated"])
-    assert next_user_turn(ended, 2) == (None, END_NO_USER_TURN)  # the first longest did not terminate
-    ended.end_reasons = ["terminated", "terminated"]
+                            end_reasons=["terminated", "turn_limit"])
+    assert next_user_turn(ended, 2) == (None, END_NO_USER_TURN)  # the last longest did not terminate
+    ended.end_reasons = ["turn_limit", "terminated"]
     assert next_user_turn(ended, 2) == (None, "terminated")
     assert next_user_turn(ScoredCandidate(completion="a", proactive=False, score=-1.0), 2) == (None, END_NO_USER_TURN)
 
@@ -352,12 +361,16 @@ def test_next_user_turn_rule():
 def test_engine_config_validates_and_maps_flags():
     config = EngineConfig()
     assert (config.num_candidates, config.num_samples, config.max_new_turns, config.max_total_turns) == (3, 3, 4, 14)
-    assert config.num_proactive == 2
-    assert config.candidate_system_prompt(0) == PROACTIVE_INSTRUCTION and config.candidate_system_prompt(2) is None
+    assert config.num_proactive == 1  # floor(K / 2), as the original: 1 of 3
+    assert config.candidate_system_prompt(0) == PROACTIVE_INSTRUCTION and config.candidate_system_prompt(1) is None
+    assert [EngineConfig(num_candidates=k).num_proactive for k in (1, 2, 3, 4, 5)] == [0, 1, 1, 2, 2]
+    assert EngineConfig(num_candidates=3, proactive_share=2 / 3).num_proactive == 2
+    assert EngineConfig(num_candidates=3, proactive_share=1.0).num_proactive == 3
     limits = config.future_limits()
     assert (limits.max_user_turns, limits.max_assistant_turns) == (2, 3)  # candidate, U, A, U, A
-    assert EngineConfig(num_candidates=4, proactive_share=0.25, system_prompt="Be nice.").candidate_system_prompt(0) \
-        == f"Be nice.\n\n{PROACTIVE_INSTRUCTION}"
+    # a separate instruction: in place of the system prompt, never appended to it
+    nice = EngineConfig(num_candidates=4, proactive_share=0.25, system_prompt="Be nice.")
+    assert nice.candidate_system_prompt(0) == PROACTIVE_INSTRUCTION and nice.candidate_system_prompt(1) == "Be nice."
     for bad in ({"max_new_turns": 3}, {"num_candidates": 0}, {"proactive_share": 1.5}, {"max_total_turns": 1}):
         with pytest.raises(ValueError, match=rf"^--{next(iter(bad))} must be "):
             EngineConfig(**bad)

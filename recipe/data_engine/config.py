@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,13 +14,19 @@ from collabllm_verl.recipe.core.multiturn_reward import RewardSettings
 
 __all__ = ["PROACTIVE_INSTRUCTION", "Engine", "EngineConfig"]
 
-# Added to the system prompt of the proactive share of the candidates (written for this project).
+# The instruction of the proactive share of the candidates (written for this project). As in the original
+# data engine it is a separate instruction: a proactive candidate gets it in place of the system prompt,
+# never appended to it (docs/fidelity.md 7).
 PROACTIVE_INSTRUCTION = """\
-Before replying, check whether the request gives you what you need for a good result.
-- If an important detail is missing or ambiguous, ask one or two specific clarifying questions instead of
-  guessing, and where it helps offer concrete options the person can choose from.
-- Once the request is clear, do the work, then propose a specific next step or follow-up.
-- Keep the reply short and easy to read: no filler, no repeating what the person already said."""
+You are an AI assistant working with a person on a task (writing, analysis, questions, math, code) over
+several turns. Reply to their latest message so that the whole collaboration goes well, not only this turn.
+- Work out what they are after from everything said so far, and keep that context.
+- If an important detail is missing or ambiguous, ask specific clarifying questions instead of guessing;
+  avoid generic ones such as "anything else?". Where it helps, offer concrete options to choose from.
+- Once the request is clear, do the work, then propose a specific next step or ask for feedback on a
+  specific point.
+- Keep the reply short and easy to read: no filler, no repeating what was already said; match their tone,
+  and say so when you are unsure."""
 
 
 @dataclass(frozen=True)
@@ -28,15 +35,15 @@ class EngineConfig:
 
     Attributes:
         num_candidates: K, candidate replies per assistant turn (>= 1; DPO pairs need >= 2).
-        proactive_share: share of the K candidates whose system prompt adds :data:`PROACTIVE_INSTRUCTION`
-            (in [0, 1]; ``round(K * share)`` candidates, halves rounded up, the first ones).
+        proactive_share: share of the K candidates given :data:`PROACTIVE_INSTRUCTION` instead of the system
+            prompt (in [0, 1]; ``floor(K * share)`` candidates, the first ones, as the original: 1 of 3).
         num_samples: S, forward-sampled conversations per candidate (>= 1).
         max_new_turns: messages a forward-sampled conversation adds after the candidate (an even number
             >= 2: user and assistant turns come in pairs; 4 gives ``candidate, U, A, U, A``).
         max_total_turns: most messages in a built conversation (>= 2; 14 = 7 user + 7 assistant turns).
         system_prompt: system prompt of the non-proactive candidates and of the assistant in the
             forward-sampled conversations (None: no system prompt, as the original data engine).
-        proactive_instruction: the text added for the proactive candidates.
+        proactive_instruction: the instruction of the proactive candidates (their only system message).
 
     Raises:
         ValueError: a value out of range (the message names the flag).
@@ -66,16 +73,14 @@ class EngineConfig:
 
     @property
     def num_proactive(self) -> int:
-        """Candidates with the proactive instruction: ``round(K * share)``, halves rounded up."""
-        return int(self.num_candidates * self.proactive_share + 0.5)
+        """Candidates with the proactive instruction: ``floor(K * share)`` (the original's ``int(K * share)``;
+        K = 3, share 0.5 -> 1; a tiny epsilon keeps e.g. 3 * (2/3) from rounding down to 1)."""
+        return math.floor(self.num_candidates * self.proactive_share + 1e-9)
 
     def candidate_system_prompt(self, index: int) -> str | None:
-        """System prompt of candidate ``index`` (0-based): proactive for the first :attr:`num_proactive`."""
-        if index >= self.num_proactive:
-            return self.system_prompt
-        if not self.system_prompt:
-            return self.proactive_instruction
-        return f"{self.system_prompt}\n\n{self.proactive_instruction}"
+        """System message of candidate ``index`` (0-based): the proactive instruction alone for the first
+        :attr:`num_proactive`, else :attr:`system_prompt` (None: no system message)."""
+        return self.proactive_instruction if index < self.num_proactive else self.system_prompt
 
     def future_limits(self) -> TurnLimits:
         """Turn limits of one forward-sampled conversation (the candidate counts as one assistant turn)."""

@@ -4,7 +4,7 @@
 2. While the conversation is shorter than ``max_total_turns`` messages: K candidates are proposed and
    scored (:func:`.candidates.scored_candidates`); the best one (first on ties) is appended; the next user
    turn is the message right after the reply in the best candidate's **longest** forward-sampled
-   conversation (the first of equal length), so the user's reaction is one the simulator really wrote to
+   conversation (the last of equally long ones, as the original), so the user's reaction is one the simulator really wrote to
    that reply.
 3. The conversation stops when that user message carries the termination signal, when no forward-sampled
    conversation continued past the reply (the simulator ended every one right away), or at
@@ -71,7 +71,8 @@ class ConversationRecord:
 
 
 def next_user_turn(candidate: ScoredCandidate, position: int) -> tuple[str | None, str | None]:
-    """The user message that follows the chosen reply, taken from its longest forward-sampled conversation.
+    """The user message that follows the chosen reply, taken from its longest forward-sampled conversation
+    (the last of equally long ones, as the original data engine).
 
     Args:
         candidate: the chosen candidate.
@@ -84,7 +85,7 @@ def next_user_turn(candidate: ScoredCandidate, position: int) -> tuple[str | Non
     """
     if not candidate.sessions:
         return None, END_NO_USER_TURN
-    longest = max(range(len(candidate.sessions)), key=lambda i: len(candidate.sessions[i]))
+    longest = max(reversed(range(len(candidate.sessions))), key=lambda i: len(candidate.sessions[i]))
     session = candidate.sessions[longest]
     if len(session) > position and session[position].get("role") == "user":
         return str(session[position]["content"]), None
