@@ -3,7 +3,9 @@
 Used by evaluation (``eval_metrics``: computed once on each finished conversation, as the paper's tables
 report them) and by data generation (``metric_weights``: the multiturn-aware reward that ranks candidate
 replies; the original data engine's example weights). ``token_amount`` is counted as the paper reports
-it: assistant tokens after the prompt, in thousands, with tiktoken's ``cl100k_base`` encoding.
+it and the authors' data engine scores it: assistant tokens of the whole conversation (history included,
+``scope: session``), in thousands, with tiktoken's ``cl100k_base`` encoding. In evaluation the whole
+conversation is the future, so the scope changes nothing there.
 
 =========  ===========================================  ========================================
 preset     metric_weights (data generation)              eval_metrics (evaluation)
@@ -22,12 +24,14 @@ from typing import Any
 
 __all__ = ["PAPER_TOKEN_AMOUNT", "TASK_PRESETS", "preset"]
 
-# token_amount as the paper reports it (thousands of cl100k tokens of assistant messages).
+# token_amount as the paper reports it (thousands of cl100k tokens of assistant messages) and the authors'
+# data engine counts it (the whole session, history included).
 PAPER_TOKEN_AMOUNT: dict[str, Any] = {
     "unit": "tokens",
     "roles": "assistant",
     "tokenizer": "cl100k_base",
     "scale": 0.001,
+    "scope": "session",
 }
 
 TASK_PRESETS: dict[str, dict[str, Any]] = {

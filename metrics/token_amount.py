@@ -12,7 +12,12 @@ conversations. The unit is an option because the two references differ:
   cl100k_base`` uses tiktoken's encoding of that name, as the paper does (litellm ships the file, so it
   works offline), and needs no policy tokenizer (evaluation of API models);
 * ``scale`` (default 1) multiplies the count: ``scale: 0.001`` gives thousands of tokens, the paper's
-  unit.
+  unit;
+* ``scope: future`` (default, as the verl recipe) counts the trained response and what follows it;
+  ``scope: session`` counts every message of the conversation, the history before the response included,
+  as the authors' data engine scores a candidate on its whole session (docs/fidelity.md 4.1). With
+  ``roles: assistant`` the history's assistant turns then count too: the same value for every candidate
+  of a turn, so it shifts the scores of a turn alike but changes their size relative to the other metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from .registry import MetricContext, register_metric
 
 _UNITS = ("words", "tokens")
 _ROLES = ("all", "assistant")
+_SCOPES = ("future", "session")
 
 
 def _check_options(options) -> None:
@@ -31,6 +37,8 @@ def _check_options(options) -> None:
         raise ValueError(f"token_amount option unit={options.get('unit')!r}; expected one of {_UNITS}")
     if options.get("roles", "all") not in _ROLES:
         raise ValueError(f"token_amount option roles={options.get('roles')!r}; expected one of {_ROLES}")
+    if options.get("scope", "future") not in _SCOPES:
+        raise ValueError(f"token_amount option scope={options.get('scope')!r}; expected one of {_SCOPES}")
     tokenizer = options.get("tokenizer", "policy")
     if not isinstance(tokenizer, str) or not tokenizer:
         raise ValueError(f"token_amount option tokenizer={tokenizer!r}; expected 'policy' or a tiktoken encoding name")
@@ -63,11 +71,13 @@ def _tiktoken_encoding(name: str):
         "roles": "'all' (default, every future message) or 'assistant' (assistant messages only)",
         "tokenizer": "'policy' (default, the policy tokenizer) or a tiktoken encoding such as 'cl100k_base'",
         "scale": "multiplier of the count (default 1; 0.001 for thousands of tokens)",
+        "scope": "'future' (default, the response and what follows) or 'session' (every message, history included)",
     },
     validate=_check_options,
 )
 async def token_amount(ctx: MetricContext) -> float:
-    """Count words or tokens of ``ctx.future_messages``; returns a float >= 0.
+    """Count words or tokens of ``ctx.future_messages`` (``scope: session``: of ``ctx.messages``); returns a
+    float >= 0.
 
     Raises:
         ValueError: an option value is not one of the documented ones, or ``unit=tokens`` without a
@@ -76,11 +86,8 @@ async def token_amount(ctx: MetricContext) -> float:
     _check_options(ctx.options)
     unit = ctx.options.get("unit", "words")
     roles = ctx.options.get("roles", "all")
-    texts = [
-        str(m.get("content") or "")
-        for m in ctx.future_messages
-        if roles == "all" or m.get("role") == "assistant"
-    ]
+    counted = ctx.messages if ctx.options.get("scope", "future") == "session" else ctx.future_messages
+    texts = [str(m.get("content") or "") for m in counted if roles == "all" or m.get("role") == "assistant"]
     scale = float(ctx.options.get("scale", 1))
     if unit == "words":
         return scale * sum(len(text.split()) for text in texts)

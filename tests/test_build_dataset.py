@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import tiktoken
+from litellm.litellm_core_utils import default_encoding  # noqa: F401  (tiktoken reads litellm's bundled file)
 
 import build_dataset
 import process_dataset
@@ -36,6 +38,7 @@ MATH_L5 = REPO / "data" / "math" / "math500_level5.jsonl"
 SOURCE = [json.loads(line) for line in MATH_L5.read_text().splitlines()]
 SIGNAL = "[[TERMINATE CHAT]]"
 KEY_ENV = "BUILD_DATASET_TEST_KEY"
+CL100K = tiktoken.get_encoding("cl100k_base")
 SCRIPTED = ("--user_model", "openai/scripted-user", "--assistant_model", "openai/scripted-assistant",
             "--judge_model", "openai/scripted-judge")
 
@@ -132,6 +135,7 @@ def test_conversation_rows_follow_the_published_schema_and_the_mr(conversations)
     assert list(rows.columns) == list(MULTITURN_COLUMNS)
     weights = preset("math")["metric_weights"]
     assert set(rows["conv_id"]) == {0, 1}
+    checked_history = False
     for _, row in rows.iterrows():
         prompt = list(row["prompt"])
         assert row["turn_id"] == len(prompt) and prompt[-1]["role"] == "user"
@@ -148,6 +152,13 @@ def test_conversation_rows_follow_the_published_schema_and_the_mr(conversations)
         assert all(len(rewards[name]) == 3 for name in weights)  # raw per-conversation values
         assert row["score"] == pytest.approx(_training_mr(rewards, weights))  # the training aggregation
         assert row["single_turn_prompt"] == SOURCE[row["conv_id"]]["problem"]
+        # token_amount as the authors' data engine: thousands of cl100k assistant tokens of the whole session
+        for index, session in enumerate(sessions):
+            tokens = sum(len(CL100K.encode(m["content"])) for m in session if m["role"] == "assistant")
+            assert rewards["token_amount"][index] == pytest.approx(tokens / 1000)
+        if row["turn_id"] > 1:
+            checked_history = True  # the history holds an assistant turn whose tokens count
+    assert checked_history
 
 
 def test_best_candidate_continues_and_next_user_turn_comes_from_its_longest_future(conversations, llm_server):

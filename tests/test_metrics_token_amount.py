@@ -54,3 +54,21 @@ async def test_tokens_without_tokenizer_and_bad_options_are_errors():
         spec.check_options({"unit": "characters"})
     with pytest.raises(ValueError, match="no option"):
         spec.check_options({"per_thousand": True})
+
+
+async def test_session_scope_counts_the_history_too():
+    """fidelity.md 4.1: the authors' data engine counts the whole session (history included)."""
+    history = [
+        {"role": "user", "content": "help with rain"},
+        {"role": "assistant", "content": "What kind of text?"},  # 4 words, counted only with scope=session
+    ]
+    messages = [*history, *MESSAGES]  # the history: 3 messages, then the response
+    spec = get_metric("token_amount")
+    assert await spec.score(MetricContext(messages=messages, num_history_messages=3)) == 17.0
+    scoped = MetricContext(messages=messages, num_history_messages=3, options={"scope": "session"})
+    assert await spec.score(scoped) == 17.0 + 3 + 4 + 6
+    assistant = dict(scoped.options, roles="assistant")
+    scoped_assistant = MetricContext(messages=messages, num_history_messages=3, options=assistant)
+    assert await spec.score(scoped_assistant) == 15.0 + 4
+    with pytest.raises(ValueError, match="scope"):
+        spec.check_options({"scope": "history"})

@@ -4,8 +4,8 @@
 2. While the conversation is shorter than ``max_total_turns`` messages: K candidates are proposed and
    scored (:func:`.candidates.scored_candidates`); the best one (first on ties) is appended; the next user
    turn is the message right after the reply in the best candidate's **longest** forward-sampled
-   conversation (the last of equally long ones, as the original), so the user's reaction is one the simulator really wrote to
-   that reply.
+   conversation (the last of equally long ones, as the original), so the user's reaction is one the
+   simulator really wrote to that reply.
 3. The conversation stops when that user message carries the termination signal, when no forward-sampled
    conversation continued past the reply (the simulator ended every one right away), or at
    ``max_total_turns``.
