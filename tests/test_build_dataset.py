@@ -25,11 +25,13 @@ from litellm.litellm_core_utils import default_encoding  # noqa: F401  (tiktoken
 
 import build_dataset
 import process_dataset
+from collabllm_verl.interactions.simulator_prompt import build_simulator_messages
 from collabllm_verl.metrics.presets import preset
 from collabllm_verl.recipe.data_engine.candidates import ScoredCandidate
 from collabllm_verl.recipe.data_engine.config import PROACTIVE_INSTRUCTION, EngineConfig
 from collabllm_verl.recipe.data_engine.conversation import END_NO_USER_TURN, next_user_turn
 from collabllm_verl.recipe.data_engine.schema import MULTITURN_COLUMNS, OPENER_COLUMNS
+from collabllm_verl.recipe.dataset.source import GENERIC_TASK, task_for
 from collabllm_verl.recipe.offline.scripted_assistant import scripted_assistant_reply
 from collabllm_verl.recipe.offline.scripted_user import vague_opener
 
@@ -402,3 +404,24 @@ def test_cli_errors_name_the_problem(cli, tmp_path, caplog):
     assert cli("--dataset", MATH_L5, "--mode", "conversations", *SCRIPTED, "--max_rows", 1,
                "--local_dir", tmp_path / "d") == 2
     assert "holds a --mode openers run" in caplog.text
+
+
+def test_task_descriptions_are_short_task_type_labels_as_the_originals():
+    """fidelity.md 1.17: the simulator's task description names the task type (the verl recipe: a math label;
+    the authors' code: one label per dataset), never a sentence about what the user wants."""
+    expected = {
+        "collabllm/collabllm-multiturn-math-hard": ("math", "math problem solving"),
+        "lighteval/MATH-Hard": ("math", "math problem solving"),
+        "collabllm/collabllm-multiturn-medium-large": ("writing", "editing a document"),
+        "bigcode/bigcodebench": ("coding", "generating code"),
+        "someone/unknown-set": GENERIC_TASK,
+    }
+    for dataset, task in expected.items():
+        assert task_for(dataset, None) == task
+        assert len(task[1].split()) <= 6 and "user" not in task[1] and not task[1].endswith(".")
+    assert task_for("lighteval/MATH-Hard", "algebra homework") == ("math", "algebra homework")
+    # what the simulator is shown
+    prompt = build_simulator_messages(
+        goal="Solve x + 1 = 3.", task_desc=task_for(str(MATH_L5), None)[1], history=[], termination_signal=SIGNAL
+    )
+    assert "Task type: math problem solving\n" in "\n".join(m["content"] for m in prompt)

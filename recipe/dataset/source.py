@@ -34,16 +34,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# (ability, task description for the user simulator), chosen by a keyword of the dataset name.
+# (ability, task description for the user simulator), chosen by a keyword of the dataset name. As in the
+# originals the description is a short label of the task type, not a sentence about what the user wants
+# (the hidden goal carries that): the verl recipe's default is a math label, the authors' code has one label
+# per dataset (question answering, document editing, code generation); these are our words for them
+# (docs/fidelity.md 1.17).
 TASKS = {
-    "math": ("math", "The user needs help solving a math problem and wants a correct final answer."),
-    "medium": (
-        "writing",
-        "The user needs help writing a document (an article or a blog post) that meets their requirements.",
-    ),
-    "bigcodebench": ("coding", "The user needs a working Python function for a programming task."),
+    "math": ("math", "math problem solving"),
+    "medium": ("writing", "editing a document"),
+    "bigcodebench": ("coding", "generating code"),
 }
-GENERIC_TASK = ("general", "The user needs help with a task and wants a useful, correct result.")
+GENERIC_TASK = ("general", "help with a general task")
 PROGRESS_MIN_ROWS = 1000
 # Written by build_dataset.py into its output folder: the task description, ability and data_source of the
 # single-turn source, so that reading the folder back keeps them.
