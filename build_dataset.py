@@ -47,7 +47,7 @@ from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_
 from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
 from collabllm_verl.recipe.core.task_runner import DEFAULT_FAILURE_BUDGET, TaskRunnerSettings
 from collabllm_verl.recipe.data_engine.build import MODES, build
-from collabllm_verl.recipe.data_engine.config import Engine, EngineConfig
+from collabllm_verl.recipe.data_engine.config import SCORE_AGGREGATIONS, SCORE_FORMULAS, Engine, EngineConfig
 from collabllm_verl.recipe.data_engine.runner import RunSummary
 from collabllm_verl.recipe.data_engine.task import tasks_from_rows
 from collabllm_verl.recipe.dataset.rows import DatasetFormatError, SourceSpec
@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max_new_turns", type=int, default=4,
                    help="messages each forward-sampled conversation adds after the candidate, even (default 4)")
     g.add_argument("--max_total_turns", type=int, default=14, help="most messages per conversation (default 14)")
+    g.add_argument("--score_aggregation", choices=SCORE_AGGREGATIONS, default="original",
+                   help="a candidate's score: 'original' (mean over the forward-sampled conversations of the "
+                   "weighted metric sum, no clamp, as the original data engine; default) or 'training' (the RL "
+                   "reward: per metric clamp(weight * mean, -1, 1), summed)")
     g.add_argument("--assistant_temperature", type=float, default=0.8, help="candidate sampling temperature (0.8)")
     g.add_argument("--assistant_max_tokens", type=int, default=None, help="token limit per assistant turn")
     g.add_argument("--preset", choices=sorted(TASK_PRESETS), default=None,
@@ -188,6 +192,7 @@ def conversation_engine(
         max_new_turns=args.max_new_turns,
         max_total_turns=args.max_total_turns,
         system_prompt=system_prompt_from_arg(args.system_prompt),
+        score_aggregation=args.score_aggregation,
     )
     kwargs = reward_kwargs(args, spec.ability, roles["judge"])
     reward = RewardSettings.from_reward_kwargs(kwargs)
@@ -217,7 +222,8 @@ def conversation_engine(
             "metric_weights": reward.metric_weights,
             "metric_kwargs": reward.metric_kwargs,
             "failure_policy": reward.failure_policy,
-            "score": "sum over metrics of clamp(weight * mean over the forward-sampled conversations, -1, 1)",
+            "score_aggregation": config.score_aggregation,
+            "score": SCORE_FORMULAS[config.score_aggregation],
         },
     }
     return engine, entries

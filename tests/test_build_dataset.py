@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -27,10 +28,11 @@ import build_dataset
 import process_dataset
 from collabllm_verl.interactions.simulator_prompt import build_simulator_messages
 from collabllm_verl.metrics.presets import preset
-from collabllm_verl.recipe.data_engine.candidates import ScoredCandidate
+from collabllm_verl.recipe.data_engine.candidates import ScoredCandidate, candidate_score
 from collabllm_verl.recipe.data_engine.config import PROACTIVE_INSTRUCTION, EngineConfig
 from collabllm_verl.recipe.data_engine.conversation import END_NO_USER_TURN, next_user_turn
 from collabllm_verl.recipe.data_engine.schema import MULTITURN_COLUMNS, OPENER_COLUMNS
+from collabllm_verl.recipe.data_engine.task import TaskFailure
 from collabllm_verl.recipe.dataset.source import GENERIC_TASK, task_for
 from collabllm_verl.recipe.offline.scripted_assistant import scripted_assistant_reply
 from collabllm_verl.recipe.offline.scripted_user import vague_opener
@@ -152,7 +154,7 @@ def test_conversation_rows_follow_the_published_schema_and_the_mr(conversations)
             per_session = sum(weights[name] * rewards[name][index] for name in weights)
             assert rewards["MR"][index] == pytest.approx(per_session)  # the original's per-session MR
         assert all(len(rewards[name]) == 3 for name in weights)  # raw per-conversation values
-        assert row["score"] == pytest.approx(_training_mr(rewards, weights))  # the training aggregation
+        assert row["score"] == pytest.approx(sum(rewards["MR"]) / 3)  # the original: mean of per-session MR
         assert row["single_turn_prompt"] == SOURCE[row["conv_id"]]["problem"]
         # token_amount as the authors' data engine: thousands of cl100k assistant tokens of the whole session
         for index, session in enumerate(sessions):
@@ -425,3 +427,28 @@ def test_task_descriptions_are_short_task_type_labels_as_the_originals():
         goal="Solve x + 1 = 3.", task_desc=task_for(str(MATH_L5), None)[1], history=[], termination_signal=SIGNAL
     )
     assert "Task type: math problem solving\n" in "\n".join(m["content"] for m in prompt)
+
+
+def test_score_aggregation_original_by_default_training_as_an_option(cli, tmp_path):
+    """fidelity.md 7: a candidate's score is the original's mean of per-session MR (no clamp) by default; the
+    option ``--score_aggregation training`` gives the RL reward."""
+    out = tmp_path / "training"
+    assert cli("--dataset", MATH_L5, "--mode", "conversations", *SCRIPTED, "--max_rows", 1,
+               "--score_aggregation", "training", "--local_dir", out) == 0
+    weights = preset("math")["metric_weights"]
+    rows = _rows(out)
+    for _, row in rows.iterrows():
+        rewards = {name: list(values) for name, values in row["rewards"].items()}
+        assert row["score"] == pytest.approx(_training_mr(rewards, weights))
+    manifest = json.loads((out / "build_dataset.json").read_text())
+    assert manifest["reward"]["score_aggregation"] == "training" and "clamp" in manifest["reward"]["score"]
+    # where a clamp binds the two differ: the original keeps the size of a long session's penalty
+    sessions = [-1.5, -1.5, 0.3, None]  # per-session MR; None: a metric failed in that conversation
+    trained = SimpleNamespace(reward=-0.7)
+    assert candidate_score("original", trained, sessions, turn=1) == pytest.approx(-0.9)
+    assert candidate_score("training", trained, sessions, turn=1) == -0.7
+    assert candidate_score("original", SimpleNamespace(reward=-1.0), [], turn=1) == -1.0  # skipped reply
+    with pytest.raises(TaskFailure, match="every metric"):
+        candidate_score("original", trained, [None, None], turn=3)
+    with pytest.raises(ValueError, match="--score_aggregation"):
+        EngineConfig(score_aggregation="median")

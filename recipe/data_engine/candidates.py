@@ -7,11 +7,12 @@ sampled conversations (:func:`~collabllm_verl.recipe.core.forward_sampling.sampl
 assistant model playing the assistant) scored by the metric registry
 (:func:`~collabllm_verl.recipe.core.multiturn_reward.score_sample`).
 
-Aggregation: a candidate's ``score`` is the training reward, ``sum over metrics of clamp(weight * mean
-over the S conversations, -1, 1)``. The original data engine averaged the unclamped per-conversation
-weighted sum instead; both can be recomputed from the raw per-conversation values kept in
-:attr:`ScoredCandidate.metric_values`, and :attr:`ScoredCandidate.session_mr` is that per-conversation
-weighted sum (the original's ``MR`` list).
+Aggregation (``EngineConfig.score_aggregation``): by default a candidate's ``score`` is the original data
+engine's, the mean over the S conversations of the unclamped weighted sum ``sum of weight * value``
+(:attr:`ScoredCandidate.session_mr`, the original's ``MR`` list; conversations where a metric failed are
+left out). ``training`` uses the RL reward instead, ``sum over metrics of clamp(weight * mean over the S
+conversations, -1, 1)``. Both can be recomputed from the raw per-conversation values kept in
+:attr:`ScoredCandidate.metric_values`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from collabllm_verl.recipe.core.multiturn_reward import ForwardSamples, SampleSc
 from .config import Engine
 from .task import EngineTask, TaskFailure
 
-__all__ = ["PURPOSE_CANDIDATE", "PURPOSE_FUTURE", "ScoredCandidate", "best_index", "scored_candidates"]
+__all__ = [
+    "PURPOSE_CANDIDATE",
+    "PURPOSE_FUTURE",
+    "ScoredCandidate",
+    "best_index",
+    "candidate_score",
+    "scored_candidates",
+]
 
 T = TypeVar("T")
 
@@ -49,7 +57,7 @@ class ScoredCandidate:
     Attributes:
         completion: the reply as the assistant model returned it.
         proactive: it was generated with the proactive instruction.
-        score: the training MR (see the module docstring); ``skip_penalty`` when the reply was unusable.
+        score: the candidate's MR (see the module docstring); ``skip_penalty`` when the reply was unusable.
         sessions: the forward-sampled conversations (history without system messages, the reply with
             reasoning removed, the future turns), as scored.
         end_reasons: why each conversation ended (``terminated``, ``turn_limit``, ...).
@@ -108,6 +116,20 @@ def _session_mr(score: SampleScore, weights: dict[str, float], count: int) -> li
     return totals
 
 
+def candidate_score(aggregation: str, score: SampleScore, session_mr: list[float | None], *, turn: int) -> float:
+    """``score`` of a candidate under ``aggregation`` (module docstring).
+
+    Raises:
+        TaskFailure: ``original`` aggregation and no conversation has every metric.
+    """
+    if aggregation == "training" or not session_mr:  # no conversations: a skipped reply, skip_penalty
+        return float(score.reward)
+    complete = [value for value in session_mr if value is not None]
+    if not complete:
+        raise TaskFailure(f"no forward-sampled conversation of a candidate has every metric (turn {turn})")
+    return sum(complete) / len(complete)
+
+
 async def _scored(engine: Engine, task: EngineTask, history: list[dict], index: int) -> ScoredCandidate:
     system_prompt = engine.config.candidate_system_prompt(index)
     proposer = LiteLLMPolicy(engine.assistant, system_prompt=system_prompt, history=history, purpose=PURPOSE_CANDIDATE)
@@ -142,14 +164,15 @@ async def _scored(engine: Engine, task: EngineTask, history: list[dict], index: 
             f"metric(s) {empty} failed on every forward-sampled conversation of a candidate (turn {len(history)})"
         )
     weights = {name: engine.reward.metric_weights[name] for name in engine.metrics}
+    session_mr = _session_mr(score, weights, len(futures))
     return ScoredCandidate(
         completion=reply,
         proactive=proactive,
-        score=float(score.reward),
+        score=candidate_score(engine.config.score_aggregation, score, session_mr, turn=len(history)),
         sessions=[f.messages for f in futures],
         end_reasons=[f.end_reason for f in futures],
         metric_values={name: list(score.per_conversation.get(name, [])) for name in engine.metrics},
-        session_mr=_session_mr(score, weights, len(futures)),
+        session_mr=session_mr,
         skip_reason=skip,
         judge_cost_usd=score.judge_usage.cost_usd,
     )

@@ -12,7 +12,7 @@ from collabllm_verl.recipe.core.forward_sampling import TurnLimits
 from collabllm_verl.recipe.core.llm_client import LLMSettings
 from collabllm_verl.recipe.core.multiturn_reward import RewardSettings
 
-__all__ = ["PROACTIVE_INSTRUCTION", "Engine", "EngineConfig"]
+__all__ = ["PROACTIVE_INSTRUCTION", "SCORE_AGGREGATIONS", "SCORE_FORMULAS", "Engine", "EngineConfig"]
 
 # The instruction of the proactive share of the candidates (written for this project). As in the original
 # data engine it is a separate instruction: a proactive candidate gets it in place of the system prompt,
@@ -27,6 +27,14 @@ several turns. Reply to their latest message so that the whole collaboration goe
   specific point.
 - Keep the reply short and easy to read: no filler, no repeating what was already said; match their tone,
   and say so when you are unsure."""
+
+
+# EngineConfig.score_aggregation -> the formula, as the run manifest records it.
+SCORE_FORMULAS = {
+    "original": "mean over the forward-sampled conversations of sum over metrics of weight * value (no clamp)",
+    "training": "sum over metrics of clamp(weight * mean over the forward-sampled conversations, -1, 1)",
+}
+SCORE_AGGREGATIONS = tuple(SCORE_FORMULAS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,12 @@ class EngineConfig:
         system_prompt: system prompt of the non-proactive candidates and of the assistant in the
             forward-sampled conversations (None: no system prompt, as the original data engine).
         proactive_instruction: the instruction of the proactive candidates (their only system message).
+        score_aggregation: how a candidate's ``score`` is formed from its forward-sampled conversations:
+            ``"original"`` (default, the authors' data engine: the mean over the conversations of
+            ``sum of weight * value``, no clamp) or ``"training"`` (the RL reward: ``sum over metrics of
+            clamp(weight * mean, -1, 1)``). They agree unless a clamp binds or a metric failed somewhere;
+            with ``token_amount`` counted over the whole session the clamp can bind late in a conversation
+            (``-0.5 x`` more than 2 thousand tokens) and would then hide the length differences.
 
     Raises:
         ValueError: a value out of range (the message names the flag).
@@ -56,6 +70,7 @@ class EngineConfig:
     max_total_turns: int = 14
     system_prompt: str | None = None
     proactive_instruction: str = PROACTIVE_INSTRUCTION
+    score_aggregation: str = "original"
 
     def __post_init__(self) -> None:
         checks = {
@@ -66,6 +81,7 @@ class EngineConfig:
                 self.max_new_turns >= 2 and self.max_new_turns % 2 == 0
             ),
             "--max_total_turns must be >= 2": self.max_total_turns >= 2,
+            "--score_aggregation must be 'original' or 'training'": self.score_aggregation in SCORE_AGGREGATIONS,
         }
         for message, ok in checks.items():
             if not ok:

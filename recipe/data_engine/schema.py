@@ -8,7 +8,7 @@ per candidate reply:
 ``completion``             the candidate reply
 ``conv_id``                the source row's index (one conversation per source row)
 ``turn_id``                ``len(prompt)``
-``score``                  the candidate's MR (the training aggregation, :mod:`.candidates`)
+``score``                  the candidate's MR (by default the original's aggregation, :mod:`.candidates`)
 ``single_turn_prompt``     the hidden goal
 ``single_turn_completion`` the reference answer
 ``single_turn_metadata``   the source row's other columns
