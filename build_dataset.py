@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "weighted metric sum, no clamp, as the original data engine; default) or 'training' (the RL "
                    "reward: per metric clamp(weight * mean, -1, 1), summed)")
     g.add_argument("--assistant_temperature", type=float, default=0.8, help="candidate sampling temperature (0.8)")
-    g.add_argument("--assistant_max_tokens", type=int, default=None, help="token limit per assistant turn")
+    g.add_argument("--assistant_max_tokens", type=int, default=2048,
+                   help="token limit per assistant turn (default 2048, as the original data engine)")
     g.add_argument("--preset", choices=sorted(TASK_PRESETS), default=None,
                    help="metric weights and options of a task family (default: by the dataset's task)")
     g.add_argument("--metric_weights", default=None, metavar="NAME=W,...",

@@ -196,6 +196,9 @@ def test_best_candidate_continues_and_next_user_turn_comes_from_its_longest_futu
     assert all(m[0] == {"role": "system", "content": PROACTIVE_INSTRUCTION} for m in with_system)
     assert all(sum(x["role"] == "system" for x in m) == 1 for m in with_system)
     assert len(with_system) == rows[["conv_id", "turn_id"]].drop_duplicates().shape[0]
+    # candidates and forward-sampled assistant turns: temperature 0.8, at most 2048 tokens (the original's)
+    assistant_requests = [r for r in llm_server.received if r["model"] == "scripted-assistant"]
+    assert {(r.get("temperature"), r.get("max_tokens")) for r in assistant_requests} == {(0.8, 2048)}
     # the scripted user ends the chat after an answer
     assert manifest["summary"]["end_reasons"] == {"terminated": 2}
     purposes = {"user_simulator", "assistant:candidate", "assistant:future", "judge:accuracy", "judge:interactivity"}
