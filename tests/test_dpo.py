@@ -33,17 +33,8 @@ def _run(tmp_path: Path, rows: list[dict], *extra) -> tuple[int, Path]:
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     code = process_dataset.main(
-        [
-            "--dataset",
-            str(source),
-            "--local_dir",
-            str(out),
-            "--dataset_type",
-            "dpo",
-            "--validation_size",
-            "0",
-            *map(str, extra),
-        ]
+        ["--dataset", str(source), "--local_dir", str(out), "--dataset_type", "dpo", "--validation_size", "0",
+         *map(str, extra)]
     )
     return code, out
 
@@ -78,23 +69,8 @@ def test_validation_split_keeps_a_conversation_whole(tmp_path):
     rows = [*ROWS, _row(11, 1, [U1], "Which one?", 0.5), _row(11, 1, [U1], "2.", 0.0)]
     source = tmp_path / "mt.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert (
-        process_dataset.main(
-            [
-                "--dataset",
-                str(source),
-                "--local_dir",
-                str(tmp_path / "o"),
-                "--dataset_type",
-                "dpo",
-                "--validation_size",
-                "1",
-                "--dpo_min_gap",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert process_dataset.main(["--dataset", str(source), "--local_dir", str(tmp_path / "o"), "--dataset_type",
+                                 "dpo", "--validation_size", "1", "--dpo_min_gap", "0"]) == 0
     train = pd.read_parquet(tmp_path / "o" / "dpo_train.parquet")
     val = pd.read_parquet(tmp_path / "o" / "dpo_validation.parquet")
     convs = lambda frame: {e["conv_id"] for e in frame["extra_info"]}  # noqa: E731
@@ -121,21 +97,9 @@ def test_bad_input_names_the_row(tmp_path, caplog):
     rows[1]["prompt"] = [{"role": "user", "content": "something else"}]
     assert _run(tmp_path, rows)[0] == 2
     assert "row 1: field 'prompt': differs from row 0" in caplog.text
-    assert (
-        process_dataset.main(
-            [
-                "--dataset",
-                str(REPO / "data" / "math" / "math500_level5.jsonl"),
-                "--local_dir",
-                str(tmp_path / "st"),
-                "--dataset_type",
-                "dpo",
-                "--max_rows",
-                "2",
-            ]
-        )
-        == 2
-    )
+    assert process_dataset.main(["--dataset", str(REPO / "data" / "math" / "math500_level5.jsonl"),
+                                 "--local_dir", str(tmp_path / "st"), "--dataset_type", "dpo",
+                                 "--max_rows", "2"]) == 2
     assert "needs scored multi-turn rows" in caplog.text
 
 
