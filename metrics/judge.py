@@ -40,6 +40,8 @@ JUDGE_TASKS: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "extract_document": {"thought": str, "final_document": str},
     "extract_code": {"thought": str, "final_code": str},
+    # one overall score on the coarse 1 / 0.5 / 0 scale (metrics/interactivity.py, option rubric=coarse)
+    "interactivity_coarse": {"thought": str, "interactivity": (int, float)},
 }
 
 _JSON_ONLY = "Answer with one JSON object and nothing else, in exactly this shape:\n"
@@ -80,6 +82,22 @@ _SYSTEM_PROMPTS = {
         + '{"thought": "<short justification>", "understanding": <1.0, 0.7, 0.3 or 0.0>, '
         '"clarification": <1.0, 0.7, 0.3 or 0.0>, "suggestion": <1.0, 0.7, 0.3 or 0.0>}'
     ),
+    # Sees the conversation only; one overall score with three anchors (the paper's runs; option rubric=coarse).
+    "interactivity_coarse": (
+        "You rate how interactive an AI assistant was in a conversation with a user. Consider how well it "
+        "engaged with the user, how clearly it communicated, and whether it worked out what the user needed "
+        "(asking about what was missing, offering ways forward) instead of guessing. Give one number from 0 "
+        "to 1, using these anchors:\n"
+        "  1 = highly interactive: it engages fully, asks every question that matters and clearly moves "
+        "the user's understanding and work forward;\n"
+        "  0.5 = moderately interactive: it engages to some degree, but misses questions it should have "
+        "asked or leaves parts of the need unexplored;\n"
+        "  0 = not interactive: it barely engages, asks nothing needed and does little for the user's "
+        "actual need.\n"
+        "Values between the anchors are allowed.\n"
+        + _JSON_ONLY
+        + '{"thought": "<short justification>", "interactivity": <a number from 0 to 1>}'
+    ),
     "extract_document": (
         "You are given a conversation in which an AI assistant helps a user write or revise a document. "
         "Rebuild the final, complete document: start from the most recent version the assistant wrote, "
@@ -108,6 +126,7 @@ _SYSTEM_PROMPTS = {
 _SECTIONS = {
     "accuracy": ("task", "reference", "conversation"),
     "interactivity": ("conversation",),
+    "interactivity_coarse": ("conversation",),
     "extract_document": ("conversation",),
     "extract_code": ("task", "entry_point", "conversation"),
 }
