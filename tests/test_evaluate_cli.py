@@ -401,7 +401,9 @@ def test_paper_protocol_sets_its_defaults_and_flags_override_them():
         parser.parse_args([*base, "--protocol", "neither"])
 
 
-def test_paper_protocol_run_records_the_protocol_and_scores_the_coarse_rubric(run_cli, tasks_file, tmp_path, llm_server):
+def test_paper_protocol_run_records_the_protocol_and_scores_the_coarse_rubric(
+    run_cli, tasks_file, tmp_path, llm_server
+):
     """The same conversations under both protocols: the policy asks one question then answers, with no
     suggestion, so the four-anchor rubric gives (1 + 1 + 0) / 3 and the coarse one 0.5; the reply cap reaches
     the model under test's requests; summary.json and summary.md name the protocol."""
@@ -423,7 +425,8 @@ def test_paper_protocol_run_records_the_protocol_and_scores_the_coarse_rubric(ru
     assert paper_summary["metrics"]["token_amount"]["options"]["tokenizer"] == "cl100k_base"
     assert paper_summary["protocol"]["name"] == "paper" and paper_summary["protocol"]["max_tokens"] == 1024
     assert recipe_summary["protocol"]["name"] == "recipe"
-    assert paper_summary["settings"]["protocol"] == "paper" and paper_summary["settings"]["sampling"]["max_tokens"] == 1024
+    assert paper_summary["settings"]["protocol"] == "paper"
+    assert paper_summary["settings"]["sampling"]["max_tokens"] == 1024
     assert "Protocol: **paper**" in (paper_out / "summary.md").read_text()
     recipe_md = (recipe_out / "summary.md").read_text()
     assert "Protocol: **recipe**" in recipe_md and "not the paper's quantities" in recipe_md
