@@ -115,7 +115,9 @@ _SYSTEM_PROMPTS = {
         "the latest version found in the conversation. The main function must be named exactly as the entry "
         "point: if the assistant named it otherwise, rename it and its calls. Leave out tests, example "
         "usage and any `if __name__ == \"__main__\":` block. Do not otherwise change the code's logic, and do "
-        "not wrap it in Markdown fences. If the assistant never wrote code, return an empty string.\n"
+        "not wrap it in Markdown fences. If the assistant never wrote code, return an empty string. When a "
+        "starting code is given between <code_prompt> tags, the program must begin with it: its imports "
+        "and the function's signature exactly as written there.\n"
         + _JSON_ONLY
         + '{"thought": "<where the final code is and what you renamed>", "final_code": "<the code>"}'
     ),
@@ -128,8 +130,10 @@ _SECTIONS = {
     "interactivity": ("conversation",),
     "interactivity_coarse": ("conversation",),
     "extract_document": ("conversation",),
-    "extract_code": ("task", "entry_point", "conversation"),
+    "extract_code": ("task", "entry_point", "code_prompt", "conversation"),
 }
+# Sections left out when the caller does not give them (BigCodeBench's code_prompt, as the TRL code asks).
+_OPTIONAL_SECTIONS = frozenset({"code_prompt"})
 
 
 def render_conversation(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -156,7 +160,8 @@ def build_judge_messages(
     Args:
         task: the judge task.
         ctx: the conversation and row fields.
-        sections: texts of sections that the context does not hold (``entry_point`` for ``extract_code``).
+        sections: texts of sections that the context does not hold (``entry_point`` for ``extract_code``;
+            the optional ``code_prompt`` is left out when absent or empty).
 
     Raises:
         ValueError: a section the task needs is neither in the context nor in ``sections``.
@@ -164,6 +169,8 @@ def build_judge_messages(
     sections = dict(sections or {})
     blocks = []
     for name in _SECTIONS[task]:
+        if name in _OPTIONAL_SECTIONS and not sections.get(name):
+            continue
         if name in sections:
             body = sections[name]
         elif name == "task":

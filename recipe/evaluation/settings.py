@@ -120,6 +120,10 @@ class SourceSelection(BaseModel):
     """Read only the first N matching source rows; None: all."""
     num_proc: int | None
     """Processes ``datasets`` uses to prepare the source; None: its default."""
+    adaptor: str | None = None
+    """Adaptor of a raw source of the paper's tasks or Abg-CoQA (``recipe/dataset/adaptors.py``); None: none."""
+    adaptor_option: list[str] = []
+    """``KEY=VALUE`` options of the adaptor."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SourceSelection:
