@@ -347,6 +347,62 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
     return out
 
 
+def sft_rows_reaching(
+    items: list[tuple[str, dict[str, Any]]], min_score: float
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The SFT conversations whose chosen reply's ``score`` reaches ``min_score`` (``score >= min_score``), as
+    the original SFT filter keeps those at or above its lower bound.
+
+    Returns:
+        ``(kept, dropped)``: kept ``(group, row)`` pairs in input order and how many were dropped.
+
+    Raises:
+        ValueError: a row has no score (a single-turn source, or opener rows): the floor cannot apply.
+    """
+    kept = []
+    for group, row in items:
+        score = row["extra_info"].get("score")
+        if score is None:
+            raise ValueError(
+                f"--sft_min_score needs scored rows, but row {row['extra_info'].get('index')} has no score "
+                "(a single-turn source): use a multi-turn source with scored replies"
+            )
+        if score >= min_score:
+            kept.append((group, row))
+    return kept, len(items) - len(kept)
+
+
+def with_system_prompt_share(
+    items: list[tuple[str, dict[str, Any]]], ratio: float, seed: int
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Keep the leading system message on ``int(len(items) * ratio)`` rows chosen at random (seeded) and remove
+    it from the others; the prompt lives in ``prompt`` (RL and DPO rows) or ``messages`` (SFT rows).
+
+    Args:
+        items: ``(group, row)`` pairs whose rows start with the system prompt.
+        ratio: share of rows that keep it, in [0, 1] (1: every row, the default of ``process_dataset.py``).
+        seed: the selection's seed.
+
+    Returns:
+        ``(items, kept)``: the rows (same order; rows without the prompt are copies) and how many kept it.
+
+    Raises:
+        ValueError: ``ratio`` outside [0, 1].
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"--add_system_prompt_ratio must be in [0, 1], got {ratio}")
+    chosen = set(random.Random(seed).sample(range(len(items)), int(len(items) * ratio)))
+    out = []
+    for position, (group, row) in enumerate(items):
+        if position not in chosen:
+            key = "messages" if "messages" in row else "prompt"
+            messages = list(row[key])
+            if messages and messages[0].get("role") == "system":
+                row = {**row, key: messages[1:]}
+        out.append((group, row))
+    return out, len(chosen)
+
+
 def require_completion(spec: SourceSpec, row: ConvertedRow, purpose: str) -> None:
     """Raise :class:`DatasetFormatError` (naming the row) when ``row`` has no assistant reply.
 
