@@ -271,7 +271,7 @@ def test_abg_coqa_bad_label_and_missing_file(tmp_path):
     root = write_abg(tmp_path / "abg", {"train": [abg_story(1, "ambiguous"), bad]})
     with pytest.raises(ValueError, match=r"coqa_abg_train.json: row 1: field 'ambiguity': expected one of"):
         load_adapted_rows("abg_coqa", str(root), "train", [])
-    with pytest.raises(FileNotFoundError, match="coqa_abg_test.json"):
+    with pytest.raises(FileNotFoundError, match=r"coqa_abg_test\.json"):
         load_adapted_rows("abg_coqa", str(root), "test", [])
     del bad["target_turn"]["question"]
     bad["ambiguity"] = "ambiguous"

@@ -461,3 +461,19 @@ def test_interactivity_rubric_option_is_checked_at_start_up():
     assert resolve_metric_specs(["interactivity"], {"interactivity": {"rubric": "coarse"}})
     with pytest.raises(ValueError, match="rubric='fine'"):
         resolve_metric_specs(["interactivity"], {"interactivity": {"rubric": "fine"}})
+
+
+def test_adaptor_source_gives_evaluation_tasks(run_cli, tmp_path):
+    """--adaptor math_hard on the lighteval-format fixture: one task per test problem, its solution the
+    reference, the math preset chosen from the adaptor's ability."""
+    fixture = Path(__file__).resolve().parent / "fixtures" / "math_hard"
+    out = tmp_path / "run"
+    code, _ = run_cli(fixture, out, "--adaptor", "math_hard", "--split", "test", task=None)
+    assert code == 0
+    problems = [json.loads(line)["problem"] for line in (fixture / "test.jsonl").read_text().splitlines()]
+    records = _records(out)
+    assert sorted(r["goal"] for r in records) == sorted(problems)
+    summary = _summary(out)
+    assert summary["settings"]["task_preset"] == "math" and set(summary["metrics"]) == {
+        "accuracy", "interactivity", "token_amount"
+    }

@@ -459,7 +459,7 @@ def test_add_system_prompt_ratio_is_a_seeded_share_of_rows(tmp_path, caplog):
         train, val, preview = read(out, "rl")
         rows = pd.concat([train, val])
         assert len(rows) == 134
-        firsts = [list(p)[0] for p in rows["prompt"]]
+        firsts = [next(iter(p)) for p in rows["prompt"]]
         assert all(m["role"] == "user" for m in firsts if m["role"] != "system")
         with_prompt = {r["extra_info"]["single_turn_prompt"] for r, m in zip(rows.to_dict("records"), firsts,
                                                                              strict=True) if m["role"] == "system"}
@@ -485,4 +485,4 @@ def test_add_system_prompt_ratio_on_sft_and_dpo_rows(tmp_path):
         assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", kind, "--validation_size", "0",
                        "--add_system_prompt_ratio", "0") == 0
         rows, _, _ = read(out, kind)
-        assert len(rows) and all(list(r)[0]["role"] == "user" for r in rows[key])
+        assert len(rows) and all(next(iter(r))["role"] == "user" for r in rows[key])

@@ -187,6 +187,8 @@ def plan_evaluation(settings: EvaluationSettings) -> EvaluationPlan:
         "dataset": src.dataset,
         "split": src.split,
         "schema": src.source_schema,
+        "adaptor": src.adaptor,
+        "adaptor_options": sorted(src.adaptor_option),
         "filters": sorted(src.filter),
         "fields": [src.prompt_field, src.reference_field, src.answer_field],
         "task_desc": src.task_desc,
