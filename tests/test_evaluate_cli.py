@@ -410,11 +410,14 @@ def test_paper_protocol_run_records_the_protocol_and_scores_the_coarse_rubric(
     recipe_out, paper_out = tmp_path / "recipe", tmp_path / "paper"
     assert run_cli(tasks_file, recipe_out, "--num_rows", "2")[0] == 0
     recipe_requests = [r for r in llm_server.received if r["model"].endswith("eval-policy")]
+    assert {r["max_tokens"] for r in llm_server.received if r["model"].endswith("scripted-user")} == {512}
     llm_server.reset()
     assert run_cli(tasks_file, paper_out, "--num_rows", "2", "--protocol", "paper")[0] == 0
     paper_requests = [r for r in llm_server.received if r["model"].endswith("eval-policy")]
     assert {r["max_tokens"] for r in recipe_requests} == {2048}
     assert {r["max_tokens"] for r in paper_requests} == {1024}
+    simulator = [r for r in llm_server.received if r["model"].endswith("scripted-user")]
+    assert simulator and {r["max_tokens"] for r in simulator} == {1024}  # the TRL simulator's cap (recipe: 512)
     judge_prompts = [r["messages"][0]["content"] for r in llm_server.received if r["model"].endswith("scripted-judge")]
     assert any('"interactivity"' in p for p in judge_prompts)
     assert not any('"understanding"' in p for p in judge_prompts)  # the four-anchor prompt is not used

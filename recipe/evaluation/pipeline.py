@@ -175,7 +175,9 @@ def plan_evaluation(settings: EvaluationSettings) -> EvaluationPlan:
         settings.task, settings.metrics, tasks, settings.protocol_definition
     )
     scoring, judge_config = _scoring(settings, metric_names, metric_options)
-    user_config = settings.user.config(model_key="user_model", **settings.llm_limits)
+    user_config = settings.user.config(
+        model_key="user_model", max_tokens=settings.protocol_definition.user_max_tokens, **settings.llm_limits
+    )
     system_prompt = system_prompt_from_arg(settings.source.system_prompt)
     temperature = settings.temperature
     if temperature is None:
@@ -199,6 +201,7 @@ def plan_evaluation(settings: EvaluationSettings) -> EvaluationPlan:
         "system_prompt_sha": _sha(system_prompt),
         "sampling": sampling,
         "user_model": settings.user.model,
+        "user_max_tokens": user_config["max_tokens"],
         "judge_model": settings.judge.model if judge_config else None,
     }
     return EvaluationPlan(

@@ -44,6 +44,8 @@ class EvaluationProtocol(BaseModel):
     """One sentence for ``summary.md``."""
     max_tokens: int = Field(ge=1)
     """Default tokens per reply of the model under test."""
+    user_max_tokens: int = Field(ge=1)
+    """Tokens per message of the user simulator."""
     interactivity_rubric: Literal["anchors", "coarse"]
     """``interactivity``'s ``rubric`` option (metrics/interactivity.py)."""
     token_amount: dict[str, Any]
@@ -64,9 +66,11 @@ class EvaluationProtocol(BaseModel):
 PROTOCOLS: dict[str, EvaluationProtocol] = {
     "recipe": EvaluationProtocol(
         name="recipe",
-        description="this recipe's defaults (replies up to 2048 tokens, the verl recipe's four-anchor "
-        "interactivity rubric, gpt-4o-mini as user and judge, thousands of cl100k assistant tokens)",
+        description="this recipe's defaults (replies up to 2048 tokens, simulator messages up to 512, the verl "
+        "recipe's four-anchor interactivity rubric, gpt-4o-mini as user and judge, thousands of cl100k "
+        "assistant tokens)",
         max_tokens=2048,
+        user_max_tokens=512,
         interactivity_rubric="anchors",
         token_amount=PAPER_TOKEN_AMOUNT,
         user_model=DEFAULT_LLM_MODEL,
@@ -76,9 +80,11 @@ PROTOCOLS: dict[str, EvaluationProtocol] = {
     # the simulated user and Claude 3.5 Sonnet as the judge (the snapshot is our choice; the paper names none).
     "paper": EvaluationProtocol(
         name="paper",
-        description="the paper's evaluation runs (replies up to 1024 tokens, coarse 1 / 0.5 / 0 interactivity "
-        "rubric, GPT-4o as user, Claude 3.5 Sonnet as judge, thousands of cl100k assistant tokens)",
+        description="the paper's evaluation runs (replies up to 1024 tokens, simulator messages up to 1024, "
+        "coarse 1 / 0.5 / 0 interactivity rubric, GPT-4o as user, Claude 3.5 Sonnet as judge, thousands of "
+        "cl100k assistant tokens)",
         max_tokens=1024,
+        user_max_tokens=1024,
         interactivity_rubric="coarse",
         token_amount=PAPER_TOKEN_AMOUNT,
         user_model="gpt-4o",
