@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="sft: keep only conversations whose chosen reply's score is at least this (default: keep all)",
     )
+    p.add_argument(
+        "--sft_score_field",
+        default="score",
+        help="sft: what --sft_min_score compares: 'score' (default) or 'rewards.<metric>' (the mean of the row's "
+        "rewards[<metric>] values, e.g. rewards.accuracy)",
+    )
     return p.parse_args(argv)
 
 
@@ -114,8 +120,10 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         items = best_sft_rows(spec, converted)
         logger.info("SFT rows: %d conversations from %d source rows", len(items), len(converted))
         if args.sft_min_score is not None:
-            items, dropped = sft_rows_reaching(items, args.sft_min_score)
-            logger.info("SFT score floor %g: %d kept, %d dropped", args.sft_min_score, len(items), dropped)
+            items, dropped = sft_rows_reaching(spec, items, converted, args.sft_min_score, args.sft_score_field)
+            logger.info(
+                "SFT floor %s >= %g: %d kept, %d dropped", args.sft_score_field, args.sft_min_score, len(items), dropped
+            )
             if not items:
                 raise ValueError(f"{args.dataset}: no conversation reaches --sft_min_score {args.sft_min_score}")
     else:
@@ -145,6 +153,7 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         "ground_truth_from_completion": fallbacks,
         "rows_with_system_prompt": with_prompt if spec.system_prompt is not None else 0,
         "sft_min_score": args.sft_min_score,
+        "sft_score_field": args.sft_score_field if args.sft_min_score is not None else None,
         "rows": train[: args.preview_rows],
     }
     written = write_outputs_atomically(

@@ -439,6 +439,19 @@ def test_sft_min_score_keeps_conversations_reaching_the_floor(tmp_path, caplog):
         sft, _, preview = read(out, "sft")
         assert {row["extra_info"]["conv_id"] for _, row in sft.iterrows()} == expected
         assert preview["sft_min_score"] == float(floor)
+    # a reward list instead of the score, averaged as the original filter does
+    for field, floor, expected in (("rewards.MR", "0.5", {"7"}), ("rewards.accuracy", "1", {"7", "9"})):
+        out = tmp_path / f"sft-{field}"
+        assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", "sft", "--validation_size", "0",
+                       "--sft_min_score", floor, "--sft_score_field", field) == 0
+        assert {row["extra_info"]["conv_id"] for _, row in read(out, "sft")[0].iterrows()} == expected
+    caplog.clear()
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "bleu", "--dataset_type", "sft",
+                   "--sft_min_score", "0.5", "--sft_score_field", "rewards.bleu") == 2
+    assert "row 2: field \"rewards['bleu']\": missing or without a number" in caplog.text
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "bad", "--dataset_type", "sft",
+                   "--sft_min_score", "0.5", "--sft_score_field", "accuracy") == 2
+    assert "--sft_score_field must be 'score' or 'rewards.<metric>'" in caplog.text
     caplog.clear()
     assert run_cli("--dataset", src, "--local_dir", tmp_path / "none", "--dataset_type", "sft",
                    "--sft_min_score", "0.95") == 2
