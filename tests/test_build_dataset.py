@@ -388,7 +388,7 @@ def test_adaptor_source_gives_openers_that_keep_the_tasks_metadata(cli, tmp_path
     keep the task's tests, entry point and code_prompt, and back through process_dataset.py pass_rate finds
     them; the adaptor's task description and ability travel in the manifest."""
     from collabllm_verl.metrics.pass_rate import find_task
-    from collabllm_verl.recipe.dataset.adaptors import ADAPTORS
+    from collabllm_verl.recipe.dataset.source import adaptor_task
 
     source = Path(__file__).resolve().parents[1] / "data" / "bigcodebench" / "bigcodebench_tasks.jsonl"
     raw = {r["task_id"]: r for r in map(json.loads, source.read_text().splitlines())}
@@ -396,7 +396,7 @@ def test_adaptor_source_gives_openers_that_keep_the_tasks_metadata(cli, tmp_path
     assert cli("--dataset", source, "--adaptor", "bigcodebench", "--split", "test", "--mode", "openers",
                "--user_model", "openai/scripted-user", "--max_rows", 2, "--local_dir", out) == 0
     manifest = json.loads((out / "build_dataset.json").read_text())
-    assert (manifest["ability"], manifest["task_desc"]) == ("coding", ADAPTORS["bigcodebench"].task_desc)
+    assert (manifest["ability"], manifest["task_desc"]) == adaptor_task("bigcodebench")
     assert _process(out, tmp_path / "rl", "rl") == 0
     rl = pd.read_parquet(tmp_path / "rl" / "rl_train.parquet")
     assert len(rl) == 2 and set(rl["ability"]) == {"coding"}

@@ -14,7 +14,8 @@ import pytest
 
 import process_dataset
 from collabllm_verl.recipe.dataset import adaptors
-from collabllm_verl.recipe.dataset.adaptors import ADAPTORS, cl100k_tokens, load_adapted_rows
+from collabllm_verl.recipe.dataset.adaptors import cl100k_tokens, load_adapted_rows
+from collabllm_verl.recipe.dataset.source import adaptor_task
 
 REPO = Path(__file__).resolve().parents[1]
 MATH_HARD = REPO / "tests" / "fixtures" / "math_hard"
@@ -56,7 +57,7 @@ def test_math_hard_reads_lightevals_format_and_the_hubs_splits(tmp_path):
         assert f"\\boxed{{{row['extra_info']['answer']}}}" in raw["solution"]
         assert (metadata(row)["level"], metadata(row)["type"]) == ("Level 5", raw["type"])
         assert row["ability"] == "math" and row["data_source"] == "math_hard"
-        assert row["extra_info"]["interaction_kwargs"]["task_desc"] == ADAPTORS["math_hard"].task_desc
+        assert row["extra_info"]["interaction_kwargs"]["task_desc"] == adaptor_task("math_hard")[1]
     assert run("--dataset", MATH_HARD, "--adaptor", "math_hard", "--local_dir", tmp_path / "train",
                "--dataset_type", "rl", "--validation_size", "0") == 0
     assert len(rl_rows(tmp_path / "train")) == 6

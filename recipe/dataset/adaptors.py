@@ -90,7 +90,9 @@ class Adaptor:
         name: the ``--adaptor`` value.
         hub: its Hugging Face name (None: local files only).
         hub_split: the hub split to load (None: ``--split``; BigCodeBench's splits are versions).
-        ability / task_desc: written to the rows (the task description goes to the user simulator).
+        task_key: the key of :data:`~.source.TASKS` whose ability and task description the rows get (the
+            same as a dataset whose name holds that keyword); None: ``task`` holds them.
+        task: ``(ability, task description)`` of an adaptor without a ``task_key``.
         options: the pydantic model of its options.
         splits: the split names it accepts.
         adapt: ``(rows, split, options, source) -> rows`` in the single-turn schema, in output order.
@@ -99,8 +101,8 @@ class Adaptor:
     name: str
     hub: str | None
     hub_split: str | None
-    ability: str
-    task_desc: str
+    task_key: str | None
+    task: tuple[str, str] | None
     options: type[AdaptorOptions]
     splits: tuple[str, ...]
     adapt: Callable[[Sequence[Row], str, Any, str], list[dict[str, Any]]]
@@ -352,8 +354,8 @@ ADAPTORS: dict[str, Adaptor] = {
         name="math_hard",
         hub="lighteval/MATH-Hard",
         hub_split=None,
-        ability="math",
-        task_desc="The user needs help solving a math problem and wants a correct final answer.",
+        task_key="math",
+        task=None,
         options=AdaptorOptions,
         splits=("train", "test"),
         adapt=_math_hard,
@@ -362,8 +364,8 @@ ADAPTORS: dict[str, Adaptor] = {
         name="medium",
         hub="Kamaljp/medium_articles",
         hub_split="train",
-        ability="writing",
-        task_desc="The user needs help writing a document (an article or a blog post) that meets their requirements.",
+        task_key="medium",
+        task=None,
         options=MediumOptions,
         splits=("train", "test"),
         adapt=_medium,
@@ -372,8 +374,8 @@ ADAPTORS: dict[str, Adaptor] = {
         name="bigcodebench",
         hub="bigcode/bigcodebench",
         hub_split="v0.1.2",
-        ability="coding",
-        task_desc="The user needs a working Python function for a programming task.",
+        task_key="bigcodebench",
+        task=None,
         options=BigCodeBenchOptions,
         splits=("train", "test"),
         adapt=_bigcodebench,
@@ -382,8 +384,8 @@ ADAPTORS: dict[str, Adaptor] = {
         name="abg_coqa",
         hub=None,
         hub_split=None,
-        ability="qa",
-        task_desc="The user wants help answering a question about a story; the question may be ambiguous.",
+        task_key=None,
+        task=("qa", "The user wants help answering a question about a story; the question may be ambiguous."),
         options=AbgCoQAOptions,
         splits=("train", "val", "validation", "test"),
         adapt=_abg_coqa,

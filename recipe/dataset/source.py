@@ -24,6 +24,7 @@ __all__ = [
     "BUILD_MANIFEST",
     "GENERIC_TASK",
     "TASKS",
+    "adaptor_task",
     "add_source_arguments",
     "build_spec",
     "built_dataset_info",
@@ -141,6 +142,13 @@ def task_for(dataset: str, explicit_desc: str | None) -> tuple[str, str]:
     return ability, desc
 
 
+def adaptor_task(name: str) -> tuple[str, str]:
+    """(ability, task description) of the rows of adaptor ``name`` (:data:`~.adaptors.ADAPTORS`): those of
+    :data:`TASKS` for the paper's three tasks, the adaptor's own for Abg-CoQA."""
+    adaptor = ADAPTORS[name]
+    return TASKS[adaptor.task_key] if adaptor.task_key else adaptor.task
+
+
 def built_dataset_info(dataset: str) -> dict[str, Any]:
     """What ``build_dataset.py`` recorded about a folder it wrote (:data:`BUILD_MANIFEST`): ``task_desc``,
     ``ability``, ``data_source``, ...; an empty dict for any other source.
@@ -182,12 +190,13 @@ def build_spec(args: argparse.Namespace, column_names: list[str]) -> SourceSpec:
     """
     adaptor = ADAPTORS.get(getattr(args, "adaptor", None) or "")
     if adaptor is not None:
+        ability, task_desc = adaptor_task(adaptor.name)
         return SourceSpec(
             source=args.dataset,
             data_source=args.data_source or adaptor.name,
             schema="single_turn",
-            ability=adaptor.ability,
-            task_desc=args.task_desc or adaptor.task_desc,
+            ability=ability,
+            task_desc=args.task_desc or task_desc,
             system_prompt=system_prompt_from_arg(args.system_prompt),
             prompt_field="problem",
             reference_field="solution",
