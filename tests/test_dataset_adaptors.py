@@ -27,7 +27,9 @@ def run(*args) -> int:
 
 
 def rl_rows(out: Path) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(out / "rl_train.parquet"), pd.read_parquet(out / "rl_validation.parquet")])
+    return pd.concat(
+        [pd.read_parquet(out / "rl_train.parquet"), pd.read_parquet(out / "rl_validation.parquet")]
+    )
 
 
 def metadata(row) -> dict:
@@ -46,8 +48,23 @@ def test_math_hard_reads_lightevals_format_and_the_hubs_splits(tmp_path):
     """A folder in the hub layout (train.jsonl, test.jsonl): --split picks the file, problem is the goal,
     solution the ground truth, the last \\boxed{} the answer, level and type stay in the metadata."""
     out = tmp_path / "test"
-    assert run("--dataset", MATH_HARD, "--adaptor", "math_hard", "--split", "test", "--local_dir", out,
-               "--dataset_type", "rl", "--validation_size", "0") == 0
+    assert (
+        run(
+            "--dataset",
+            MATH_HARD,
+            "--adaptor",
+            "math_hard",
+            "--split",
+            "test",
+            "--local_dir",
+            out,
+            "--dataset_type",
+            "rl",
+            "--validation_size",
+            "0",
+        )
+        == 0
+    )
     rows = rl_rows(out)
     source = [json.loads(line) for line in (MATH_HARD / "test.jsonl").read_text().splitlines()]
     assert len(rows) == len(source) == 3
@@ -58,8 +75,21 @@ def test_math_hard_reads_lightevals_format_and_the_hubs_splits(tmp_path):
         assert (metadata(row)["level"], metadata(row)["type"]) == ("Level 5", raw["type"])
         assert row["ability"] == "math" and row["data_source"] == "math_hard"
         assert row["extra_info"]["interaction_kwargs"]["task_desc"] == adaptor_task("math_hard")[1]
-    assert run("--dataset", MATH_HARD, "--adaptor", "math_hard", "--local_dir", tmp_path / "train",
-               "--dataset_type", "rl", "--validation_size", "0") == 0
+    assert (
+        run(
+            "--dataset",
+            MATH_HARD,
+            "--adaptor",
+            "math_hard",
+            "--local_dir",
+            tmp_path / "train",
+            "--dataset_type",
+            "rl",
+            "--validation_size",
+            "0",
+        )
+        == 0
+    )
     assert len(rl_rows(tmp_path / "train")) == 6
 
 
@@ -67,7 +97,10 @@ def test_math_hard_bad_row_names_file_row_and_field(tmp_path, caplog):
     rows = [json.loads(line) for line in (MATH_HARD / "train.jsonl").read_text().splitlines()]
     del rows[2]["type"]
     bad = write_jsonl(tmp_path / "math_hard.jsonl", rows)
-    assert run("--dataset", bad, "--adaptor", "math_hard", "--local_dir", tmp_path / "o", "--dataset_type", "rl") == 2
+    assert (
+        run("--dataset", bad, "--adaptor", "math_hard", "--local_dir", tmp_path / "o", "--dataset_type", "rl")
+        == 2
+    )
     assert f"{bad}: row 2: field 'type': missing" in caplog.text
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.parquet"))
 
@@ -84,13 +117,27 @@ def medium_articles(n: int, long_index: int) -> list[dict]:
         body = f"Article {i} explains one idea about gardening in a few plain sentences. " * (
             80 if i == long_index else 3
         )
-        rows.append({
-            "title": f"Gardening note {i}", "text": body.strip(), "url": f"https://medium.com/@a/{i}",
-            "authors": "['A. Writer']", "timestamp": str(start + timedelta(days=i)), "tags": "['Gardening']",
-        })
+        rows.append(
+            {
+                "title": f"Gardening note {i}",
+                "text": body.strip(),
+                "url": f"https://medium.com/@a/{i}",
+                "authors": "['A. Writer']",
+                "timestamp": str(start + timedelta(days=i)),
+                "tags": "['Gardening']",
+            }
+        )
     random.Random(7).shuffle(rows)
-    rows.append({"title": "Undated", "text": "No date here.", "url": "", "authors": "[]", "timestamp": None,
-                 "tags": "[]"})
+    rows.append(
+        {
+            "title": "Undated",
+            "text": "No date here.",
+            "url": "",
+            "authors": "[]",
+            "timestamp": None,
+            "tags": "[]",
+        }
+    )
     return rows
 
 
@@ -111,13 +158,32 @@ def test_medium_splits_by_date_and_drops_long_articles(tmp_path):
     assert picked["train"] | picked["test"] == set(range(10, 40)) - {35}
     assert len(picked["test"]) in (9, 10) and len(picked["train"]) + len(picked["test"]) == 29  # 10 + 20 - 1
     # the same seed gives the same split; another seed another one
-    again = {int(r["title"].split()[-1]) for r in load_adapted_rows("medium", str(source), "test", options[1::2])[1]}
+    again = {
+        int(r["title"].split()[-1])
+        for r in load_adapted_rows("medium", str(source), "test", options[1::2])[1]
+    }
     other = load_adapted_rows("medium", str(source), "test", [*options[1::2], "seed=3"])[1]
     assert again == picked["test"] and {int(r["title"].split()[-1]) for r in other} != picked["test"]
     # through the CLI: the article text is the ground truth and the date is kept
     out = tmp_path / "out"
-    assert run("--dataset", source, "--adaptor", "medium", "--split", "test", *options, "--local_dir", out,
-               "--dataset_type", "rl", "--validation_size", "0") == 0
+    assert (
+        run(
+            "--dataset",
+            source,
+            "--adaptor",
+            "medium",
+            "--split",
+            "test",
+            *options,
+            "--local_dir",
+            out,
+            "--dataset_type",
+            "rl",
+            "--validation_size",
+            "0",
+        )
+        == 0
+    )
     cli_rows = rl_rows(out).to_dict("records")
     assert {int(metadata(r)["title"].split()[-1]) for r in cli_rows} == picked["test"]
     assert all(r["ability"] == "writing" and metadata(r)["timestamp"].startswith("2021-") for r in cli_rows)
@@ -148,7 +214,10 @@ def test_medium_bad_timestamp_names_the_row(tmp_path):
 
 def test_bigcodebench_80_20_split_and_code_prompt_in_the_metadata(tmp_path):
     source = [json.loads(line) for line in BIGCODEBENCH.read_text().splitlines()]
-    splits = {split: load_adapted_rows("bigcodebench", str(BIGCODEBENCH), split, [])[1] for split in ("train", "test")}
+    splits = {
+        split: load_adapted_rows("bigcodebench", str(BIGCODEBENCH), split, [])[1]
+        for split in ("train", "test")
+    }
     ids = {split: [r["task_id"] for r in rows] for split, rows in splits.items()}
     assert (len(ids["train"]), len(ids["test"])) == (int(36 * 0.8), 36 - int(36 * 0.8)) == (28, 8)
     assert sorted(ids["train"] + ids["test"]) == sorted(r["task_id"] for r in source)
@@ -157,13 +226,32 @@ def test_bigcodebench_80_20_split_and_code_prompt_in_the_metadata(tmp_path):
         raw = by_id[row["task_id"]]
         assert row["problem"] == raw["instruct_prompt"]
         assert row["solution"] == raw["code_prompt"] + raw["canonical_solution"]
-        assert (row["code_prompt"], row["test"], row["entry_point"]) == (raw["code_prompt"], raw["test"], "task_func")
+        assert (row["code_prompt"], row["test"], row["entry_point"]) == (
+            raw["code_prompt"],
+            raw["test"],
+            "task_func",
+        )
     # the RL rows carry what pass_rate needs, code_prompt included
     from collabllm_verl.metrics.pass_rate import find_task
 
     out = tmp_path / "out"
-    assert run("--dataset", BIGCODEBENCH, "--adaptor", "bigcodebench", "--split", "test", "--local_dir", out,
-               "--dataset_type", "rl", "--validation_size", "0") == 0
+    assert (
+        run(
+            "--dataset",
+            BIGCODEBENCH,
+            "--adaptor",
+            "bigcodebench",
+            "--split",
+            "test",
+            "--local_dir",
+            out,
+            "--dataset_type",
+            "rl",
+            "--validation_size",
+            "0",
+        )
+        == 0
+    )
     row = rl_rows(out).iloc[0]
     task = find_task(row["reward_model"]["ground_truth"], row["extra_info"])
     assert task["code_prompt"] == by_id[task["task_id"]]["code_prompt"] and task["entry_point"] == "task_func"
@@ -204,9 +292,12 @@ async def _extraction_request(monkeypatch, task_row: dict) -> dict:
     monkeypatch.setattr(pass_rate_module, "ask_judge", fake_judge)
     ctx = MetricContext(
         messages=[{"role": "user", "content": "write it"}, {"role": "assistant", "content": "def f(): pass"}],
-        num_history_messages=0, ground_truth="",
-        extra_info={"metadata": json.dumps(task_row),
-                    "interaction_kwargs": {"single_turn_prompt": task_row["instruct_prompt"]}},
+        num_history_messages=0,
+        ground_truth="",
+        extra_info={
+            "metadata": json.dumps(task_row),
+            "interaction_kwargs": {"single_turn_prompt": task_row["instruct_prompt"]},
+        },
     )
     assert await pass_rate_module.pass_rate(ctx) == 0.0  # no code extracted: the sandbox is not reached
     return captured
@@ -228,7 +319,9 @@ def test_code_prompt_reaches_the_extraction_judge(monkeypatch):
 
 def abg_story(i: int, label: str) -> dict:
     return {
-        "id": f"story{i}", "source": "mctest", "ambiguity": label,
+        "id": f"story{i}",
+        "source": "mctest",
+        "ambiguity": label,
         "story": f"Tom had {i} red apples and a green one. He gave one to his sister.",
         "history_turns": [
             {"turn_id": 2, "question": "Who got one?", "answer": "his sister"},
@@ -247,22 +340,41 @@ def write_abg(root: Path, splits: dict[str, list[dict]]) -> Path:
 
 
 def test_abg_coqa_labels_splits_and_history(tmp_path):
-    root = write_abg(tmp_path / "abg", {
-        "train": [abg_story(1, "ambiguous"), abg_story(2, "non_ambiguous")],
-        "val": [abg_story(3, "non_ambiguous")],
-        "test": [abg_story(4, "ambiguous")],
-    })
+    root = write_abg(
+        tmp_path / "abg",
+        {
+            "train": [abg_story(1, "ambiguous"), abg_story(2, "non_ambiguous")],
+            "val": [abg_story(3, "non_ambiguous")],
+            "test": [abg_story(4, "ambiguous")],
+        },
+    )
     _, train, _ = load_adapted_rows("abg_coqa", str(root), "train", [])
     assert [(r["solution"], r["ambiguous"], r["id"]) for r in train] == [
-        ("ambiguous", True, "story1"), ("non_ambiguous", False, "story2")
+        ("ambiguous", True, "story1"),
+        ("non_ambiguous", False, "story2"),
     ]
     assert "Which apple did he give?" in train[0]["problem"] and "Who got one?" not in train[0]["problem"]
     _, with_history, _ = load_adapted_rows("abg_coqa", str(root), "val", ["history=true"])
     goal = with_history[0]["problem"]
     assert goal.index("Q: What did Tom have?") < goal.index("Q: Who got one?") < goal.index("Which apple")
     out = tmp_path / "out"
-    assert run("--dataset", root / "abg-coqa" / "coqa_abg_test.json", "--adaptor", "abg_coqa", "--split", "test",
-               "--local_dir", out, "--dataset_type", "rl", "--validation_size", "0") == 0
+    assert (
+        run(
+            "--dataset",
+            root / "abg-coqa" / "coqa_abg_test.json",
+            "--adaptor",
+            "abg_coqa",
+            "--split",
+            "test",
+            "--local_dir",
+            out,
+            "--dataset_type",
+            "rl",
+            "--validation_size",
+            "0",
+        )
+        == 0
+    )
     (row,) = rl_rows(out).to_dict("records")
     assert row["reward_model"]["ground_truth"] == "ambiguous" and metadata(row)["ambiguous"] is True
 
