@@ -23,7 +23,7 @@ logger = logging.getLogger("evaluate")
 # evaluate.py's own flags, generated from EvaluationSettings (defaults and help live on its fields).
 FLAG_GROUPS = {
     "evaluation": [
-        "out", "num_rows", "samples_per_row", "seed", "max_messages", "task", "metrics", "concurrency",
+        "protocol", "out", "num_rows", "samples_per_row", "seed", "max_messages", "task", "metrics", "concurrency",
         "task_retries", "failure_budget", "label", "overwrite", "bootstrap_resamples", "progress",
     ],
     "model under test (policy)": [
@@ -39,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     # imported here: litellm must not load before main() has chosen its bundled price map
     from collabllm_verl.recipe.cli.model_args import add_model_arguments
     from collabllm_verl.recipe.cli.settings_flags import add_settings_arguments
-    from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
     from collabllm_verl.recipe.dataset.source import add_source_arguments
-    from collabllm_verl.recipe.evaluation.settings import EVALUATION_ROLES, EvaluationSettings
+    from collabllm_verl.recipe.evaluation.settings import EVALUATION_ROLES, PROTOCOLS, EvaluationSettings
 
     p = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -50,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_arguments(p)
     add_settings_arguments(p, EvaluationSettings, FLAG_GROUPS)
-    add_model_arguments(p, EVALUATION_ROLES, {"user": DEFAULT_LLM_MODEL, "judge": DEFAULT_LLM_MODEL, "policy": ""})
+    by_protocol = {
+        role: "the protocol's: " + ", ".join(f"{name} {getattr(d, f'{role}_model')}" for name, d in PROTOCOLS.items())
+        for role in ("user", "judge")
+    }
+    add_model_arguments(p, EVALUATION_ROLES, {"user": "", "judge": "", "policy": ""}, by_protocol)
     return p
 
 
@@ -81,6 +84,11 @@ def build_compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: RUN_B/compare_vs_<RUN_A name>)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--bootstrap_resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    p.add_argument(
+        "--allow_mixed_protocols",
+        action="store_true",
+        help="compare runs evaluated under different --protocol values (refused otherwise) with a warning",
+    )
     return p
 
 
@@ -96,7 +104,14 @@ def compare_main(argv: list[str]) -> int:
     run_a, run_b = Path(runs[0]), Path(runs[1])
     out = Path(args.out) if args.out else run_b / f"compare_vs_{run_a.resolve().name}"
     try:
-        result = compare_runs(run_a, run_b, out, n_resamples=args.bootstrap_resamples, seed=args.seed)
+        result = compare_runs(
+            run_a,
+            run_b,
+            out,
+            n_resamples=args.bootstrap_resamples,
+            seed=args.seed,
+            allow_mixed_protocols=args.allow_mixed_protocols,
+        )
     except (FileNotFoundError, ValueError) as err:
         logger.error("%s", err)
         return 2
@@ -105,6 +120,12 @@ def compare_main(argv: list[str]) -> int:
     differing = ", ".join(result["differing_settings"])
     if differing:
         logger.warning("the runs also differ in %s: the difference is not the model's alone", differing)
+    if result["protocols"]["mixed"]:
+        logger.warning(
+            "MIXED PROTOCOLS: A %s, B %s; B - A is not the model's difference alone",
+            result["protocols"]["a"],
+            result["protocols"]["b"],
+        )
     return 0
 
 

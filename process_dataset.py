@@ -33,7 +33,9 @@ from collabllm_verl.recipe.dataset.rows import (
     DatasetFormatError,
     best_sft_rows,
     dedupe_rl_rows,
+    sft_rows_reaching,
     split_by_group,
+    with_system_prompt_share,
 )
 from collabllm_verl.recipe.dataset.source import add_source_arguments, load_rows
 
@@ -60,6 +62,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fraction (< 1) or number (>= 1) of conversations held out for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
     p.add_argument("--preview_rows", type=int, default=3, help="rows written to the JSON preview (default 3)")
+    p.add_argument(
+        "--add_system_prompt_ratio",
+        type=float,
+        default=1.0,
+        help="share of the output rows that carry the system prompt, chosen at random with --seed; the others "
+        "start with the user (default 1: every row)",
+    )
+    p.add_argument(
+        "--sft_min_score",
+        type=float,
+        default=None,
+        help="sft: keep only conversations whose chosen reply's score is at least this (default: keep all)",
+    )
+    p.add_argument(
+        "--sft_score_field",
+        default="score",
+        help="sft: what --sft_min_score compares: 'score' (default) or 'rewards.<metric>' (the mean of the row's "
+        "rewards[<metric>] values, e.g. rewards.accuracy)",
+    )
     return p.parse_args(argv)
 
 
@@ -70,8 +91,12 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         DatasetFormatError: a source row lacks a required field or has one of the wrong type, or a line of
             a JSON Lines source is not one JSON object (:class:`~collabllm_verl.recipe.dataset.rows.JsonLinesError`);
             the message names file, row or line, and field. Nothing is written.
-        ValueError: no row matched the filters, or the split sizes are impossible.
+        ValueError: no row matched the filters, the split sizes are impossible, ``--sft_min_score`` without
+            ``--dataset_type sft`` or on unscored rows (or leaving no conversation), or an
+            ``--add_system_prompt_ratio`` outside [0, 1] or without a system prompt.
     """
+    if args.sft_min_score is not None and args.dataset_type != "sft":
+        raise ValueError("--sft_min_score applies to --dataset_type sft only")
     spec, converted, filters = load_rows(args)
     if spec.schema == "single_turn" and args.dataset_type != "dpo":
         logger.warning(
@@ -94,6 +119,13 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
     elif args.dataset_type == "sft":
         items = best_sft_rows(spec, converted)
         logger.info("SFT rows: %d conversations from %d source rows", len(items), len(converted))
+        if args.sft_min_score is not None:
+            items, dropped = sft_rows_reaching(spec, items, converted, args.sft_min_score, args.sft_score_field)
+            logger.info(
+                "SFT floor %s >= %g: %d kept, %d dropped", args.sft_score_field, args.sft_min_score, len(items), dropped
+            )
+            if not items:
+                raise ValueError(f"{args.dataset}: no conversation reaches --sft_min_score {args.sft_min_score}")
     else:
         items, stats = dpo_pairs(spec, converted, min_gap=args.dpo_min_gap)
         logger.info(
@@ -103,6 +135,12 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         if not items:
             raise ValueError(f"{args.dataset}: no DPO pair left (turns: {stats.turns}, see the counts above)")
 
+    with_prompt = len(items)
+    if args.add_system_prompt_ratio != 1.0:
+        if spec.system_prompt is None:
+            raise ValueError("--add_system_prompt_ratio needs a system prompt (not --system_prompt none)")
+        items, with_prompt = with_system_prompt_share(items, args.add_system_prompt_ratio, args.seed)
+        logger.info("system prompt on %d of %d rows", with_prompt, len(items))
     train, validation = split_by_group(items, args.validation_size, args.seed)
     kind = args.dataset_type
     preview = {
@@ -113,6 +151,9 @@ def process(args: argparse.Namespace) -> dict[str, Path]:
         "num_validation": len(validation),
         # source rows (after filters) without single_turn_completion, whose completion is the ground truth
         "ground_truth_from_completion": fallbacks,
+        "rows_with_system_prompt": with_prompt if spec.system_prompt is not None else 0,
+        "sft_min_score": args.sft_min_score,
+        "sft_score_field": args.sft_score_field if args.sft_min_score is not None else None,
         "rows": train[: args.preview_rows],
     }
     written = write_outputs_atomically(

@@ -41,6 +41,8 @@ JUDGE_TASKS: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "extract_document": {"thought": str, "final_document": str},
     "extract_code": {"thought": str, "final_code": str},
+    # one overall score on the coarse 1 / 0.5 / 0 scale (metrics/interactivity.py, option rubric=coarse)
+    "interactivity_coarse": {"thought": str, "interactivity": (int, float)},
 }
 
 _JSON_ONLY = "Answer with one JSON object and nothing else, in exactly this shape:\n"
@@ -91,6 +93,22 @@ _SYSTEM_PROMPTS = {
         + '{"thought": "<short justification>", "understanding": <1.0, 0.7, 0.3 or 0.0>, '
         '"clarification": <1.0, 0.7, 0.3 or 0.0>, "suggestion": <1.0, 0.7, 0.3 or 0.0>}'
     ),
+    # Sees the conversation only; one overall score with three anchors (the paper's runs; option rubric=coarse).
+    "interactivity_coarse": (
+        "You rate how interactive an AI assistant was in a conversation with a user. Consider how well it "
+        "engaged with the user, how clearly it communicated, and whether it worked out what the user needed "
+        "(asking about what was missing, offering ways forward) instead of guessing. Give one number from 0 "
+        "to 1, using these anchors:\n"
+        "  1 = highly interactive: it engages fully, asks every question that matters and clearly moves "
+        "the user's understanding and work forward;\n"
+        "  0.5 = moderately interactive: it engages to some degree, but misses questions it should have "
+        "asked or leaves parts of the need unexplored;\n"
+        "  0 = not interactive: it barely engages, asks nothing needed and does little for the user's "
+        "actual need.\n"
+        "Values between the anchors are allowed.\n"
+        + _JSON_ONLY
+        + '{"thought": "<short justification>", "interactivity": <a number from 0 to 1>}'
+    ),
     "extract_document": (
         "You are given a conversation in which an AI assistant helps a user write or revise a document. "
         "Rebuild the final, complete document: start from the most recent version the assistant wrote, "
@@ -107,8 +125,10 @@ _SYSTEM_PROMPTS = {
         "one complete, runnable Python program: every import, helper function and class it needs, each in "
         "the latest version found in the conversation. The main function must be named exactly as the entry "
         "point: if the assistant named it otherwise, rename it and its calls. Leave out tests, example "
-        'usage and any `if __name__ == "__main__":` block. Do not otherwise change the code\'s logic, and do '
-        "not wrap it in Markdown fences. If the assistant never wrote code, return an empty string.\n"
+        "usage and any `if __name__ == \"__main__\":` block. Do not otherwise change the code's logic, and do "
+        "not wrap it in Markdown fences. If the assistant never wrote code, return an empty string. When a "
+        "starting code is given between <code_prompt> tags, the program must begin with it: its imports "
+        "and the function's signature exactly as written there.\n"
         + _JSON_ONLY
         + '{"thought": "<where the final code is and what you renamed>", "final_code": "<the code>"}'
     ),
@@ -119,9 +139,12 @@ _SYSTEM_PROMPTS = {
 _SECTIONS = {
     "accuracy": ("task", "reference", "conversation"),
     "interactivity": ("conversation",),
+    "interactivity_coarse": ("conversation",),
     "extract_document": ("conversation",),
-    "extract_code": ("task", "entry_point", "conversation"),
+    "extract_code": ("task", "entry_point", "code_prompt", "conversation"),
 }
+# Sections left out when the caller does not give them (BigCodeBench's code_prompt, as the TRL code asks).
+_OPTIONAL_SECTIONS = frozenset({"code_prompt"})
 
 
 def render_conversation(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -152,7 +175,8 @@ def build_judge_messages(
     Args:
         task: the judge task.
         ctx: the conversation and row fields.
-        sections: texts of sections that the context does not hold (``entry_point`` for ``extract_code``).
+        sections: texts of sections that the context does not hold (``entry_point`` for ``extract_code``;
+            the optional ``code_prompt`` is left out when absent or empty).
         extra_rules: text inserted into the system prompt before the answer format (e.g.
             :data:`ACCURACY_STRICT_RULES`); None: the task's prompt unchanged.
 
@@ -162,6 +186,8 @@ def build_judge_messages(
     sections = dict(sections or {})
     blocks = []
     for name in _SECTIONS[task]:
+        if name in _OPTIONAL_SECTIONS and not sections.get(name):
+            continue
         if name in sections:
             body = sections[name]
         elif name == "task":

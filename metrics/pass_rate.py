@@ -19,7 +19,9 @@ The extraction judge gets the task text (``interaction_kwargs.single_turn_prompt
 ``instruct_prompt`` / ``complete_prompt``), the entry point and the conversation, and is asked for one
 runnable program whose main function is named after the entry point, without tests and without a
 ``__main__`` block (as the original recipe; docs/design.md §1): a correct solution that the assistant
-named differently still passes.
+named differently still passes. When the task has a ``code_prompt`` (BigCodeBench's imports and signature;
+``--adaptor bigcodebench`` keeps it in the metadata) the judge also gets it and is asked to start from it, as
+the authors' TRL code does.
 """
 
 from __future__ import annotations
@@ -209,7 +211,11 @@ async def pass_rate(ctx: MetricContext) -> float:
         "extract_code",
         "pass_rate",
         ctx,
-        sections={"task": task_text or "(not given)", "entry_point": str(task["entry_point"])},
+        sections={
+            "task": task_text or "(not given)",
+            "entry_point": str(task["entry_point"]),
+            "code_prompt": str(task.get("code_prompt") or ""),  # the start the code must keep (TRL's rule)
+        },
     )
     code = _strip_fences(answer["final_code"])
     if not code:

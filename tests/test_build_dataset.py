@@ -455,3 +455,29 @@ def test_score_aggregation_original_by_default_training_as_an_option(cli, tmp_pa
         candidate_score("original", trained, [None, None], turn=3)
     with pytest.raises(ValueError, match="--score_aggregation"):
         EngineConfig(score_aggregation="median")
+
+
+# ------------------------------------------------------------------------------------------- adaptors
+
+
+def test_adaptor_source_gives_openers_that_keep_the_tasks_metadata(cli, tmp_path):
+    """build_dataset.py reads a raw source through --adaptor (BigCodeBench's published rows): the opener rows
+    keep the task's tests, entry point and code_prompt, and back through process_dataset.py pass_rate finds
+    them; the adaptor's task description and ability travel in the manifest."""
+    from collabllm_verl.metrics.pass_rate import find_task
+    from collabllm_verl.recipe.dataset.source import adaptor_task
+
+    source = Path(__file__).resolve().parents[1] / "data" / "bigcodebench" / "bigcodebench_tasks.jsonl"
+    raw = {r["task_id"]: r for r in map(json.loads, source.read_text().splitlines())}
+    out = tmp_path / "openers"
+    assert cli("--dataset", source, "--adaptor", "bigcodebench", "--split", "test", "--mode", "openers",
+               "--user_model", "openai/scripted-user", "--max_rows", 2, "--local_dir", out) == 0
+    manifest = json.loads((out / "build_dataset.json").read_text())
+    assert (manifest["ability"], manifest["task_desc"]) == adaptor_task("bigcodebench")
+    assert _process(out, tmp_path / "rl", "rl") == 0
+    rl = pd.read_parquet(tmp_path / "rl" / "rl_train.parquet")
+    assert len(rl) == 2 and set(rl["ability"]) == {"coding"}
+    for _, row in rl.iterrows():
+        task = find_task(row["reward_model"]["ground_truth"], row["extra_info"])
+        assert task["code_prompt"] == raw[task["task_id"]]["code_prompt"]
+        assert row["reward_model"]["ground_truth"].startswith(raw[task["task_id"]]["code_prompt"])

@@ -368,3 +368,115 @@ def test_unfinished_conversations_spend_the_failure_budget_and_are_retried(run_c
     summary = _summary(out)
     assert summary["invocation"]["skipped"] == 1 and summary["invocation"]["conversations_run"] == 3
     assert summary["conversations"]["scored"] == 4
+
+
+# ------------------------------------------------------------------------------ evaluation protocols
+
+
+def test_paper_protocol_sets_its_defaults_and_flags_override_them():
+    """--protocol paper: 1024-token replies, gpt-4o user, Claude 3.5 Sonnet judge; the recipe protocol keeps
+    2048 and gpt-4o-mini; explicit flags win over either."""
+    from collabllm_verl.recipe.evaluation.settings import PROTOCOLS
+
+    parser = evaluate.build_parser()
+    base = ["--dataset", "d.jsonl", "--out", "o", "--policy_model", "m"]
+    recipe = evaluate.settings_from_args(parser.parse_args(base))
+    assert (recipe.protocol, recipe.max_tokens, recipe.user.model, recipe.judge.model) == (
+        "recipe", 2048, "gpt-4o-mini", "gpt-4o-mini"
+    )
+    paper = evaluate.settings_from_args(parser.parse_args([*base, "--protocol", "paper"]))
+    assert (paper.max_tokens, paper.user.model, paper.judge.model) == (
+        1024, "gpt-4o", "anthropic/claude-3-5-sonnet-20240620"
+    )
+    assert paper.protocol_definition == PROTOCOLS["paper"]
+    assert paper.protocol_definition.metric_options()["interactivity"] == {"rubric": "coarse"}
+    overridden = evaluate.settings_from_args(
+        parser.parse_args([*base, "--protocol", "paper", "--max_tokens", "300", "--judge_model", "openai/j"])
+    )
+    assert (overridden.max_tokens, overridden.user.model, overridden.judge.model) == (300, "gpt-4o", "openai/j")
+    help_text = parser.format_help()
+    for name, protocol in PROTOCOLS.items():  # the help states each protocol's defaults as defined
+        assert f"{name} {protocol.max_tokens}" in " ".join(help_text.split())
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--protocol", "neither"])
+
+
+def test_paper_protocol_run_records_the_protocol_and_scores_the_coarse_rubric(
+    run_cli, tasks_file, tmp_path, llm_server
+):
+    """The same conversations under both protocols: the policy asks one question then answers, with no
+    suggestion, so the four-anchor rubric gives (1 + 1 + 0) / 3 and the coarse one 0.5; the reply cap reaches
+    the model under test's requests; summary.json and summary.md name the protocol."""
+    recipe_out, paper_out = tmp_path / "recipe", tmp_path / "paper"
+    assert run_cli(tasks_file, recipe_out, "--num_rows", "2")[0] == 0
+    recipe_requests = [r for r in llm_server.received if r["model"].endswith("eval-policy")]
+    assert {r["max_tokens"] for r in llm_server.received if r["model"].endswith("scripted-user")} == {512}
+    llm_server.reset()
+    assert run_cli(tasks_file, paper_out, "--num_rows", "2", "--protocol", "paper")[0] == 0
+    paper_requests = [r for r in llm_server.received if r["model"].endswith("eval-policy")]
+    assert {r["max_tokens"] for r in recipe_requests} == {2048}
+    assert {r["max_tokens"] for r in paper_requests} == {1024}
+    simulator = [r for r in llm_server.received if r["model"].endswith("scripted-user")]
+    assert simulator and {r["max_tokens"] for r in simulator} == {1024}  # the TRL simulator's cap (recipe: 512)
+    judge_prompts = [r["messages"][0]["content"] for r in llm_server.received if r["model"].endswith("scripted-judge")]
+    assert any('"interactivity"' in p for p in judge_prompts)
+    assert not any('"understanding"' in p for p in judge_prompts)  # the four-anchor prompt is not used
+    recipe_summary, paper_summary = _summary(recipe_out), _summary(paper_out)
+    assert recipe_summary["metrics"]["interactivity"]["mean"] == pytest.approx(2 / 3)
+    assert paper_summary["metrics"]["interactivity"]["mean"] == pytest.approx(0.5)
+    assert paper_summary["metrics"]["interactivity"]["options"] == {"rubric": "coarse"}
+    assert paper_summary["metrics"]["token_amount"]["options"]["tokenizer"] == "cl100k_base"
+    assert paper_summary["protocol"]["name"] == "paper" and paper_summary["protocol"]["max_tokens"] == 1024
+    assert recipe_summary["protocol"]["name"] == "recipe"
+    assert paper_summary["settings"]["protocol"] == "paper"
+    assert paper_summary["settings"]["sampling"]["max_tokens"] == 1024
+    assert "Protocol: **paper**" in (paper_out / "summary.md").read_text()
+    recipe_md = (recipe_out / "summary.md").read_text()
+    assert "Protocol: **recipe**" in recipe_md and "not the paper's quantities" in recipe_md
+    # the protocol is part of the run's identity: resuming a folder under the other protocol is refused
+    code, output = run_cli(tasks_file, recipe_out, "--num_rows", "2", "--protocol", "paper")
+    assert code == 2 and "protocol: 'recipe' -> 'paper'" in output
+
+
+def test_compare_refuses_mixed_protocols_unless_allowed(run_cli, tasks_file, tmp_path, caplog):
+    recipe_out, paper_out = tmp_path / "recipe", tmp_path / "paper"
+    assert run_cli(tasks_file, recipe_out, "--num_rows", "2")[0] == 0
+    assert run_cli(tasks_file, paper_out, "--num_rows", "2", "--protocol", "paper")[0] == 0
+    caplog.clear()
+    out = tmp_path / "cmp"
+    assert evaluate.main(["compare", str(recipe_out), str(paper_out), "--out", str(out)]) == 2
+    assert "protocol 'recipe'" in caplog.text and "'paper'" in caplog.text and "--allow_mixed_protocols" in caplog.text
+    assert not (out / "compare.json").exists()
+    caplog.clear()
+    args = ["compare", str(recipe_out), str(paper_out), "--out", str(out), "--allow_mixed_protocols"]
+    assert evaluate.main([*args, "--bootstrap_resamples", "2000"]) == 0
+    assert "MIXED PROTOCOLS" in caplog.text
+    result = json.loads((out / "compare.json").read_text())
+    assert result["protocols"] == {"a": "recipe", "b": "paper", "mixed": True}
+    assert "WARNING: mixed protocols" in (out / "compare.md").read_text()
+    # the interactivity difference is the rubric's, not the model's: the same policy talked in both runs
+    assert result["metrics"]["interactivity"]["mean_diff"] == pytest.approx(0.5 - 2 / 3)
+
+
+def test_interactivity_rubric_option_is_checked_at_start_up():
+    from collabllm_verl.recipe.core.multiturn_reward import resolve_metric_specs
+
+    assert resolve_metric_specs(["interactivity"], {"interactivity": {"rubric": "coarse"}})
+    with pytest.raises(ValueError, match="rubric='fine'"):
+        resolve_metric_specs(["interactivity"], {"interactivity": {"rubric": "fine"}})
+
+
+def test_adaptor_source_gives_evaluation_tasks(run_cli, tmp_path):
+    """--adaptor math_hard on the lighteval-format fixture: one task per test problem, its solution the
+    reference, the math preset chosen from the adaptor's ability."""
+    fixture = Path(__file__).resolve().parent / "fixtures" / "math_hard"
+    out = tmp_path / "run"
+    code, _ = run_cli(fixture, out, "--adaptor", "math_hard", "--split", "test", task=None)
+    assert code == 0
+    problems = [json.loads(line)["problem"] for line in (fixture / "test.jsonl").read_text().splitlines()]
+    records = _records(out)
+    assert sorted(r["goal"] for r in records) == sorted(problems)
+    summary = _summary(out)
+    assert summary["settings"]["task_preset"] == "math" and set(summary["metrics"]) == {
+        "accuracy", "interactivity", "token_amount"
+    }

@@ -423,3 +423,79 @@ def test_script_runs_from_any_directory(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sft_train.parquet").exists()
+
+
+# ------------------------------------------------------------- system-prompt share and the SFT score floor
+
+
+def test_sft_min_score_keeps_conversations_reaching_the_floor(tmp_path, caplog):
+    """Conversation 7's chosen reply scores 0.9, conversation 9's 0.2: a floor of 0.5 keeps 7 only, a floor
+    equal to a score keeps that conversation (score >= floor), a floor above both is an error."""
+    src = write_jsonl(tmp_path / "mt.jsonl", multiturn_rows())
+    for floor, expected in (("0.5", {"7"}), ("0.2", {"7", "9"}), ("-1", {"7", "9"})):
+        out = tmp_path / f"sft{floor}"
+        assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", "sft", "--validation_size", "0",
+                       "--sft_min_score", floor) == 0
+        sft, _, preview = read(out, "sft")
+        assert {row["extra_info"]["conv_id"] for _, row in sft.iterrows()} == expected
+        assert preview["sft_min_score"] == float(floor)
+    # a reward list instead of the score, averaged as the original filter does
+    for field, floor, expected in (("rewards.MR", "0.5", {"7"}), ("rewards.accuracy", "1", {"7", "9"})):
+        out = tmp_path / f"sft-{field}"
+        assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", "sft", "--validation_size", "0",
+                       "--sft_min_score", floor, "--sft_score_field", field) == 0
+        assert {row["extra_info"]["conv_id"] for _, row in read(out, "sft")[0].iterrows()} == expected
+    caplog.clear()
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "bleu", "--dataset_type", "sft",
+                   "--sft_min_score", "0.5", "--sft_score_field", "rewards.bleu") == 2
+    assert "row 2: field \"rewards['bleu']\": missing or without a number" in caplog.text
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "bad", "--dataset_type", "sft",
+                   "--sft_min_score", "0.5", "--sft_score_field", "accuracy") == 2
+    assert "--sft_score_field must be 'score' or 'rewards.<metric>'" in caplog.text
+    caplog.clear()
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "none", "--dataset_type", "sft",
+                   "--sft_min_score", "0.95") == 2
+    assert "no conversation reaches --sft_min_score 0.95" in caplog.text
+    assert run_cli("--dataset", src, "--local_dir", tmp_path / "rl", "--dataset_type", "rl",
+                   "--sft_min_score", "0.5") == 2
+    assert "--sft_min_score applies to --dataset_type sft only" in caplog.text
+    assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path / "st", "--dataset_type", "sft",
+                   "--sft_min_score", "0.5") == 2
+    assert "needs scored rows" in caplog.text
+
+
+def test_add_system_prompt_ratio_is_a_seeded_share_of_rows(tmp_path, caplog):
+    """Of the 134 MATH level-5 RL rows, int(134 * 0.25) = 33 keep the system prompt; the others start with
+    the user; the same seed picks the same rows, another seed others; 0 and 1 give none and all."""
+    def prompted(out: Path, *extra: str) -> set[str]:
+        assert run_cli("--dataset", MATH_L5, "--local_dir", out, "--dataset_type", "rl", *extra) == 0
+        train, val, preview = read(out, "rl")
+        rows = pd.concat([train, val])
+        assert len(rows) == 134
+        firsts = [next(iter(p)) for p in rows["prompt"]]
+        assert all(m["role"] == "user" for m in firsts if m["role"] != "system")
+        with_prompt = {r["extra_info"]["single_turn_prompt"] for r, m in zip(rows.to_dict("records"), firsts,
+                                                                             strict=True) if m["role"] == "system"}
+        assert preview["rows_with_system_prompt"] == len(with_prompt)
+        return with_prompt
+
+    quarter = prompted(tmp_path / "a", "--add_system_prompt_ratio", "0.25")
+    assert len(quarter) == 33
+    assert prompted(tmp_path / "b", "--add_system_prompt_ratio", "0.25") == quarter
+    assert prompted(tmp_path / "c", "--add_system_prompt_ratio", "0.25", "--seed", "7") != quarter
+    assert prompted(tmp_path / "d", "--add_system_prompt_ratio", "0") == set()
+    assert len(prompted(tmp_path / "e")) == 134
+    caplog.clear()
+    assert run_cli("--dataset", MATH_L5, "--local_dir", tmp_path / "f", "--dataset_type", "rl",
+                   "--add_system_prompt_ratio", "1.5") == 2
+    assert "--add_system_prompt_ratio must be in [0, 1]" in caplog.text
+
+
+def test_add_system_prompt_ratio_on_sft_and_dpo_rows(tmp_path):
+    src = write_jsonl(tmp_path / "mt.jsonl", multiturn_rows())
+    for kind, key in (("sft", "messages"), ("dpo", "prompt")):
+        out = tmp_path / kind
+        assert run_cli("--dataset", src, "--local_dir", out, "--dataset_type", kind, "--validation_size", "0",
+                       "--add_system_prompt_ratio", "0") == 0
+        rows, _, _ = read(out, kind)
+        assert len(rows) and all(next(iter(r))["role"] == "user" for r in rows[key])

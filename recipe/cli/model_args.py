@@ -42,14 +42,19 @@ ROLE_HELP = {
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, roles: Sequence[str], defaults: Mapping[str, str | None]
+    parser: argparse.ArgumentParser,
+    roles: Sequence[str],
+    defaults: Mapping[str, str | None],
+    default_help: Mapping[str, str] | None = None,
 ) -> None:
     """Add the shared and per-role model flags to ``parser``.
 
     Args:
         parser: the CLI's parser.
         roles: role names, each a key of :data:`ROLE_HELP`.
-        defaults: role -> default model string (None: the flag is required).
+        defaults: role -> default model string (None: the flag is required; ``""``: optional, the caller
+            fills it in, described by ``default_help``).
+        default_help: role -> what the default is, for the help text (e.g. ``"the protocol's"``).
 
     Raises:
         KeyError: an unknown role.
@@ -74,12 +79,19 @@ def add_model_arguments(
             f"--{role}_model",
             default=default,
             required=default is None,
-            help=f"model of {what}" + (f" (default {default})" if default else ""),
+            help=f"model of {what}{_default_text(role, default, default_help)}",
         )
         group.add_argument(f"--{role}_api_base", default=None, help=f"endpoint of {what} (default --api_base)")
         group.add_argument(
             f"--{role}_api_key_env", default=None, help=f"API key variable of {what} (default --api_key_env)"
         )
+
+
+def _default_text(role: str, default: str | None, default_help: Mapping[str, str] | None) -> str:
+    if default:
+        return f" (default {default})"
+    described = (default_help or {}).get(role)
+    return f" (default {described})" if described else ""
 
 
 class RoleEndpoint(BaseModel):

@@ -218,6 +218,7 @@ class ConvertedRow:
     group: str
     rank: tuple[int, float]
     ground_truth_from_completion: bool = False
+    rewards: Mapping[str, Any] | None = None  # a multi-turn row's ``rewards`` column (metric -> values), if any
 
     @property
     def index(self) -> int:
@@ -293,8 +294,10 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
             },
         },
     }
+    rewards = row.get("rewards") if spec.schema == "multiturn" and isinstance(row.get("rewards"), Mapping) else None
     return ConvertedRow(
-        rl=rl, history=history, completion=completion, group=group, rank=rank, ground_truth_from_completion=fallback
+        rl=rl, history=history, completion=completion, group=group, rank=rank, ground_truth_from_completion=fallback,
+        rewards=rewards,
     )
 
 
@@ -345,6 +348,99 @@ def best_sft_rows(spec: SourceSpec, rows: Iterable[ConvertedRow]) -> list[tuple[
             )
         )
     return out
+
+
+def sft_score(spec: SourceSpec, row: ConvertedRow, field: str = "score") -> float:
+    """The value the SFT score floor compares: the row's ``score``, or ``rewards.<metric>``: the mean of the
+    source row's ``rewards[<metric>]`` values (the forward-sampled conversations' raw values; nulls, i.e.
+    failed metrics, left out), as the original filter averages a reward list.
+
+    Raises:
+        ValueError: ``field`` is neither ``score`` nor ``rewards.<metric>``, or the row has no score (a
+            single-turn source).
+        DatasetFormatError: the row lacks ``rewards[<metric>]`` or it holds no number (names row and field).
+    """
+    if field == "score":
+        score = row.rl["extra_info"].get("score")
+        if score is None:
+            raise ValueError(
+                f"--sft_min_score needs scored rows, but row {row.index} has no score (a single-turn source): "
+                "use a multi-turn source with scored replies"
+            )
+        return float(score)
+    prefix, _, metric = field.partition(".")
+    if prefix != "rewards" or not metric:
+        raise ValueError(f"--sft_score_field must be 'score' or 'rewards.<metric>', got {field!r}")
+    values = (row.rewards or {}).get(metric)
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        values = None if values is None else [values]
+    numbers = [float(v) for v in values or [] if _is_number(v) and not math.isnan(v)]
+    if not numbers:
+        raise DatasetFormatError(spec.source, row.index, f"rewards['{metric}']", "missing or without a number")
+    return sum(numbers) / len(numbers)
+
+
+def sft_rows_reaching(
+    spec: SourceSpec,
+    items: list[tuple[str, dict[str, Any]]],
+    rows: Iterable[ConvertedRow],
+    min_score: float,
+    field: str = "score",
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The SFT conversations whose chosen reply reaches ``min_score`` (``value >= min_score``, the value from
+    :func:`sft_score`), as the original SFT filter keeps those at or above its lower bound.
+
+    Args:
+        spec: the source (for error messages).
+        items: :func:`best_sft_rows` output.
+        rows: the converted rows it was built from (looked up by source row index).
+        min_score: the floor.
+        field: ``score`` or ``rewards.<metric>``.
+
+    Returns:
+        ``(kept, dropped)``: kept ``(group, row)`` pairs in input order and how many were dropped.
+
+    Raises:
+        ValueError, DatasetFormatError: see :func:`sft_score`.
+    """
+    by_index = {row.index: row for row in rows}
+    kept = [
+        (group, item)
+        for group, item in items
+        if sft_score(spec, by_index[int(item["extra_info"]["index"])], field) >= min_score
+    ]
+    return kept, len(items) - len(kept)
+
+
+def with_system_prompt_share(
+    items: list[tuple[str, dict[str, Any]]], ratio: float, seed: int
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Keep the leading system message on ``int(len(items) * ratio)`` rows chosen at random (seeded) and remove
+    it from the others; the prompt lives in ``prompt`` (RL and DPO rows) or ``messages`` (SFT rows).
+
+    Args:
+        items: ``(group, row)`` pairs whose rows start with the system prompt.
+        ratio: share of rows that keep it, in [0, 1] (1: every row, the default of ``process_dataset.py``).
+        seed: the selection's seed.
+
+    Returns:
+        ``(items, kept)``: the rows (same order; rows without the prompt are copies) and how many kept it.
+
+    Raises:
+        ValueError: ``ratio`` outside [0, 1].
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"--add_system_prompt_ratio must be in [0, 1], got {ratio}")
+    chosen = set(random.Random(seed).sample(range(len(items)), int(len(items) * ratio)))
+    out = []
+    for position, (group, row) in enumerate(items):
+        if position not in chosen:
+            key = "messages" if "messages" in row else "prompt"
+            messages = list(row[key])
+            if messages and messages[0].get("role") == "system":
+                row = {**row, key: messages[1:]}
+        out.append((group, row))
+    return out, len(chosen)
 
 
 def require_completion(spec: SourceSpec, row: ConvertedRow, purpose: str) -> None:

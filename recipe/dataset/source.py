@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .adaptors import ADAPTORS, load_adapted_rows
 from .io import load_source_dataset
 from .rows import ConvertedRow, SourceSpec, convert_row, detect_schema, row_matches
 from .system_prompt import COLLABORATOR_SYSTEM_PROMPT
@@ -23,6 +24,7 @@ __all__ = [
     "BUILD_MANIFEST",
     "GENERIC_TASK",
     "TASKS",
+    "adaptor_task",
     "add_source_arguments",
     "build_spec",
     "built_dataset_info",
@@ -99,6 +101,20 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, system_prompt_help:
     )
     p.add_argument("--max_rows", type=int, default=None, help="use only the first N matching source rows")
     p.add_argument("--num_proc", type=int, default=None, help="processes datasets uses to prepare the source")
+    p.add_argument(
+        "--adaptor",
+        choices=sorted(ADAPTORS),
+        default=None,
+        help="read a raw source of the paper's tasks (or Abg-CoQA) in its published schema, with its split "
+        "rules: " + "; ".join(f"{a.name}: {a.hub or 'local JSON files'}" for a in ADAPTORS.values()),
+    )
+    p.add_argument(
+        "--adaptor_option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the adaptor (repeatable; e.g. max_tokens=512, train_share=0.8, history=true, seed=42)",
+    )
 
 
 def parse_filters(items: list[str]) -> dict[str, str]:
@@ -125,6 +141,13 @@ def task_for(dataset: str, explicit_desc: str | None) -> tuple[str, str]:
     if (ability, desc) == GENERIC_TASK:
         logger.warning("no task description known for %s; using a generic one (set --task_desc)", dataset)
     return ability, desc
+
+
+def adaptor_task(name: str) -> tuple[str, str]:
+    """(ability, task description) of the rows of adaptor ``name`` (:data:`~.adaptors.ADAPTORS`): those of
+    :data:`TASKS` for the paper's three tasks, the adaptor's own for Abg-CoQA."""
+    adaptor = ADAPTORS[name]
+    return TASKS[adaptor.task_key] if adaptor.task_key else adaptor.task
 
 
 def built_dataset_info(dataset: str) -> dict[str, Any]:
@@ -163,8 +186,23 @@ def build_spec(args: argparse.Namespace, column_names: list[str]) -> SourceSpec:
     """Resolve the source flags and the source's columns into a :class:`SourceSpec`.
 
     A folder written by ``build_dataset.py`` supplies its own task description, ability and
-    ``data_source`` (:func:`built_dataset_info`) unless ``--task_desc`` / ``--data_source`` are given.
+    ``data_source`` (:func:`built_dataset_info`) unless ``--task_desc`` / ``--data_source`` are given; so
+    does an ``--adaptor``, whose rows are always single-turn ``problem`` / ``solution`` / ``answer``.
     """
+    adaptor = ADAPTORS.get(getattr(args, "adaptor", None) or "")
+    if adaptor is not None:
+        ability, task_desc = adaptor_task(adaptor.name)
+        return SourceSpec(
+            source=args.dataset,
+            data_source=args.data_source or adaptor.name,
+            schema="single_turn",
+            ability=ability,
+            task_desc=args.task_desc or task_desc,
+            system_prompt=system_prompt_from_arg(args.system_prompt),
+            prompt_field="problem",
+            reference_field="solution",
+            answer_field="answer",
+        )
     schema = detect_schema(column_names) if args.schema == "auto" else args.schema
     path = Path(args.dataset)
     default_source = path.stem if path.is_file() else (path.name if path.is_dir() else args.dataset)
@@ -200,8 +238,14 @@ def load_rows(args: argparse.Namespace) -> tuple[SourceSpec, list[ConvertedRow],
         FileNotFoundError: a local source that does not exist.
     """
     filters = parse_filters(args.filter)
-    dataset = load_source_dataset(args.dataset, split=args.split, num_proc=args.num_proc)
-    spec = build_spec(args, list(dataset.column_names))
+    if getattr(args, "adaptor", None):
+        _, dataset, _ = load_adapted_rows(
+            args.adaptor, args.dataset, args.split, args.adaptor_option, num_proc=args.num_proc
+        )
+        spec = build_spec(args, ["problem", "solution"])
+    else:
+        dataset = load_source_dataset(args.dataset, split=args.split, num_proc=args.num_proc)
+        spec = build_spec(args, list(dataset.column_names))
     logger.info("%s: %d rows, %s schema, data_source=%s", args.dataset, len(dataset), spec.schema, spec.data_source)
     converted = []
     rows = tqdm(dataset, total=len(dataset), desc="converting rows", disable=len(dataset) < PROGRESS_MIN_ROWS)

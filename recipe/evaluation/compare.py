@@ -14,6 +14,7 @@ Outputs in the chosen folder: ``compare.json``, ``compare.md`` and ``compare.png
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from .conversations import CONVERSATIONS_FILE
 from .report import SUMMARY_JSON, MetricDisplay, atomic_write_text, format_value, metric_display, save_figure
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, paired_difference
 
-__all__ = ["COMPARED_SETTINGS", "compare_runs", "load_run"]
+__all__ = ["COMPARED_SETTINGS", "ProtocolMismatchError", "compare_runs", "load_run", "run_protocol"]
+
+logger = logging.getLogger(__name__)
 
 # Settings that should be equal for a comparison to be about the model under test only.
 COMPARED_SETTINGS = (
@@ -48,6 +51,32 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return json.loads(summary_path.read_text(encoding="utf-8")), list(records.values())
 
 
+class ProtocolMismatchError(ValueError):
+    """The two runs of a comparison were evaluated under different protocols (``evaluate.py --protocol``):
+    their reply caps, interactivity rubrics or default models differ, so B - A would not be the model's
+    difference. ``compare --allow_mixed_protocols`` turns it into a warning."""
+
+
+def run_protocol(summary: Mapping[str, Any]) -> str | None:
+    """The protocol name recorded in a run's ``summary.json``; None for a run written before protocols
+    were recorded."""
+    protocol = summary.get("protocol")
+    return protocol.get("name") if isinstance(protocol, Mapping) else None
+
+
+def _check_protocols(run_a: Path, run_b: Path, protocol_a: str | None, protocol_b: str | None, allow: bool) -> None:
+    if protocol_a == protocol_b:
+        return
+    message = (
+        f"{run_a} was evaluated under protocol {protocol_a or '(not recorded)'!r} and {run_b} under "
+        f"{protocol_b or '(not recorded)'!r}: reply cap, interactivity rubric or models differ, so the "
+        "difference would not be the model's. Re-run one of them with the other's --protocol"
+    )
+    if not allow:
+        raise ProtocolMismatchError(message + " (or pass --allow_mixed_protocols to compare anyway).")
+    logger.warning("MIXED PROTOCOLS: %s; comparing anyway (--allow_mixed_protocols).", message)
+
+
 def _label(summary: Mapping[str, Any], run_dir: Path) -> str:
     return str(summary.get("settings", {}).get("model_label") or run_dir.name)
 
@@ -60,6 +89,7 @@ def compare_runs(
     confidence: float = DEFAULT_CONFIDENCE,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    allow_mixed_protocols: bool = False,
 ) -> dict[str, Any]:
     """Compare run B against run A and write ``compare.json``, ``compare.md`` and ``compare.png``.
 
@@ -67,18 +97,24 @@ def compare_runs(
         run_a, run_b: evaluation run folders (``--out`` of ``evaluate.py``); differences are B - A.
         out_dir: output folder (created).
         confidence, n_resamples, seed: bootstrap settings.
+        allow_mixed_protocols: compare runs of different protocols anyway (a warning is logged, and
+            ``compare.md`` opens with it) instead of raising.
 
     Returns:
         The ``compare.json`` content: ``run_a``/``run_b`` (path, label), ``metrics`` (per metric shared by
         both runs: :class:`~.statistics.PairedDifference` fields and ``label``), ``differing_settings``
-        (settings other than the model under test that differ) and ``bootstrap``.
+        (settings other than the model under test that differ), ``protocols`` (``a``, ``b``: the names, ``mixed``)
+        and ``bootstrap``.
 
     Raises:
         FileNotFoundError: a folder is not a run folder.
+        ProtocolMismatchError: the runs' protocols differ and ``allow_mixed_protocols`` is False.
         ValueError: the runs share no metric, or no task.
     """
     summary_a, records_a = load_run(run_a)
     summary_b, records_b = load_run(run_b)
+    protocol_a, protocol_b = run_protocol(summary_a), run_protocol(summary_b)
+    _check_protocols(run_a, run_b, protocol_a, protocol_b, allow_mixed_protocols)
     shared = [name for name in summary_a["metrics"] if name in summary_b["metrics"]]
     if not shared:
         raise ValueError(f"{run_a} and {run_b} share no metric")
@@ -102,6 +138,7 @@ def compare_runs(
         "metrics": metrics,
         "metric_options": {name: summary_a["metrics"][name].get("options") or {} for name in shared},
         "differing_settings": differing,
+        "protocols": {"a": protocol_a, "b": protocol_b, "mixed": protocol_a != protocol_b},
         "bootstrap": {"confidence": confidence, "resamples": n_resamples, "seed": seed, "unit": "task"},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +152,18 @@ def compare_markdown(result: Mapping[str, Any]) -> str:
     """``compare.md``: per metric, A, B, the paired difference B - A with its interval, wins/ties/losses."""
     label_a, label_b = result["run_a"]["label"], result["run_b"]["label"]
     confidence = round(result["bootstrap"]["confidence"] * 100)
+    protocols = result.get("protocols") or {}
+    if protocols.get("mixed"):
+        protocol_text = (
+            f"**WARNING: mixed protocols** (A: `{protocols['a']}`, B: `{protocols['b']}`): the runs differ in "
+            "reply cap, interactivity rubric or models, so B - A is not the model's difference alone."
+        )
+    else:
+        protocol_text = f"Protocol: `{protocols.get('a') or 'not recorded'}` (both runs)."
     lines = [
         f"# {label_b} vs {label_a}",
+        "",
+        protocol_text,
         "",
         f"Paired by task: difference = B ({label_b}) - A ({label_a}), mean over the tasks scored in both runs, "
         f"[{confidence} % bootstrap interval over tasks].",

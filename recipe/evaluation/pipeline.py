@@ -31,7 +31,7 @@ from typing import Any
 
 from collabllm_verl.interactions.collabllm_interaction import CollabLLMInteraction
 from collabllm_verl.metrics import resolve_metrics
-from collabllm_verl.metrics.presets import PAPER_TOKEN_AMOUNT, TASK_PRESETS, preset
+from collabllm_verl.metrics.presets import TASK_PRESETS, preset
 from collabllm_verl.recipe.core.litellm_policy import LiteLLMPolicy
 from collabllm_verl.recipe.core.llm_client import LLMSettings, redact_secrets
 from collabllm_verl.recipe.core.multiturn_reward import resolve_metric_specs
@@ -48,7 +48,7 @@ from .conversations import (
     run_conversations,
 )
 from .report import build_summary, write_run_outputs
-from .settings import EVALUATION_ROLES, EvaluationSettings
+from .settings import EVALUATION_ROLES, PROTOCOLS, EvaluationProtocol, EvaluationSettings
 from .tasks import EvalTask, TaskSource, load_tasks
 
 __all__ = [
@@ -73,13 +73,16 @@ CHECKPOINT_MODEL_NAME = "checkpoint"
 
 
 def choose_metrics(
-    task_preset: str | None, metrics: Sequence[str] | None, tasks: Sequence[EvalTask]
+    task_preset: str | None,
+    metrics: Sequence[str] | None,
+    tasks: Sequence[EvalTask],
+    protocol: EvaluationProtocol = PROTOCOLS["recipe"],
 ) -> tuple[str | None, list[str], dict[str, dict]]:
     """``(preset name, metric names, metric options)`` from the ``task`` and ``metrics`` settings and the data.
 
     Without a preset the tasks' most common ability chooses one (``math``, ``writing`` -> ``document``,
-    ``coding`` -> ``code``). ``token_amount`` is always counted in the paper's unit (thousands of cl100k
-    assistant tokens).
+    ``coding`` -> ``code``). The protocol's metric options (``interactivity``'s rubric, ``token_amount``'s
+    unit: thousands of cl100k assistant tokens in both protocols) replace the preset's.
 
     Raises:
         ValueError: no preset fits and no metrics are given.
@@ -98,9 +101,7 @@ def choose_metrics(
             f"no task preset fits these tasks (ability {tasks[0].ability!r}); pass --task "
             f"{'|'.join(TASK_PRESETS)} or --metrics a,b,c"
         )
-    options = dict(chosen["metric_kwargs"]) if chosen else {}
-    if "token_amount" in names:
-        options.setdefault("token_amount", dict(PAPER_TOKEN_AMOUNT))
+    options = {**(chosen["metric_kwargs"] if chosen else {}), **protocol.metric_options()}
     return name, names, {m: options[m] for m in names if m in options}
 
 
@@ -170,9 +171,13 @@ def plan_evaluation(settings: EvaluationSettings) -> EvaluationPlan:
     if settings.policy_checkpoint and not Path(settings.policy_checkpoint).is_dir():
         raise FileNotFoundError(f"--policy_checkpoint {settings.policy_checkpoint}: no such folder")
     tasks, source = load_tasks(settings.source, num_rows=settings.num_rows)
-    preset_name, metric_names, metric_options = choose_metrics(settings.task, settings.metrics, tasks)
+    preset_name, metric_names, metric_options = choose_metrics(
+        settings.task, settings.metrics, tasks, settings.protocol_definition
+    )
     scoring, judge_config = _scoring(settings, metric_names, metric_options)
-    user_config = settings.user.config(model_key="user_model", **settings.llm_limits)
+    user_config = settings.user.config(
+        model_key="user_model", max_tokens=settings.protocol_definition.user_max_tokens, **settings.llm_limits
+    )
     system_prompt = system_prompt_from_arg(settings.source.system_prompt)
     temperature = settings.temperature
     if temperature is None:
@@ -180,9 +185,12 @@ def plan_evaluation(settings: EvaluationSettings) -> EvaluationPlan:
     sampling = {"temperature": temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens}
     src = settings.source
     identity = {
+        "protocol": settings.protocol,
         "dataset": src.dataset,
         "split": src.split,
         "schema": src.source_schema,
+        "adaptor": src.adaptor,
+        "adaptor_options": sorted(src.adaptor_option),
         "filters": sorted(src.filter),
         "fields": [src.prompt_field, src.reference_field, src.answer_field],
         "task_desc": src.task_desc,
@@ -193,6 +201,7 @@ def plan_evaluation(settings: EvaluationSettings) -> EvaluationPlan:
         "system_prompt_sha": _sha(system_prompt),
         "sampling": sampling,
         "user_model": settings.user.model,
+        "user_max_tokens": user_config["max_tokens"],
         "judge_model": settings.judge.model if judge_config else None,
     }
     return EvaluationPlan(
@@ -253,7 +262,7 @@ def _run_conversations(
     counts = asyncio.run(
         run_conversations(
             plan.tasks,
-            protocol=settings.protocol,
+            protocol=settings.conversation,
             make_policy=make_policy,
             interaction=plan.simulator,
             scoring=plan.scoring,
@@ -302,6 +311,7 @@ def _summarize(
         samples_per_row=settings.samples_per_row,
         num_tasks=len(plan.tasks),
         settings=run_settings,
+        protocol=settings.protocol_definition.model_dump(),
         data={
             "dataset": plan.source.dataset,
             "kind": plan.source.kind,

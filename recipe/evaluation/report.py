@@ -34,6 +34,7 @@ __all__ = [
     "format_value",
     "metric_display",
     "package_versions",
+    "protocol_line",
     "save_figure",
     "write_figure",
     "write_run_outputs",
@@ -154,6 +155,7 @@ def build_summary(
     settings: Mapping[str, Any],
     data: Mapping[str, Any],
     invocation: Mapping[str, Any],
+    protocol: Mapping[str, Any] | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
@@ -168,6 +170,9 @@ def build_summary(
         num_tasks: tasks in the run.
         settings: every setting of the run (no secrets).
         data: where the tasks came from.
+        protocol: the evaluation protocol's definition
+            (:class:`~.settings.EvaluationProtocol` as a dict: ``name``, ``description``, reply cap, rubric,
+            token unit, default models); ``compare`` refuses runs whose protocol names differ.
         invocation: this invocation's ``wall_seconds`` (from the start, loading tasks and models included),
             ``conversations_wall_seconds`` (running and scoring the conversations), ``conversations_run``,
             ``skipped`` and its start time.
@@ -176,7 +181,8 @@ def build_summary(
     Returns:
         A JSON-serialisable dict with ``metrics`` (per metric: :class:`~.statistics.MetricSummary` fields
         plus ``unit``, ``label``, ``options``), ``conversations`` (counts, end reasons, lengths), ``usage``
-        (tokens and cost per role), ``seconds``, ``data``, ``settings``, ``versions`` and ``invocation``.
+        (tokens and cost per role), ``seconds``, ``protocol``, ``data``, ``settings``, ``versions`` and
+        ``invocation``.
     """
     scored = [r for r in records if r.get("status") == STATUS_SCORED]
     metrics = {}
@@ -200,6 +206,7 @@ def build_summary(
     lengths = [int(r["num_messages"]) for r in scored]
     conversation_seconds = [float(r["seconds"]["conversation"]) for r in records]
     return {
+        "protocol": dict(protocol) if protocol is not None else None,
         "metrics": metrics,
         "conversations": {
             "expected": num_tasks * samples_per_row,
@@ -232,6 +239,17 @@ def _interval_text(entry: Mapping[str, Any], display: MetricDisplay) -> str:
     return f"{mean} [{format_value(entry['ci_low'], display)}, {format_value(entry['ci_high'], display)}]"
 
 
+def protocol_line(protocol: Mapping[str, Any] | None) -> str:
+    """The sentence of ``summary.md`` that names the evaluation protocol (and, for any other than ``paper``,
+    says the numbers are not the paper's quantities)."""
+    if not protocol:
+        return "Protocol: not recorded (a run written before protocols were recorded)."
+    text = f"Protocol: **{protocol['name']}**, {protocol['description']}."
+    if protocol["name"] != "paper":
+        text += " These numbers are not the paper's quantities (docs/evaluation.md, protocols)."
+    return text
+
+
 def summary_markdown(summary: Mapping[str, Any], *, model_label: str) -> str:
     """``summary.md``: the paper-shaped table (mean [95 % interval] per metric), details and run facts."""
     metrics = summary["metrics"]
@@ -240,6 +258,8 @@ def summary_markdown(summary: Mapping[str, Any], *, model_label: str) -> str:
     conv = summary["conversations"]
     lines = [
         f"# Evaluation: {model_label}",
+        "",
+        protocol_line(summary.get("protocol")),
         "",
         f"{summary['data'].get('num_tasks')} tasks from `{summary['data'].get('dataset')}`, "
         f"{summary['settings'].get('samples_per_row')} conversation(s) per task, up to "

@@ -15,18 +15,85 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collabllm_verl.metrics.presets import TASK_PRESETS
+from collabllm_verl.metrics.presets import PAPER_TOKEN_AMOUNT, TASK_PRESETS
 from collabllm_verl.recipe.cli.model_args import RoleEndpoint
+from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
 from collabllm_verl.recipe.core.task_runner import DEFAULT_FAILURE_BUDGET
 
 from .conversations import EvalProtocol
 
-__all__ = ["EVALUATION_ROLES", "EvaluationSettings", "SourceSelection"]
+__all__ = ["EVALUATION_ROLES", "PROTOCOLS", "EvaluationProtocol", "EvaluationSettings", "SourceSelection"]
 
 EVALUATION_ROLES = ("user", "judge", "policy")
 """The LLM roles of an evaluation: the user simulator, the judges and the model under test."""
 
 TaskPreset = Literal[tuple(sorted(TASK_PRESETS))]  # type: ignore[valid-type]
+
+
+class EvaluationProtocol(BaseModel):
+    """What an evaluation protocol fixes beyond the conversation loop (a frozen pydantic model): the reply
+    cap, the interactivity rubric, the token unit and the default user simulator and judge. Every run
+    records its protocol in ``summary.json`` and ``compare`` refuses to mix protocols (docs/evaluation.md).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """``recipe`` or ``paper``."""
+    description: str
+    """One sentence for ``summary.md``."""
+    max_tokens: int = Field(ge=1)
+    """Default tokens per reply of the model under test."""
+    user_max_tokens: int = Field(ge=1)
+    """Tokens per message of the user simulator."""
+    interactivity_rubric: Literal["anchors", "coarse"]
+    """``interactivity``'s ``rubric`` option (metrics/interactivity.py)."""
+    token_amount: dict[str, Any]
+    """``token_amount``'s options (metrics/token_amount.py): unit, roles, tokenizer, scale."""
+    user_model: str
+    """Default litellm model of the user simulator."""
+    judge_model: str
+    """Default litellm model of the judges."""
+
+    def metric_options(self) -> dict[str, dict[str, Any]]:
+        """The options this protocol sets per metric (they override a preset's)."""
+        return {
+            "interactivity": {"rubric": self.interactivity_rubric},
+            "token_amount": dict(self.token_amount),
+        }
+
+
+PROTOCOLS: dict[str, EvaluationProtocol] = {
+    "recipe": EvaluationProtocol(
+        name="recipe",
+        description="this recipe's defaults (replies up to 2048 tokens, simulator messages up to 512, the verl "
+        "recipe's four-anchor interactivity rubric, gpt-4o-mini as user and judge, thousands of cl100k "
+        "assistant tokens)",
+        max_tokens=2048,
+        user_max_tokens=512,
+        interactivity_rubric="anchors",
+        token_amount=PAPER_TOKEN_AMOUNT,
+        user_model=DEFAULT_LLM_MODEL,
+        judge_model=DEFAULT_LLM_MODEL,
+    ),
+    # The paper's runs (docs/evaluation.md): vLLM's default reply cap, the authors' coarse rubric, GPT-4o as
+    # the simulated user and Claude 3.5 Sonnet as the judge (the snapshot is our choice; the paper names none).
+    "paper": EvaluationProtocol(
+        name="paper",
+        description="the paper's evaluation runs (replies up to 1024 tokens, simulator messages up to 1024, "
+        "coarse 1 / 0.5 / 0 interactivity rubric, GPT-4o as user, Claude 3.5 Sonnet as judge, thousands of "
+        "cl100k assistant tokens)",
+        max_tokens=1024,
+        user_max_tokens=1024,
+        interactivity_rubric="coarse",
+        token_amount=PAPER_TOKEN_AMOUNT,
+        user_model="gpt-4o",
+        judge_model="anthropic/claude-3-5-sonnet-20240620",
+    ),
+}
+"""The evaluation protocols, by name (``evaluate.py --protocol``)."""
+
+ProtocolName = Literal[tuple(PROTOCOLS)]  # type: ignore[valid-type]
 
 
 class SourceSelection(BaseModel):
@@ -59,6 +126,10 @@ class SourceSelection(BaseModel):
     """Read only the first N matching source rows; None: all."""
     num_proc: int | None
     """Processes ``datasets`` uses to prepare the source; None: its default."""
+    adaptor: str | None = None
+    """Adaptor of a raw source of the paper's tasks or Abg-CoQA (``recipe/dataset/adaptors.py``); None: none."""
+    adaptor_option: list[str] = []
+    """``KEY=VALUE`` options of the adaptor."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SourceSelection:
@@ -86,6 +157,10 @@ class EvaluationSettings(BaseModel):
     """Model and endpoint of the model under test (unused with ``policy_checkpoint``)."""
 
     # ------------------------------------------------------------------------------------------ the run
+    protocol: ProtocolName = "recipe"
+    """evaluation protocol: recipe (this recipe's defaults) or paper (the paper's runs: 1024-token replies,
+    coarse interactivity rubric, gpt-4o user, Claude 3.5 Sonnet judge); it sets the defaults of
+    --max_tokens, --user_model and --judge_model, which still override it"""
     out: Path
     """run folder: outputs, and the records a re-run resumes from"""
     num_rows: int | None = None
@@ -131,8 +206,8 @@ class EvaluationSettings(BaseModel):
     """sampling temperature of the model under test (default: math 0.6, document/code 0.8)"""
     top_p: float | None = None
     """nucleus sampling (default: the server's)"""
-    max_tokens: int = Field(2048, ge=1)
-    """tokens per reply of the model under test"""
+    max_tokens: int | None = Field(None, ge=1)
+    """tokens per reply of the model under test (default: the protocol's, recipe 2048, paper 1024)"""
 
     # --------------------------------------------------------------------------------------- LLM calls
     timeout: float = Field(60.0, gt=0)
@@ -149,17 +224,42 @@ class EvaluationSettings(BaseModel):
             return [name.strip() for name in value.split(",") if name.strip()] or None
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_defaults(cls, data: Any) -> Any:
+        """Fill ``max_tokens`` and the user and judge models the flags left unset from the protocol."""
+        if not isinstance(data, dict):
+            return data
+        chosen = PROTOCOLS.get(data.get("protocol") or "recipe")
+        if chosen is None:
+            return data  # the field's validation names the bad value
+        data = dict(data)
+        if data.get("max_tokens") is None:
+            data["max_tokens"] = chosen.max_tokens
+        for role, default in (("user", chosen.user_model), ("judge", chosen.judge_model)):
+            endpoint = data.get(role)
+            if isinstance(endpoint, RoleEndpoint) and not endpoint.model:
+                data[role] = endpoint.model_copy(update={"model": default})
+            elif isinstance(endpoint, dict) and not endpoint.get("model"):
+                data[role] = {**endpoint, "model": default}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationSettings:
         if bool(self.policy.model) == bool(self.policy_checkpoint):
             raise ValueError(
                 "give exactly one of --policy_model (a litellm model string) and --policy_checkpoint DIR"
             )
-        self.protocol  # noqa: B018 - validates max_messages and samples_per_row (EvalProtocol's rules)
+        self.conversation  # noqa: B018 - validates max_messages and samples_per_row (EvalProtocol's rules)
         return self
 
     @property
-    def protocol(self) -> EvalProtocol:
+    def protocol_definition(self) -> EvaluationProtocol:
+        """The chosen protocol's definition (:data:`PROTOCOLS`)."""
+        return PROTOCOLS[self.protocol]
+
+    @property
+    def conversation(self) -> EvalProtocol:
         """The conversation settings (:class:`~.conversations.EvalProtocol`)."""
         return EvalProtocol(max_messages=self.max_messages, samples_per_row=self.samples_per_row)
 

@@ -18,7 +18,9 @@ accuracy           1 when the reference answer (the last ``\\boxed{}`` of the re
 interactivity      understanding = 1 if the last assistant message is non-empty; clarification =
                    1 if some assistant message contains ``?``; suggestion = 1 if some assistant
                    message contains a suggestion phrase (``I suggest``, ``you could``,
-                   ``consider``, ``would you like``, ...); each else 0
+                   ``consider``, ``would you like``, ...); each else 0. The coarse rubric
+                   (task ``interactivity_coarse``): one score, 1 when all three hold, 0 when
+                   none, else 0.5
 extract_document   the last assistant message (a real judge merges earlier revisions into it)
 extract_code       the last fenced code block of the assistant messages (``""`` if none); when it
                    parses as Python: top-level ``if __name__ == "__main__":`` blocks removed and,
@@ -146,6 +148,9 @@ def _answer(
         if out_of_range:
             scores = dict.fromkeys(scores, 3.5)
         return {"thought": thought, **scores}
+    if task == "interactivity_coarse":  # the same three rules, on the coarse scale: all 1, some 0.5, none 0
+        met = sum(v == 1.0 for v in _answer("interactivity", conversation, reference, False).values())
+        return {"thought": thought, "interactivity": 3.5 if out_of_range else {3: 1.0, 0: 0.0}.get(met, 0.5)}
     if task == "extract_document":
         return {"thought": thought, "final_document": last}
     code = ""
