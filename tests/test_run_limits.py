@@ -1,0 +1,122 @@
+"""Run-wide LLM limits (recipe/core/run_limits.py) on a local two-node Ray cluster (``ray.cluster_utils.Cluster``
+on 127.0.0.1): worker actors on both nodes call the local LLM server (injected latency) through the LLM-call
+layer; the server's count of requests in flight never exceeds the run's limit, throughput at the limit is
+within 15 % of limit / latency, and the run-wide request rate holds. Small object stores, few CPUs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+OBJECT_STORE = 100 * 1024 * 1024
+LATENCY_S = 0.25
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE, "resources": {"node_a": 8},
+                        "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE, resources={"node_b": 8})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, runtime_env={"env_vars": env}, include_dashboard=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class Caller:
+    """One worker process: ``callers`` concurrent coroutines, each making LLM calls through the layer."""
+
+    def __init__(self, config: dict) -> None:
+        from collabllm_verl.recipe.core.llm_client import LLMSettings
+
+        self.settings = LLMSettings.from_config(config)
+
+    async def call(self, count: int, callers: int) -> tuple[float, float, int]:
+        """``(start, end, calls)``: wall-clock seconds (time.time) around ``count`` calls by ``callers``."""
+        from collabllm_verl.recipe.core.llm_client import acomplete_text
+
+        queue = iter(range(count))
+
+        async def caller() -> int:
+            done = 0
+            for _ in queue:
+                await acomplete_text([{"role": "user", "content": "ping"}], self.settings, purpose="limits_test")
+                done += 1
+            return done
+
+        start = time.time()
+        done = sum(await asyncio.gather(*(caller() for _ in range(callers))))
+        return start, time.time(), done
+
+
+def _callers(config: dict, per_node: int = 2) -> list:
+    return [
+        Caller.options(resources={node: 1}).remote(config)
+        for node in ("node_a", "node_b")
+        for _ in range(per_node)
+    ]
+
+
+def _run(actors: list, count: int, callers: int) -> tuple[float, int]:
+    """Calls per second over all actors (first start to last end) and the calls made."""
+    results = ray.get([a.call.remote(count, callers) for a in actors])
+    start, end = min(r[0] for r in results), max(r[1] for r in results)
+    calls = sum(r[2] for r in results)
+    return calls / (end - start), calls
+
+
+def _config(llm_server, **limits) -> dict:
+    return {"model": "openai/echo", "api_base": llm_server.base_url, "api_key": "local", "num_retries": 0, **limits}
+
+
+def test_run_wide_concurrency_holds_over_two_nodes(cluster, llm_server):
+    from collabllm_verl.recipe.core import run_limits
+
+    limit = 6
+    actors = _callers(_config(llm_server, run_max_concurrency=limit))
+    _run(actors, 2, 1)  # warm-up: litellm imported, the actor found, in every worker
+    llm_server.reset()
+    llm_server.configure(latency_ms=LATENCY_S * 1000)
+    rate, calls = _run(actors, 36, 6)  # 4 workers x 6 callers: 24 want to be in flight
+    stats = llm_server.stats()
+    assert calls == 4 * 36
+    assert stats["max_in_flight"] <= limit
+    assert stats["max_in_flight"] == limit  # the limit is reached, not just respected
+    expected = limit / LATENCY_S
+    assert abs(rate - expected) / expected <= 0.15, f"{rate:.1f} calls/s, expected {expected:.1f}"
+    actor_stats = ray.get(run_limits.create_actor().stats.remote())
+    (key,) = [k for k in actor_stats if "openai/echo" in k]
+    assert actor_stats[key]["max_in_use"] <= limit and actor_stats[key]["in_use"] <= limit
+
+
+def test_per_process_limits_multiply_without_the_run_limit(cluster, llm_server):
+    actors = _callers(_config(llm_server, max_concurrency=2))
+    _run(actors, 2, 1)
+    llm_server.reset()
+    llm_server.configure(latency_ms=LATENCY_S * 1000)
+    _run(actors, 12, 4)
+    assert llm_server.stats()["max_in_flight"] > 2  # 4 processes x 2: the storm the run-wide limit prevents
+
+
+def test_run_wide_request_rate_holds_over_two_nodes(cluster, llm_server):
+    per_minute = 480.0  # 8 starts a second over the whole run
+    actors = _callers(_config(llm_server, run_requests_per_minute=per_minute, model="openai/echo"))
+    _run(actors, 1, 1)
+    llm_server.reset()
+    rate, calls = _run(actors, 10, 3)
+    assert calls == 40
+    assert rate <= per_minute / 60 * 1.15 + 1.0, f"{rate:.1f} starts/s for a limit of {per_minute / 60:.1f}"
+    assert rate >= per_minute / 60 * 0.85 - 1.0
