@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from collabllm_verl.recipe.cli.model_args import parse_prices
-from collabllm_verl.recipe.core.cost import BudgetExceeded, check_budget, projection_text, role_of, spend_by_role
+from collabllm_verl.recipe.core.cost import (
+    BudgetExceeded,
+    check_budget,
+    projection_text,
+    role_of,
+    spend_by_role,
+)
 from collabllm_verl.recipe.core.run_store import RunStore
 from collabllm_verl.recipe.core.task_runner import TaskRunner, TaskRunnerSettings
 
@@ -39,8 +45,9 @@ async def test_prices_replace_the_price_map_in_every_cost_figure(llm_server):
     assert usage.cost_unknown == 0
     assert llm_stats()["cost_test/cost_usd"] - before == pytest.approx(expected, rel=1e-9)
 
-    unpriced = LLMSettings.from_config({"model": "openai/echo", "api_base": llm_server.base_url,
-                                        "api_key": "local"})
+    unpriced = LLMSettings.from_config(
+        {"model": "openai/echo", "api_base": llm_server.base_url, "api_key": "local"}
+    )
     with usage_scope() as usage:
         await acomplete_text([{"role": "user", "content": "hello"}], unpriced, purpose="cost_test")
     assert usage.cost_usd == 0 and usage.cost_unknown == 1
@@ -52,7 +59,9 @@ def test_prices_come_in_pairs_and_reach_the_layer_from_role_settings():
 
     with pytest.raises(ValueError, match="set together"):
         LLMSettings(model="m", input_cost_per_token=1e-6)
-    judge = JudgeSettings.from_mapping({"input_cost_per_token": 1e-6, "output_cost_per_token": 3e-6}, where="j")
+    judge = JudgeSettings.from_mapping(
+        {"input_cost_per_token": 1e-6, "output_cost_per_token": 3e-6}, where="j"
+    )
     llm = judge.to_llm(where="j")
     assert token_cost_usd(llm, 1000, 500) == pytest.approx(1000 * 1e-6 + 500 * 3e-6)
     assert token_cost_usd(LLMSettings(model="m"), 1000, 500) is None
@@ -60,8 +69,14 @@ def test_prices_come_in_pairs_and_reach_the_layer_from_role_settings():
 
 # ------------------------------------------------------------------------------------------ budget, projection
 def test_spend_by_role_splits_purposes():
-    stats = {"cost_usd": 9.0, "user_simulator/cost_usd": 1.0, "judge:accuracy/cost_usd": 0.5,
-             "judge:interactivity/cost_usd": 0.25, "policy/cost_usd": 2.0, "policy/cost_unknown": 3.0}
+    stats = {
+        "cost_usd": 9.0,
+        "user_simulator/cost_usd": 1.0,
+        "judge:accuracy/cost_usd": 0.5,
+        "judge:interactivity/cost_usd": 0.25,
+        "policy/cost_usd": 2.0,
+        "policy/cost_unknown": 3.0,
+    }
     assert spend_by_role(stats) == {"simulator": 1.0, "judges": 0.75, "other": 2.0, "unpriced": 3.0}
     assert role_of("judge:bleu_score") == "judges" and role_of("assistant") == "other"
 
@@ -70,8 +85,13 @@ def test_budget_check_names_the_budget_and_the_spend():
     check_budget({"simulator": 1.0, "judges": 0.5}, 2.0, what="run", key="max_cost_usd", then="x")
     check_budget({"simulator": 100.0}, None, what="run", key="max_cost_usd", then="x")
     with pytest.raises(BudgetExceeded) as err:
-        check_budget({"simulator": 1.5, "judges": 0.75, "unpriced": 9}, 2.0, what="training run", key="max_cost_usd",
-                     then="resume")
+        check_budget(
+            {"simulator": 1.5, "judges": 0.75, "unpriced": 9},
+            2.0,
+            what="training run",
+            key="max_cost_usd",
+            then="resume",
+        )
     assert err.value.spent_usd == pytest.approx(2.25) and err.value.budget_usd == 2.0
     text = str(err.value)
     assert "spent $2.25" in text and "simulator $1.5" in text and "judges $0.75" in text
@@ -118,7 +138,9 @@ async def test_task_runner_stops_at_the_budget_and_a_rerun_continues(tmp_path, c
     with pytest.raises(BudgetExceeded) as err:
         await TaskRunner(settings, store=store, key=str, spend=meter).run(tasks, work)
     assert calls == ["t0", "t1", "t2"]  # $3 spent after the third: stopped there
-    assert "spent $3 (simulator $2.25, judges $0.75)" in str(err.value) and "--max_cost_usd=2.5 USD" in str(err.value)
+    assert "spent $3 (simulator $2.25, judges $0.75)" in str(err.value) and "--max_cost_usd=2.5 USD" in str(
+        err.value
+    )
     assert err.value.summary.finished == 3
     assert [r["key"] for r in RunStore(store.path).records()] == ["t0", "t1", "t2"]
 
@@ -127,7 +149,10 @@ async def test_task_runner_stops_at_the_budget_and_a_rerun_continues(tmp_path, c
     summary = await TaskRunner(more, store=RunStore(store.path), key=str, spend=meter).run(tasks, work)
     assert calls == tasks[3:] and summary.resumed == 3 and summary.finished == 7
     stderr = capsys.readouterr().err
-    assert "cost after 5 of 7 tasks: $1 per task (simulator $0.75, judges $0.25); projected $7 for 7 tasks" in stderr
+    assert (
+        "cost after 5 of 7 tasks: $1 per task (simulator $0.75, judges $0.25); projected $7 for 7 tasks"
+        in stderr
+    )
 
 
 # ------------------------------------------------------------------------------------------ training guard
@@ -142,14 +167,20 @@ class FakeTrainer:
 
 
 def test_cost_guard_projects_forces_a_checkpoint_then_stops(capsys):
-    from collabllm_verl.recipe.verl_adapters.cost_guard import BudgetCheckpointCallback, CostGuard, spend_from_totals
+    from collabllm_verl.recipe.verl_adapters.cost_guard import (
+        BudgetCheckpointCallback,
+        CostGuard,
+        spend_from_totals,
+    )
 
     callback = BudgetCheckpointCallback(config=None)
     trainer = FakeTrainer(callback)
     guard = CostGuard(1.0, trainer)
     totals = {"simulator_cost_usd": 0.3, "judge_cost_usd": 0.1}
     line = guard.after_step(1, spend_from_totals(totals))
-    assert line.startswith("[collabllm cost] cost after 1 of 20 steps: $0.4 per step (simulator $0.3, judges $0.1)")
+    assert line.startswith(
+        "[collabllm cost] cost after 1 of 20 steps: $0.4 per step (simulator $0.3, judges $0.1)"
+    )
     assert "projected $8 for 20 steps" in capsys.readouterr().out
     callback.on_save(trainer, 1, "/ckpt/global_step_1")  # nothing pending: no error
     assert trainer.config.trainer.save_freq == 100
@@ -178,11 +209,27 @@ def test_price_flags_and_shortcut_are_usd_per_million():
     assert parse_prices(None, flag="--llm_prices") == (None, None)
     with pytest.raises(ValueError, match="--judge_prices expects IN,OUT"):
         parse_prices("0.15", flag="--judge_prices")
-    script = f'source {ROOT}/scripts/common.sh; ARGS=(); price_shortcut LLM_PRICES ++a ++b; printf "%s\\n" "${{ARGS[@]}}"'
-    out = subprocess.run(["bash", "-c", script], env={"LLM_PRICES": "0.15,0.6", "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["++a.input_cost_per_token=1.5e-07", "++a.output_cost_per_token=6e-07",
-                   "++b.input_cost_per_token=1.5e-07", "++b.output_cost_per_token=6e-07"]
-    bad = subprocess.run(["bash", "-c", script], env={"LLM_PRICES": "cheap", "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True)
+    script = (
+        f"source {ROOT}/scripts/common.sh; ARGS=(); price_shortcut LLM_PRICES ++a ++b; "
+        'printf "%s\\n" "${ARGS[@]}"'
+    )
+    out = subprocess.run(
+        ["bash", "-c", script],
+        env={"LLM_PRICES": "0.15,0.6", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [
+        "++a.input_cost_per_token=1.5e-07",
+        "++a.output_cost_per_token=6e-07",
+        "++b.input_cost_per_token=1.5e-07",
+        "++b.output_cost_per_token=6e-07",
+    ]
+    bad = subprocess.run(
+        ["bash", "-c", script],
+        env={"LLM_PRICES": "cheap", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "LLM_PRICES expects <in>,<out>" in bad.stderr

@@ -24,8 +24,12 @@ def cluster():
     env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE, "resources": {"node_a": 8},
-                        "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 1,
+            "object_store_memory": OBJECT_STORE,
+            "resources": {"node_a": 8},
+            "include_dashboard": False,
+        },
     )
     cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE, resources={"node_b": 8})
     cluster.wait_for_nodes()
@@ -39,21 +43,18 @@ def cluster():
 class Caller:
     """One worker process: ``callers`` concurrent coroutines, each making LLM calls through the layer."""
 
-    def __init__(self, config: dict) -> None:
-        from collabllm_verl.recipe.core.llm_client import LLMSettings
-
-        self.settings = LLMSettings.from_config(config)
-
-    async def call(self, count: int, callers: int) -> tuple[float, float, int]:
+    async def call(self, config: dict, count: int, callers: int) -> tuple[float, float, int]:
         """``(start, end, calls)``: wall-clock seconds (time.time) around ``count`` calls by ``callers``."""
-        from collabllm_verl.recipe.core.llm_client import acomplete_text
+        from collabllm_verl.recipe.core.llm_client import LLMSettings, acomplete_text
+
+        settings = LLMSettings.from_config(config)
 
         queue = iter(range(count))
 
         async def caller() -> int:
             done = 0
             for _ in queue:
-                await acomplete_text([{"role": "user", "content": "ping"}], self.settings, purpose="limits_test")
+                await acomplete_text([{"role": "user", "content": "ping"}], settings, purpose="limits_test")
                 done += 1
             return done
 
@@ -62,35 +63,49 @@ class Caller:
         return start, time.time(), done
 
 
-def _callers(config: dict, per_node: int = 2) -> list:
-    return [
-        Caller.options(resources={node: 1}).remote(config)
-        for node in ("node_a", "node_b")
-        for _ in range(per_node)
-    ]
+@pytest.fixture(scope="module")
+def actors(cluster, llm_server_module):
+    """Four worker processes, two on each node, warmed up (litellm imported, the limits actor found)."""
+    actors = [Caller.options(resources={node: 1}).remote() for node in ("node_a", "node_b") for _ in range(2)]
+    _run(actors, _config(llm_server_module, run_requests_per_minute=60_000), 2, 1)  # no concurrency key yet
+    return actors
 
 
-def _run(actors: list, count: int, callers: int) -> tuple[float, int]:
+@pytest.fixture(scope="module")
+def llm_server_module():
+    from collabllm_verl.recipe.offline.server import LocalLLMServer
+
+    with LocalLLMServer() as server:
+        yield server
+
+
+def _run(actors: list, config: dict, count: int, callers: int) -> tuple[float, int]:
     """Calls per second over all actors (first start to last end) and the calls made."""
-    results = ray.get([a.call.remote(count, callers) for a in actors])
+    results = ray.get([a.call.remote(config, count, callers) for a in actors])
     start, end = min(r[0] for r in results), max(r[1] for r in results)
     calls = sum(r[2] for r in results)
     return calls / (end - start), calls
 
 
 def _config(llm_server, **limits) -> dict:
-    return {"model": "openai/echo", "api_base": llm_server.base_url, "api_key": "local", "num_retries": 0, **limits}
+    return {
+        "model": "openai/echo",
+        "api_base": llm_server.base_url,
+        "api_key": "local",
+        "num_retries": 0,
+        **limits,
+    }
 
 
-def test_run_wide_concurrency_holds_over_two_nodes(cluster, llm_server):
+def test_run_wide_concurrency_holds_over_two_nodes(actors, llm_server_module):
     from collabllm_verl.recipe.core import run_limits
 
+    llm_server = llm_server_module
     limit = 6
-    actors = _callers(_config(llm_server, run_max_concurrency=limit))
-    _run(actors, 2, 1)  # warm-up: litellm imported, the actor found, in every worker
     llm_server.reset()
     llm_server.configure(latency_ms=LATENCY_S * 1000)
-    rate, calls = _run(actors, 36, 6)  # 4 workers x 6 callers: 24 want to be in flight
+    # 4 workers x 6 callers: 24 want to be in flight
+    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 36, 6)
     stats = llm_server.stats()
     assert calls == 4 * 36
     assert stats["max_in_flight"] <= limit
@@ -102,21 +117,19 @@ def test_run_wide_concurrency_holds_over_two_nodes(cluster, llm_server):
     assert actor_stats[key]["max_in_use"] <= limit and actor_stats[key]["in_use"] <= limit
 
 
-def test_per_process_limits_multiply_without_the_run_limit(cluster, llm_server):
-    actors = _callers(_config(llm_server, max_concurrency=2))
-    _run(actors, 2, 1)
+def test_per_process_limits_multiply_without_the_run_limit(actors, llm_server_module):
+    llm_server = llm_server_module
     llm_server.reset()
     llm_server.configure(latency_ms=LATENCY_S * 1000)
-    _run(actors, 12, 4)
+    _run(actors, _config(llm_server, max_concurrency=2), 12, 4)
     assert llm_server.stats()["max_in_flight"] > 2  # 4 processes x 2: the storm the run-wide limit prevents
 
 
-def test_run_wide_request_rate_holds_over_two_nodes(cluster, llm_server):
+def test_run_wide_request_rate_holds_over_two_nodes(actors, llm_server_module):
+    llm_server = llm_server_module
     per_minute = 480.0  # 8 starts a second over the whole run
-    actors = _callers(_config(llm_server, run_requests_per_minute=per_minute, model="openai/echo"))
-    _run(actors, 1, 1)
     llm_server.reset()
-    rate, calls = _run(actors, 10, 3)
+    rate, calls = _run(actors, _config(llm_server, run_requests_per_minute=per_minute), 10, 3)
     assert calls == 40
     assert rate <= per_minute / 60 * 1.15 + 1.0, f"{rate:.1f} starts/s for a limit of {per_minute / 60:.1f}"
     assert rate >= per_minute / 60 * 0.85 - 1.0

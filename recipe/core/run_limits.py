@@ -63,6 +63,7 @@ class RunLimitsState:
         self._changed: dict[str, asyncio.Condition] = {}
         self._bucket: dict[str, list[float]] = {}  # key -> [tokens, last refill (monotonic s), rate per s]
         self._bucket_lock: dict[str, asyncio.Lock] = {}
+        self._warned: set[str] = set()  # keys whose limit mismatch was logged
 
     def _condition(self, key: str, limit: int) -> asyncio.Condition:
         if key not in self._limit:
@@ -73,7 +74,8 @@ class RunLimitsState:
                 0,
             )
             self._changed[key] = asyncio.Condition()
-        elif int(limit) != self._limit[key]:
+        elif int(limit) != self._limit[key] and key not in self._warned:
+            self._warned.add(key)
             logger.warning(
                 "run limits: %s keeps its first limit %d (asked for %d)", key, self._limit[key], limit
             )
