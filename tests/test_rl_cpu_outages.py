@@ -274,7 +274,8 @@ def test_a_budget_below_one_step_stops_at_step_1_with_a_checkpoint(budget_run):
     assert "[collabllm cost] cost after 1 of 3 steps: $" in log
     assert (out / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
     assert (out / "checkpoints" / "global_step_1" / "actor").is_dir()
-    message = next(line for line in log.splitlines() if "training run (step 1) stopped: spent $" in line)
+    stop = "BudgetExceeded: training run (step 1) stopped: spent $"
+    message = next(line for line in log.splitlines() if stop in line)
     assert f"spent ${spent:.4g}" in message
     assert "more than the budget trainer.v1.sampler.sampler_kwargs.max_cost_usd=0.001 USD" in message
     assert "Checkpoint of step 1 saved in" in message and "global_step_1" in message

@@ -60,6 +60,10 @@ def _usd(value: float) -> str:
     return f"${value:.4g}" if value else "$0"
 
 
+def _count(number: int, unit: str) -> str:
+    return f"{number} {unit}" if number == 1 else f"{number} {unit}s"
+
+
 def _roles_text(spent: Mapping[str, float]) -> str:
     parts = [f"{role} {_usd(spent.get(role, 0.0))}" for role in ROLES if role != "other" or spent.get(role)]
     return ", ".join(parts)
@@ -131,7 +135,7 @@ def projection_text(
         if all_total > budget_usd and per_total > 0:
             text += (
                 f"; budget {budget_key}={budget_usd:g} USD: projected to stop after about "
-                f"{max(done, math.floor(budget_usd / per_total))} {unit}s"
+                f"{_count(max(done, math.floor(budget_usd / per_total)), unit)}"
             )
         else:
             text += f"; within the budget {budget_key}={budget_usd:g} USD"
