@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["ACTOR_NAME", "RunLimits", "create_actor", "reset_client", "run_slot"]
+__all__ = ["ACTOR_NAME", "RunLimits", "create_actor", "describe_stats", "reset_client", "run_slot"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,15 @@ class RunLimitsState:
             }
             for key in self._limit
         }
+
+
+def describe_stats(stats: dict[str, dict[str, int]]) -> str:
+    """One line for :meth:`RunLimitsState.stats`: ``"<key>: at most M of L in use, G granted; ..."``
+    (empty when no run-wide concurrency limit was used)."""
+    return "; ".join(
+        f"{key}: at most {s['max_in_use']} of {s['limit']} in use, {s['granted']} granted"
+        for key, s in sorted(stats.items())
+    )
 
 
 def _actor_class():

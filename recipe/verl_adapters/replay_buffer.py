@@ -24,7 +24,9 @@ After verl's own sampling, :meth:`CollabLLMReplayBuffer.sample` drains the step 
    then stop).
 
 It also creates the run's LLM-limits actor (``recipe/core/run_limits.py``), so that it lives as long as the
-trainer's driver, whichever worker calls an LLM first.
+trainer's driver, whichever worker calls an LLM first, and prints its use after every training step
+(``[collabllm limits] step N: <model> at <endpoint>: at most M of L in use, G granted``) when a run-wide
+concurrency limit is set.
 
 Validation samplings (``partition_id="val"``) only get check 1.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ray
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from collabllm_verl.recipe.core import run_limits
@@ -110,6 +113,9 @@ class CollabLLMReplayBuffer(ReplayBuffer):
                 )
         metrics.update(training_metrics(summary, reports))
         self._unpriced += _unpriced(reports)
+        limits = run_limits.describe_stats(ray.get(self._limits.stats.remote()))
+        if limits:
+            print(f"[collabllm limits] step {global_steps}: {limits}", flush=True)
         self._cost.after_step(global_steps, spend_from_totals(self._totals, self._unpriced))
         return batch, metrics
 
