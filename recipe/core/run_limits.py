@@ -6,12 +6,12 @@ in others, on every node; per-process limits multiply by the number of processes
 run draws from one named Ray actor, :class:`RunLimits` (:data:`ACTOR_NAME`, in the job's namespace, so one
 per run; the trainer's driver creates it, :func:`create_actor`, and a worker that finds none creates it).
 
-No round trip per call on the hot path: a process takes permits in **leases** of up to ``batch`` at a time
-(as many as it has callers waiting) and keeps reusing a permit for its own waiting callers until the lease
-is ``lease_s`` old; a permit nobody in the process waits for, or whose lease expired, goes back to the actor
-(a call that is not awaited). Request starts (the rate) are taken the same way, in batches of up to
-``batch``, from a token bucket that fills at ``run_requests_per_minute / 60`` per second and holds at most
-``max(1, rate * burst_s)`` tokens, so any 60 s window sees at most ``run_requests_per_minute`` plus one
+No round trip per call on the hot path: a process takes permits in **leases** of up to ``BATCH`` at a time
+(as many as it has callers waiting) and keeps reusing a permit for its own callers until the lease is
+``LEASE_S`` old; a permit no call of the process took again within ``IDLE_S``, or whose lease expired, goes
+back to the actor (a call that is not awaited). Request starts (the rate) are taken the same way, in batches of up to
+``BATCH``, from a token bucket that fills at ``run_requests_per_minute / 60`` per second and holds at most
+``max(1, rate * BURST_S)`` tokens, so any 60 s window sees at most ``run_requests_per_minute`` plus one
 bucket of starts.
 
 Outside Ray (``ray.is_initialized()`` false: the CLIs, unit tests) the run-wide limits do nothing and the
@@ -43,6 +43,8 @@ LEASE_S = 2.0
 """Seconds a process may keep reusing a permit before it goes back to the actor (fairness between processes)."""
 BATCH = 8
 """Most permits or request starts a process takes from the actor in one call."""
+IDLE_S = 0.05
+"""Seconds a free permit stays in a process for its next call before it goes back to the actor."""
 BURST_S = 1.0
 """Seconds of request starts the run-wide token bucket holds at most (>= one start)."""
 
@@ -52,7 +54,8 @@ class RunLimitsState:
 
     Per key (``"<model> at <endpoint>"``): the concurrency ``limit``, permits ``in_use`` (granted to
     processes, whether in flight or held in a lease), the most ever in use, and a token bucket of starts.
-    The first limit seen for a key is kept; a different one later is logged and ignored.
+    The latest limit asked for a key applies (every process of a run asks for the same; a change is
+    logged).
     """
 
     def __init__(self) -> None:
@@ -63,22 +66,14 @@ class RunLimitsState:
         self._changed: dict[str, asyncio.Condition] = {}
         self._bucket: dict[str, list[float]] = {}  # key -> [tokens, last refill (monotonic s), rate per s]
         self._bucket_lock: dict[str, asyncio.Lock] = {}
-        self._warned: set[str] = set()  # keys whose limit mismatch was logged
 
     def _condition(self, key: str, limit: int) -> asyncio.Condition:
         if key not in self._limit:
-            self._limit[key], self._in_use[key], self._max_in_use[key], self._granted[key] = (
-                int(limit),
-                0,
-                0,
-                0,
-            )
+            self._in_use[key], self._max_in_use[key], self._granted[key] = 0, 0, 0
             self._changed[key] = asyncio.Condition()
-        elif int(limit) != self._limit[key] and key not in self._warned:
-            self._warned.add(key)
-            logger.warning(
-                "run limits: %s keeps its first limit %d (asked for %d)", key, self._limit[key], limit
-            )
+        elif int(limit) != self._limit[key]:
+            logger.warning("run limits: the limit of %s changes from %d to %d", key, self._limit[key], limit)
+        self._limit[key] = int(limit)
         return self._changed[key]
 
     async def acquire(self, key: str, limit: int, want: int) -> int:
@@ -160,21 +155,29 @@ class _Pool:
     """One process's share of a key's permits (or request starts), for one event loop.
 
     ``take()`` returns at once when the process holds a free permit (no round trip), else it waits for a
-    lease from the actor; ``give(granted_at)`` hands the permit to the next waiting caller while its lease is
-    young, else returns it to the actor.
+    lease from the actor. ``give(granted_at)`` hands the permit to the next waiting caller, or keeps it free
+    here for :data:`IDLE_S` (a closed loop of calls takes it again at once), while its lease is younger than
+    :data:`LEASE_S`; an old or idle permit goes back to the actor. Request starts are never given back.
     """
 
     def __init__(self, fetch, give_back) -> None:
         self._fetch_from_actor = fetch  # async (want) -> granted
         self._give_back = give_back  # (count) -> None, or None for request starts (not returned)
-        self._free: list[float] = []  # grant times of free permits held here
+        self._free: list[tuple[float, float]] = []  # (granted at, freed at) of free permits held here
         self._waiters: deque[asyncio.Future] = deque()
         self._fetching = False
         self._task: asyncio.Future | None = None  # the running fetch (a reference keeps it alive)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _young(self, granted_at: float) -> bool:
+        return self._give_back is None or time.monotonic() - granted_at < LEASE_S
 
     async def take(self) -> float:
-        if self._free and not self._waiters:
-            return self._free.pop()
+        while self._free and not self._waiters:
+            granted_at, _ = self._free.pop()
+            if self._young(granted_at):
+                return granted_at
+            self._give_back(1)
         future = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         if not self._fetching:
@@ -209,20 +212,30 @@ class _Pool:
             if not waiter.done():
                 waiter.set_result(granted_at)
                 return
-        if self._give_back is None:
-            self._free.append(granted_at)
-        else:
-            self._give_back(1)
+        self._free.append((granted_at, time.monotonic()))
+        if self._give_back is not None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(IDLE_S, self._return_idle)
+
+    def _return_idle(self) -> None:
+        """Give the actor back every permit free here for :data:`IDLE_S` or longer, or past its lease."""
+        self._timer = None
+        now = time.monotonic()
+        keep = [(g, f) for g, f in self._free if now - f < IDLE_S and now - g < LEASE_S]
+        if len(keep) < len(self._free):
+            self._give_back(len(self._free) - len(keep))
+        self._free = keep
+        if keep:
+            self._timer = asyncio.get_running_loop().call_later(IDLE_S, self._return_idle)
 
     def give(self, granted_at: float) -> None:
-        if self._give_back is not None and time.monotonic() - granted_at >= LEASE_S:
+        if not self._young(granted_at):
             self._give_back(1)
             return
         self._hand(granted_at)
 
 
 class _Client:
-    """The process's view of the run's actor: one :class:`_Pool` per (key, kind, event loop)."""
+    """The process's view of the run's actor: one :class:`_Pool` per (key, kind, limit, event loop)."""
 
     def __init__(self) -> None:
         self._handle: Any = None
@@ -243,7 +256,7 @@ class _Client:
         loop = asyncio.get_running_loop()
         with self._lock:
             pools = self._pools.setdefault(loop, {})
-            pool = pools.get((key, kind))
+            pool = pools.get((key, kind, limit))
             if pool is None:
                 if kind == "slots":
 
@@ -260,7 +273,7 @@ class _Client:
                         return await handle.take_starts.remote(key, float(limit), want)
 
                     pool = _Pool(fetch, None)
-                pools[(key, kind)] = pool
+                pools[(key, kind, limit)] = pool
             return pool
 
 
