@@ -8,7 +8,9 @@ with ``--callers`` concurrent coroutines through ``acomplete_text`` to the offli
 (``openai/echo``, ``--latency_ms`` added per answer), first with the per-process limit only
 (``max_concurrency``), then with a run-wide ``run_max_concurrency`` as large as the demand (it never binds, so
 the difference is the limiter's own cost), then with a binding run-wide limit (``--limit``) whose throughput
-is compared with limit / latency when ``--latency_ms`` > 0. Prints one JSON line per mode.
+is compared with limit / latency when ``--latency_ms`` > 0, and with the same limit enforced per process in
+one worker that makes every call (its reference: what the layer reaches at that limit without Ray). Prints
+one JSON line per mode.
 """
 
 from __future__ import annotations
@@ -70,15 +72,20 @@ def main(argv=None) -> None:
             "per_process": {**base, "max_concurrency": args.callers},
             "run_wide_not_binding": {**base, "max_concurrency": args.callers, "run_max_concurrency": demand},
             "run_wide_binding": {**base, "max_concurrency": args.callers, "run_max_concurrency": args.limit},
+            "per_process_binding_one_worker": {**base, "max_concurrency": args.limit},
         }
         ray.get([w.run.remote(modes["run_wide_not_binding"], 4, 2) for w in workers])  # warm-up
         server.configure(latency_ms=args.latency_ms)
         for name, config in modes.items():
             server.reset()
             server.configure(latency_ms=args.latency_ms)
-            results = ray.get([w.run.remote(config, args.calls, args.callers) for w in workers])
+            # the last mode: the same limit per process, in one worker making every call (the reference)
+            chosen = workers[:1] if name.startswith("per_process_binding") else workers
+            calls_each = args.calls * args.workers // len(chosen)
+            callers = args.callers * args.workers // len(chosen)
+            results = ray.get([w.run.remote(config, calls_each, callers) for w in chosen])
             wall = max(r[1] for r in results) - min(r[0] for r in results)
-            calls = args.calls * args.workers
+            calls = calls_each * len(chosen)
             row = {
                 "mode": name,
                 "workers": args.workers,
@@ -88,7 +95,7 @@ def main(argv=None) -> None:
                 "calls_per_s": round(calls / wall, 1),
                 "server_max_in_flight": server.stats()["max_in_flight"],
             }
-            if name == "run_wide_binding":
+            if name in ("run_wide_binding", "per_process_binding_one_worker"):
                 row["limit"] = args.limit
                 if args.latency_ms:
                     row["limit_over_latency_per_s"] = round(args.limit / (args.latency_ms / 1000), 1)

@@ -14,7 +14,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 OBJECT_STORE = 100 * 1024 * 1024
-LATENCY_S = 0.25
+LATENCY_S = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +105,13 @@ def test_run_wide_concurrency_holds_over_two_nodes(actors, llm_server_module):
     llm_server.reset()
     llm_server.configure(latency_ms=LATENCY_S * 1000)
     # 4 workers x 6 callers: 24 want to be in flight
-    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 36, 6)
+    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 40, 6)
     stats = llm_server.stats()
-    assert calls == 4 * 36
+    assert calls == 4 * 40
     assert stats["max_in_flight"] <= limit
     assert stats["max_in_flight"] == limit  # the limit is reached, not just respected
     expected = limit / LATENCY_S
+    print(f"run-wide limit {limit}: {rate:.1f} calls/s (limit/latency {expected:.1f}), max in flight {stats}")
     assert abs(rate - expected) / expected <= 0.15, f"{rate:.1f} calls/s, expected {expected:.1f}"
     actor_stats = ray.get(run_limits.create_actor().stats.remote())
     (key,) = [k for k in actor_stats if "openai/echo" in k]
@@ -126,10 +127,15 @@ def test_per_process_limits_multiply_without_the_run_limit(actors, llm_server_mo
 
 
 def test_run_wide_request_rate_holds_over_two_nodes(actors, llm_server_module):
+    from collabllm_verl.recipe.core import run_limits
+
     llm_server = llm_server_module
     per_minute = 480.0  # 8 starts a second over the whole run
     llm_server.reset()
-    rate, calls = _run(actors, _config(llm_server, run_requests_per_minute=per_minute), 10, 3)
-    assert calls == 40
-    assert rate <= per_minute / 60 * 1.15 + 1.0, f"{rate:.1f} starts/s for a limit of {per_minute / 60:.1f}"
-    assert rate >= per_minute / 60 * 0.85 - 1.0
+    rate, calls = _run(actors, _config(llm_server, run_requests_per_minute=per_minute), 12, 3)
+    assert calls == 48
+    # the bucket may hold one second of starts (BURST_S) at the start; the rest come at the limit
+    per_s, burst = per_minute / 60, per_minute / 60 * run_limits.BURST_S
+    steady = (calls - burst) / (calls / rate)
+    print(f"run-wide rate {per_s:.1f}/s: {rate:.2f} starts/s over the run, {steady:.2f}/s after the burst")
+    assert abs(steady - per_s) / per_s <= 0.15
