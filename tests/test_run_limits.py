@@ -1,7 +1,10 @@
 """Run-wide LLM limits (recipe/core/run_limits.py) on a local two-node Ray cluster (``ray.cluster_utils.Cluster``
 on 127.0.0.1): worker actors on both nodes call the local LLM server (injected latency) through the LLM-call
 layer; the server's count of requests in flight never exceeds the run's limit, throughput at the limit is
-within 15 % of limit / latency, and the run-wide request rate holds. Small object stores, few CPUs."""
+within 15 % of limit / latency, and the run-wide request rate holds. Small object stores, few CPUs.
+
+The throughput check is sensitive to a saturated CPU: a permit is held for the client-side time of a call
+too (litellm, HTTP), which grows with the machine's load (benchmarks/README.md, run-wide LLM limiter)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 OBJECT_STORE = 100 * 1024 * 1024
-LATENCY_S = 0.5
+LATENCY_S = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +108,9 @@ def test_run_wide_concurrency_holds_over_two_nodes(actors, llm_server_module):
     llm_server.reset()
     llm_server.configure(latency_ms=LATENCY_S * 1000)
     # 4 workers x 6 callers: 24 want to be in flight
-    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 40, 6)
+    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 60, 6)
     stats = llm_server.stats()
-    assert calls == 4 * 40
+    assert calls == 4 * 60
     assert stats["max_in_flight"] <= limit
     assert stats["max_in_flight"] == limit  # the limit is reached, not just respected
     expected = limit / LATENCY_S
