@@ -290,7 +290,7 @@ def reset_client() -> None:
 async def run_slot(settings: Any) -> AsyncIterator[None]:
     """Hold one run-wide permit (and take one run-wide request start) of ``settings``' model and endpoint.
 
-    ``settings`` is an ``LLMSettings`` (``model``, ``api_base``, ``run_max_concurrency``,
+    ``settings`` is an ``LLMSettings`` (``describe()``, ``run_max_concurrency``,
     ``run_requests_per_minute``). Does nothing when neither run-wide limit is set, or outside Ray (then
     once a warning: the per-process limits apply).
 
@@ -312,7 +312,7 @@ async def run_slot(settings: Any) -> AsyncIterator[None]:
             )
         yield
         return
-    key = f"{settings.model} at {settings.api_base or 'default endpoint'}"
+    key = settings.describe()  # "<model> at <endpoint>", any key-like text masked
     slots = None
     granted_at = 0.0
     if settings.run_max_concurrency is not None:
