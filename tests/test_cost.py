@@ -233,3 +233,58 @@ def test_price_flags_and_shortcut_are_usd_per_million():
         text=True,
     )
     assert bad.returncode == 2 and "LLM_PRICES expects <in>,<out>" in bad.stderr
+
+
+def test_evaluate_stops_at_its_budget_and_a_rerun_continues(
+    llm_server, tmp_path, monkeypatch, capsys, caplog
+):
+    import json
+
+    import evaluate
+
+    monkeypatch.setenv("COST_TEST_KEY", "local")
+    tasks = tmp_path / "tasks.jsonl"
+    rows = [
+        {"problem": f"Compute {a} + 1 and box it.", "solution": f"\\boxed{{{a + 1}}}", "answer": str(a + 1)}
+        for a in range(4)
+    ]
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "run"
+    argv = [
+        "--dataset",
+        str(tasks),
+        "--out",
+        str(out),
+        "--task",
+        "math",
+        "--policy_model",
+        "openai/echo",
+        "--user_model",
+        "openai/scripted-user",
+        "--judge_model",
+        "openai/scripted-judge",
+        "--api_base",
+        llm_server.base_url,
+        "--api_key_env",
+        "COST_TEST_KEY",
+        "--num_retries",
+        "0",
+        "--bootstrap_resamples",
+        "200",
+        "--concurrency",
+        "1",
+        "--llm_prices",
+        "1000,1000",
+    ]
+    assert evaluate.main([*argv, "--max_cost_usd", "0.001"]) == 1
+    text = capsys.readouterr().err + caplog.text
+    assert "this run of 4 conversations stopped: spent $" in text and "--max_cost_usd=0.001 USD" in text
+    assert "1 of this run's conversations are finished and kept" in text
+    first = (out / "conversations.jsonl").read_text().splitlines()
+    assert len(first) == 1
+    caplog.clear()
+    assert evaluate.main([*argv, "--max_cost_usd", "1000"]) == 0
+    text = capsys.readouterr().err + caplog.text
+    assert "[conversations] cost after 3 of 3 conversations: $" in text  # the 3 left, the first one kept
+    records = (out / "conversations.jsonl").read_text().splitlines()
+    assert records[0] == first[0] and len(records) == 4

@@ -423,8 +423,8 @@ class TaskRunner(Generic[T]):
                 self.settings.max_cost_usd,
                 what=f"this run of {summary.started} {self.settings.unit}s",
                 key="--max_cost_usd",
-                then=f"{summary.finished} {self.settings.unit}s of this run are finished and kept: run the same "
-                "command with a higher --max_cost_usd to continue without redoing them",
+                then=f"{summary.finished} of this run's {self.settings.unit}s are finished and kept: run the "
+                "same command with a higher --max_cost_usd to continue without redoing them",
             )
         except BudgetExceeded as stop:
             stop.summary = summary  # the run's summary at the stop, like FailureBudgetExceeded's
