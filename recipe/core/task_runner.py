@@ -264,6 +264,7 @@ class TaskRunner(Generic[T]):
         self.sleep = sleep
         self.spend = spend or _process_spend
         self._spend_start: dict[str, float] = {}
+        self._writes: set[asyncio.Future] = set()  # appends in flight (a stopped run waits for them)
 
     def spent(self) -> dict[str, float]:
         """``{role: USD}`` (and ``"unpriced"`` requests) spent since the current run started."""
@@ -345,6 +346,7 @@ class TaskRunner(Generic[T]):
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*self._writes, return_exceptions=True)  # records of finished tasks are kept
             raise
         finally:
             bar.close()
@@ -391,7 +393,10 @@ class TaskRunner(Generic[T]):
         summary.retries += outcome.attempts - 1
         if outcome.record is not None:
             record = self._keyed(outcome.record, outcome.key)
-            await asyncio.to_thread(self.store.append, record)
+            write = asyncio.ensure_future(asyncio.to_thread(self.store.append, record))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            await asyncio.shield(write)  # a stop cancels the worker, not the write
         if not outcome.failed:
             summary.finished += 1
         else:
