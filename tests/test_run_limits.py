@@ -17,7 +17,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 OBJECT_STORE = 100 * 1024 * 1024
-LATENCY_S = 0.25
+LATENCY_S = 0.4
+# a loaded machine may drop a loopback connection now and then; a retry is one more request, within the limits
+RETRIES = {"num_retries": 2, "backoff_initial": 0.05, "backoff_max": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def _config(llm_server, **limits) -> dict:
         "model": "openai/echo",
         "api_base": llm_server.base_url,
         "api_key": "local",
-        "num_retries": 0,
+        **RETRIES,
         **limits,
     }
 
@@ -104,13 +106,13 @@ def test_run_wide_concurrency_holds_over_two_nodes(actors, llm_server_module):
     from collabllm_verl.recipe.core import run_limits
 
     llm_server = llm_server_module
-    limit = 6
+    limit = 4
     llm_server.reset()
     llm_server.configure(latency_ms=LATENCY_S * 1000)
-    # 4 workers x 6 callers: 24 want to be in flight
-    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 60, 6)
+    # 4 workers x 4 callers: 16 want to be in flight
+    rate, calls = _run(actors, _config(llm_server, run_max_concurrency=limit), 30, 4)
     stats = llm_server.stats()
-    assert calls == 4 * 60
+    assert calls == 4 * 30
     assert stats["max_in_flight"] <= limit
     assert stats["max_in_flight"] == limit  # the limit is reached, not just respected
     expected = limit / LATENCY_S
