@@ -42,6 +42,7 @@ from collabllm_verl.recipe.cli.model_args import (
     local_server,
     resolve_roles,
 )
+from collabllm_verl.recipe.cli.settings_flags import add_settings_arguments
 from collabllm_verl.recipe.core.llm_client import LLMSettings
 from collabllm_verl.recipe.core.multiturn_reward import RewardSettings, resolve_settings
 from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
@@ -107,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of this run's tasks that may fail; one more stops the run, keeping the finished "
                    f"ones (1: never; default {DEFAULT_FAILURE_BUDGET})")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_settings_arguments(p, TaskRunnerSettings, {"budget": ["max_cost_usd"]})
     return p.parse_args(argv)
 
 
@@ -165,12 +167,13 @@ def runner_settings(args: argparse.Namespace) -> TaskRunnerSettings:
             max_concurrent=args.max_concurrent_tasks,
             retries=args.task_retries,
             failure_budget=args.failure_budget,
+            max_cost_usd=args.max_cost_usd,
             progress=not args.no_progress,
         )
     except ValidationError:
         raise ValueError(
-            "--max_concurrent_tasks must be >= 1, --task_retries >= 0 and --failure_budget in [0, 1] (got "
-            f"{args.max_concurrent_tasks}, {args.task_retries}, {args.failure_budget})"
+            "--max_concurrent_tasks must be >= 1, --task_retries >= 0, --failure_budget in [0, 1] and --max_cost_usd "
+            f"> 0 (got {args.max_concurrent_tasks}, {args.task_retries}, {args.failure_budget}, {args.max_cost_usd})"
         ) from None
 
 

@@ -24,7 +24,7 @@ logger = logging.getLogger("evaluate")
 FLAG_GROUPS = {
     "evaluation": [
         "protocol", "out", "num_rows", "samples_per_row", "seed", "max_messages", "task", "metrics", "concurrency",
-        "task_retries", "failure_budget", "label", "overwrite", "bootstrap_resamples", "progress",
+        "task_retries", "failure_budget", "max_cost_usd", "label", "overwrite", "bootstrap_resamples", "progress",
     ],
     "model under test (policy)": [
         "policy_checkpoint", "policy_device", "policy_dtype", "policy_max_batch_size", "policy_max_model_len",
@@ -32,7 +32,6 @@ FLAG_GROUPS = {
     ],
     "LLM calls": ["timeout", "num_retries", "llm_max_concurrency"],
 }
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of an evaluation run: the source flags, :data:`FLAG_GROUPS` and the model flags."""
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare_main(argv)
     args = build_parser().parse_args(argv)
     from collabllm_verl.recipe.cli.model_args import local_server
-    from collabllm_verl.recipe.core.task_runner import FailureBudgetExceeded
+    from collabllm_verl.recipe.core.task_runner import BudgetExceeded, FailureBudgetExceeded
     from collabllm_verl.recipe.dataset.rows import DatasetFormatError
     from collabllm_verl.recipe.evaluation.pipeline import metric_line, run_evaluation
 
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetFormatError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
-    except FailureBudgetExceeded as err:
+    except (FailureBudgetExceeded, BudgetExceeded) as err:
         logger.error("%s", err)
         return 1
     conversations = summary["conversations"]

@@ -37,6 +37,9 @@
 #   JUDGE_MODEL              reward.reward_kwargs.llm_judge_kwargs.model
 #   LLM_API_BASE             api_base of the user simulator and the judges
 #   LLM_API_KEY              API key of both, passed in $COLLABLLM_USER_API_KEY / $COLLABLLM_JUDGE_API_KEY (api_key_env)
+#   LLM_PRICES=<in>,<out>    USD per million input/output tokens of the user simulator and the judges:
+#                            ...user_simulator.{input,output}_cost_per_token, ...llm_judge_kwargs.{input,output}_cost_per_token
+#   MAX_COST_USD             trainer.v1.sampler.sampler_kwargs.max_cost_usd (simulator + judges; checkpoint, then stop)
 #   LOCAL_LLM_SERVER=0|1     1: start the offline stand-in server and use it for both (default: 1 with DEVICE=cpu)
 #   TOTAL_STEPS, TOTAL_EPOCHS  trainer.total_training_steps (empty: null, all epochs), trainer.total_epochs
 #   SAVE_FREQ, TEST_FREQ     trainer.save_freq, trainer.test_freq
@@ -117,6 +120,8 @@ if [[ -n "${QUESTION_LOGIT_BIAS:-}" ]]; then
 fi
 shortcut USER_MODEL ++actor_rollout_ref.rollout.custom.user_simulator.model
 shortcut JUDGE_MODEL ++reward.reward_kwargs.llm_judge_kwargs.model
+price_shortcut LLM_PRICES ++actor_rollout_ref.rollout.custom.user_simulator ++reward.reward_kwargs.llm_judge_kwargs
+shortcut MAX_COST_USD trainer.v1.sampler.sampler_kwargs.max_cost_usd
 shortcut TOTAL_EPOCHS trainer.total_epochs
 if [[ -n "${TOTAL_STEPS+set}" ]]; then ARGS+=("trainer.total_training_steps=${TOTAL_STEPS:-null}"); fi
 shortcut SAVE_FREQ trainer.save_freq

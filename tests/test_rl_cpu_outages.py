@@ -1,7 +1,7 @@
 """End to end on a CPU (`DEVICE=cpu train_rl_collabllm.sh`, tiny model, hf rollout): what happens when the
 judge fails, PPO with a critic, and resuming a killed run.
 
-Two CPU training set-ups, each as small as the behaviour allows:
+Three CPU training set-ups, each as small as the behaviour allows:
 
 * **Outage** (GRPO, S = 1 future conversation per response, judge retries off, failure budget 0.6): the
   judges run on their own local server. Step 1: exactly one judge call fails, so exactly one response has a
@@ -14,6 +14,9 @@ Two CPU training set-ups, each as small as the behaviour allows:
   then resumed from ``global_step_1``. Both steps log ``critic/vf_loss``; training continues at step 2; the
   conversation dump and the step summary hold each step once; the judge's API key, given on the command
   line in the blog's form, appears in no output and no file (the conversation dump, checkpoints, metrics).
+* **Budget** (GRPO, S = 1, ``LLM_PRICES`` set so high that step 1 costs more than ``MAX_COST_USD``, run-wide
+  limits on): step 1 prints the cost projection, verl saves ``global_step_1``, and the run stops with one
+  error naming the budget and the spend; step 2 never starts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,6 +159,10 @@ def test_a_dead_judge_stops_training_with_one_readable_error(outage_run):
     assert returncode != 0
     assert [s["step"] for s in _summaries(out)] == [1]  # step 2 was never trained
     assert 2 not in _metrics(out)
+    limits = next(line for line in log.splitlines() if "[collabllm limits] step 1: " in line)
+    for role in ("scripted-user", "scripted-judge"):  # every worker drew from the run's actor, within the limit
+        used = re.search(rf"openai/{role} at \S+: at most (\d+) of 2 in use, (\d+) granted", limits)
+        assert used and 1 <= int(used[1]) <= 2 and int(used[2]) >= 1, limits
     message = next(line for line in log.splitlines() if "above reward_kwargs.max_failure_rate=0.6" in line)
     assert "collabllm reward: step 2: metric '" in message
     assert f"(judge: openai/scripted-judge at {judge_url})" in message
@@ -239,3 +247,45 @@ def test_the_api_key_appears_in_no_output_and_no_file(ppo_resumed):
     for path in out.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+# ------------------------------------------------------------------------------------------------ budget
+@pytest.fixture(scope="module")
+def budget_run(rl_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("budget")
+    env = _env(
+        out, DATA_DIR=str(rl_data), NUM_REPEAT_ROLLOUTS="1", TOTAL_STEPS="3", LLM_PRICES="1000,2000",
+        MAX_COST_USD="0.001",
+    )
+    limits = [
+        "++actor_rollout_ref.rollout.custom.user_simulator.run_max_concurrency=2",
+        "++reward.reward_kwargs.llm_judge_kwargs.run_max_concurrency=2",
+    ]
+    proc = _start(out, env, *limits)
+    try:
+        proc.wait(timeout=900)
+    finally:
+        _kill(proc)
+    return proc.returncode, (out / "run.log").read_text(errors="replace"), out
+
+
+def test_a_budget_below_one_step_stops_at_step_1_with_a_checkpoint(budget_run):
+    returncode, log, out = budget_run
+    assert returncode != 0
+    assert [s["step"] for s in _summaries(out)] == [1]
+    step1 = _summaries(out)[0]
+    assert step1["judge"]["cost_usd"] > 0 and step1["simulator"]["cost_usd"] > 0  # the prices, not litellm's map
+    spent = step1["totals"]["judge_cost_usd"] + step1["totals"]["simulator_cost_usd"]
+    assert "[collabllm cost] cost after 1 of 3 steps: $" in log
+    assert (out / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert (out / "checkpoints" / "global_step_1" / "actor").is_dir()
+    stop = "BudgetExceeded: training run (step 1) stopped: spent $"
+    message = next(line for line in log.splitlines() if stop in line)
+    assert f"spent ${spent:.4g}" in message
+    assert "more than the budget trainer.v1.sampler.sampler_kwargs.max_cost_usd=0.001 USD" in message
+    assert "Checkpoint of step 1 saved in" in message and "global_step_1" in message
+    assert 2 not in _metrics(out)
+    limits = next(line for line in log.splitlines() if "[collabllm limits] step 1: " in line)
+    for role in ("scripted-user", "scripted-judge"):  # every worker drew from the run's actor, within the limit
+        used = re.search(rf"openai/{role} at \S+: at most (\d+) of 2 in use, (\d+) granted", limits)
+        assert used and 1 <= int(used[1]) <= 2 and int(used[2]) >= 1, limits

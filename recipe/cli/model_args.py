@@ -3,7 +3,9 @@ key variable, overridable per role.
 
 Each role (``user`` = the user simulator, ``judge``, ``assistant`` or ``policy``) gets ``--<role>_model``
 (any litellm model string), ``--<role>_api_base`` and ``--<role>_api_key_env``; ``--api_base`` and
-``--api_key_env`` apply to every role that does not override them. Keys are only ever read from the
+``--api_key_env`` apply to every role that does not override them. ``--llm_prices IN,OUT`` (USD per million
+input and output tokens) prices every role that does not set ``--<role>_prices``; the prices replace
+litellm's price map in every cost figure and in ``--max_cost_usd``. Keys are only ever read from the
 environment variable named by ``*_api_key_env``, so they never appear on a command line, in a printed
 configuration or in an output file. ``--local_server`` starts the offline stand-in server
 (:mod:`collabllm_verl.recipe.offline.server`, for the ``openai/scripted-*`` models) for the run and uses it
@@ -27,6 +29,7 @@ __all__ = [
     "add_model_arguments",
     "local_server",
     "model_config",
+    "parse_prices",
     "resolve_roles",
 ]
 
@@ -72,6 +75,13 @@ def add_model_arguments(
         action="store_true",
         help="start the offline stand-in server for this run and use it as --api_base (openai/scripted-* models)",
     )
+    group.add_argument(
+        "--llm_prices",
+        default=None,
+        metavar="IN,OUT",
+        help="USD per million input and output tokens of every model that does not set its own (default: "
+        "litellm's price map; a model it does not list costs $0)",
+    )
     for role in roles:
         what = ROLE_HELP[role]
         default = defaults.get(role)
@@ -85,6 +95,33 @@ def add_model_arguments(
         group.add_argument(
             f"--{role}_api_key_env", default=None, help=f"API key variable of {what} (default --api_key_env)"
         )
+        group.add_argument(
+            f"--{role}_prices",
+            default=None,
+            metavar="IN,OUT",
+            help=f"prices of {what} (default --llm_prices)",
+        )
+
+
+def parse_prices(text: str | None, *, flag: str) -> tuple[float | None, float | None]:
+    """``"IN,OUT"`` (USD per million input and output tokens) -> USD per token ``(input, output)``;
+    ``(None, None)`` for None or empty text.
+
+    Raises:
+        ValueError: not two numbers >= 0 separated by a comma (the message names ``flag``).
+    """
+    if not text:
+        return None, None
+    parts = text.split(",")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or any(v < 0 or v != v for v in values):
+        raise ValueError(
+            f"{flag} expects IN,OUT: USD per million input and output tokens, e.g. 0.15,0.6; got {text!r}"
+        )
+    return values[0] / 1e6, values[1] / 1e6
 
 
 def _default_text(role: str, default: str | None, default_help: Mapping[str, str] | None) -> str:
@@ -108,6 +145,10 @@ class RoleEndpoint(BaseModel):
     api_key_env: str | None = None
     """Name of the environment variable holding the key (the role's, else ``--api_key_env``; the local
     server's placeholder variable for a role it serves); None: the provider's usual variable."""
+    input_cost_per_token: float | None = None
+    """USD per input token (``--<role>_prices``, else ``--llm_prices``); None: litellm's price map."""
+    output_cost_per_token: float | None = None
+    """USD per output token, set with ``input_cost_per_token``."""
 
     def config(self, *, model_key: str = "model", **settings: Any) -> dict[str, Any]:
         """The flat LLM config of the role, ready for ``LLMSettings.from_config`` or the user simulator.
@@ -119,7 +160,14 @@ class RoleEndpoint(BaseModel):
         Returns:
             ``{model_key: ..., "api_base": ..., "api_key_env": ..., **settings}`` without None values.
         """
-        config = {model_key: self.model, "api_base": self.api_base, "api_key_env": self.api_key_env, **settings}
+        config = {
+            model_key: self.model,
+            "api_base": self.api_base,
+            "api_key_env": self.api_key_env,
+            "input_cost_per_token": self.input_cost_per_token,
+            "output_cost_per_token": self.output_cost_per_token,
+            **settings,
+        }
         return {key: value for key, value in config.items() if value is not None}
 
 
@@ -127,10 +175,16 @@ def _role_endpoint(args: argparse.Namespace, role: str) -> RoleEndpoint:
     key_env = getattr(args, f"{role}_api_key_env") or args.api_key_env
     if getattr(args, "local_server", False) and not getattr(args, f"{role}_api_base"):
         key_env = LOCAL_SERVER_KEY_ENV
+    own = getattr(args, f"{role}_prices", None)
+    prices = parse_prices(
+        own or getattr(args, "llm_prices", None), flag=f"--{role}_prices" if own else "--llm_prices"
+    )
     return RoleEndpoint(
         model=getattr(args, f"{role}_model"),
         api_base=getattr(args, f"{role}_api_base") or args.api_base,
         api_key_env=key_env,
+        input_cost_per_token=prices[0],
+        output_cost_per_token=prices[1],
     )
 
 

@@ -2,6 +2,9 @@
 
 What it adds on top of :func:`litellm.acompletion`:
 
+* **Run-wide limits** (optional): ``run_max_concurrency`` / ``run_requests_per_minute`` are shared by every
+  process of a Ray run through one named actor (:mod:`.run_limits`), granted in leases so that the hot path
+  makes no round trip per call; the per-process limits below still apply inside each process.
 * **Shared limits per process.** Calls with the same ``(model, api_base, max_concurrency,
   requests_per_minute)`` share one concurrency limit and one request-rate limit in the process, however
   many agent loops / reward managers / conversations issue them (a new agent loop object is built per
@@ -21,7 +24,8 @@ What it adds on top of :func:`litellm.acompletion`:
   trailing commas and text around the object are tolerated; required keys and value types are checked.
 * **Counters** per process (:func:`llm_stats`) and per block of code (:func:`usage_scope`), named once
   in :class:`Usage`: calls, HTTP requests, retries, failures, prompt and completion tokens, cost in USD
-  (litellm's price map, when the model is in it); per process also latency.
+  (the settings' ``input_cost_per_token``/``output_cost_per_token`` when set, else litellm's price map when
+  the model is in it); per process also latency.
 * **No secrets in logs**: :func:`redact_secrets` masks API keys in configs; ``LLMSettings.__repr__`` and
   every log line of this module are redacted.
 
@@ -54,6 +58,7 @@ from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from collabllm_verl.recipe.core import run_limits
 from collabllm_verl.recipe.core.plain import to_plain
 from collabllm_verl.recipe.core.validation import NonNegative, check_backoff_order, validate
 
@@ -69,6 +74,7 @@ __all__ = [
     "llm_stats",
     "redact_secrets",
     "reset_llm_stats",
+    "token_cost_usd",
     "usage_scope",
 ]
 
@@ -101,7 +107,18 @@ LITELLM_PASSTHROUGH_KEYS = frozenset(
 )
 # Config keys that set the other LLMSettings fields.
 _SETTINGS_FIELD_KEYS = frozenset(
-    {"timeout", "num_retries", "max_concurrency", "requests_per_minute", "backoff_initial", "backoff_max"}
+    {
+        "timeout",
+        "num_retries",
+        "max_concurrency",
+        "requests_per_minute",
+        "backoff_initial",
+        "backoff_max",
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "run_max_concurrency",
+        "run_requests_per_minute",
+    }
 )
 # Every key :meth:`LLMSettings.from_config` understands (besides the model key); callers use it to
 # validate their own configs.
@@ -187,6 +204,15 @@ class LLMSettings(BaseModel):
         backoff_initial: seconds before the first retry (before jitter), > 0.
         backoff_max: upper bound in seconds of any single back-off sleep (``Retry-After`` included),
             >= ``backoff_initial``.
+        input_cost_per_token, output_cost_per_token: USD per prompt / completion token (>= 0), given
+            together or not at all; they replace litellm's price map in every cost figure (litellm's custom
+            pricing, ``custom_cost_per_token``). None: litellm's price map (0 and ``cost_unknown`` for a
+            model it does not list).
+        run_max_concurrency: requests in flight at once for this model/endpoint over the whole Ray run
+            (every agent-loop and reward worker on every node, :mod:`.run_limits`), >= 1; None: no run-wide
+            limit. Outside Ray only the per-process limits apply.
+        run_requests_per_minute: request starts per minute for this model/endpoint over the whole Ray run,
+            > 0; None: no run-wide rate limit.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -199,6 +225,10 @@ class LLMSettings(BaseModel):
     requests_per_minute: Annotated[float, Field(gt=0)] | None = None
     backoff_initial: Annotated[float, Field(gt=0)] = 0.5
     backoff_max: Annotated[float, Field(gt=0)] = 30.0
+    input_cost_per_token: Annotated[float, Field(ge=0)] | None = None
+    output_cost_per_token: Annotated[float, Field(ge=0)] | None = None
+    run_max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    run_requests_per_minute: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("completion_kwargs")
     @classmethod
@@ -211,6 +241,28 @@ class LLMSettings(BaseModel):
     @model_validator(mode="after")
     def _backoff_order(self) -> LLMSettings:
         return check_backoff_order(self, "backoff_initial", "backoff_max")
+
+    @model_validator(mode="after")
+    def _prices_together(self) -> LLMSettings:
+        if (self.input_cost_per_token is None) != (self.output_cost_per_token is None):
+            raise ValueError("input_cost_per_token and output_cost_per_token must be set together")
+        return self
+
+    @property
+    def prices(self) -> dict[str, float] | None:
+        """litellm's ``custom_cost_per_token`` (``{"input_cost_per_token", "output_cost_per_token"}``, USD
+        per token) when the settings give prices, else None."""
+        if self.input_cost_per_token is None or self.output_cost_per_token is None:
+            return None
+        return {
+            "input_cost_per_token": self.input_cost_per_token,
+            "output_cost_per_token": self.output_cost_per_token,
+        }
+
+    @property
+    def shares_run_limits(self) -> bool:
+        """True when a run-wide limit (``run_max_concurrency`` or ``run_requests_per_minute``) is set."""
+        return self.run_max_concurrency is not None or self.run_requests_per_minute is not None
 
     def __repr__(self) -> str:  # never show the API key
         fields = {**self.__dict__, "completion_kwargs": redact_secrets(self.completion_kwargs)}
@@ -314,8 +366,10 @@ class Usage(BaseModel):
         retries: attempts after the first one.
         failures: calls that raised :class:`LLMCallError`.
         prompt_tokens, completion_tokens: model tokens as the servers report them.
-        cost_usd: US dollars from litellm's price map, for the models it knows.
-        cost_unknown: successful requests whose cost litellm could not compute (not in ``cost_usd``).
+        cost_usd: US dollars: the settings' prices (``input_cost_per_token``, ``output_cost_per_token``)
+            when given, else litellm's price map, for the models it knows.
+        cost_unknown: successful requests without a price (no prices set and the model not in litellm's
+            map; not in ``cost_usd``).
 
     ``a + b`` and ``a - b`` are counter-wise; validation accepts a mapping with any subset of the names
     (missing ones are 0, other keys are ignored) and names a bad value's key.
@@ -632,7 +686,29 @@ def _describe(exc: BaseException, settings: LLMSettings) -> str:
 _UNPRICED_MODELS: set[str] = set()  # models litellm's price map does not know (checked once per process)
 
 
-def _response_cost(response: Any, model: str) -> float | None:
+def token_cost_usd(settings: LLMSettings, prompt_tokens: float, completion_tokens: float) -> float | None:
+    """USD for ``prompt_tokens`` and ``completion_tokens`` at the settings' own prices (litellm's
+    ``cost_per_token`` with ``custom_cost_per_token``), or None when the settings set no prices."""
+    prices = settings.prices
+    if prices is None:
+        return None
+    prompt_usd, completion_usd = litellm.cost_per_token(
+        model=settings.model,
+        prompt_tokens=int(prompt_tokens),
+        completion_tokens=int(completion_tokens),
+        custom_cost_per_token=prices,
+    )
+    return float(prompt_usd) + float(completion_usd)
+
+
+def _response_cost(
+    response: Any, settings: LLMSettings, prompt_tokens: float, completion_tokens: float
+) -> float | None:
+    """USD of one response: the settings' prices, else litellm's price map; None when neither knows it."""
+    custom = token_cost_usd(settings, prompt_tokens, completion_tokens)
+    if custom is not None:
+        return custom
+    model = settings.model
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
     if isinstance(cost, (int, float)):
@@ -656,7 +732,7 @@ async def _with_deadline(coro, seconds: float):
 
 async def _one_request(messages: list[dict], settings: LLMSettings, purpose: str) -> str:
     limiter = _limiter_for(settings)
-    async with limiter.semaphore():
+    async with limiter.semaphore(), run_limits.run_slot(settings):
         await limiter.rate()
         _count(purpose, requests=1)
         # litellm enforces ``timeout`` per socket read; the outer deadline bounds the whole request.
@@ -672,11 +748,13 @@ async def _one_request(messages: list[dict], settings: LLMSettings, purpose: str
             settings.timeout + 1.0,
         )
     usage = getattr(response, "usage", None)
-    cost = _response_cost(response, settings.model)
+    prompt_tokens = float(getattr(usage, "prompt_tokens", 0) or 0)
+    completion_tokens = float(getattr(usage, "completion_tokens", 0) or 0)
+    cost = _response_cost(response, settings, prompt_tokens, completion_tokens)
     _count(
         purpose,
-        prompt_tokens=float(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=float(getattr(usage, "completion_tokens", 0) or 0),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         cost_usd=cost or 0.0,
         cost_unknown=0.0 if cost is not None else 1.0,
     )

@@ -1,7 +1,8 @@
 """The user-facing settings of the recipe's LLM roles: one pydantic model per role, one home per default.
 
 * :class:`LLMRoleSettings`: how to reach one LLM (model, endpoint, key variable, sampling, timeout,
-  retries, per-process limits). Shared by the roles below and by the CLIs' assistant and policy roles.
+  retries, per-process and run-wide limits, prices). Shared by the roles below and by the CLIs' assistant
+  and policy roles.
 * :class:`SimulatorSettings`: the user simulator of forward sampling (the interaction YAML's ``config``,
   ``actor_rollout_ref.rollout.custom.user_simulator`` in the trainer config, the CLIs' ``--user_*`` flags).
 * :class:`JudgeSettings`: the LLM judges of the metrics (``reward.reward_kwargs.llm_judge_kwargs``, the
@@ -75,6 +76,20 @@ class LLMRoleSettings(BaseModel):
 
     backoff_max: float = Field(30.0, gt=0)
     """Longest single back-off sleep in seconds, a server's Retry-After included."""
+
+    input_cost_per_token: float | None = Field(None, ge=0)
+    """USD per prompt token, for every cost figure and budget (litellm's custom pricing), with
+    `output_cost_per_token`; None: litellm's price map ($0, reported as unpriced, for a model it does not list)."""
+
+    output_cost_per_token: float | None = Field(None, ge=0)
+    """USD per completion token, set together with `input_cost_per_token`."""
+
+    run_max_concurrency: int | None = Field(None, ge=1)
+    """Requests in flight at once per (model, endpoint) over the whole Ray run, every worker on every node;
+    None: none (outside Ray only the per-process limits apply)."""
+
+    run_requests_per_minute: float | None = Field(None, gt=0)
+    """Request starts per minute per (model, endpoint) over the whole Ray run; None: no run-wide rate limit."""
 
     completion_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further keyword arguments for `litellm.acompletion` (top_p, stop, seed, extra_headers, ...)."""

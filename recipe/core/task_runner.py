@@ -18,6 +18,13 @@
   failed, the run stops with :class:`FailureBudgetExceeded`, whose message says how many failed and shows
   the last errors. The outcome is then already certain to exceed the budget, so stopping early only saves
   time and money.
+* **Cost.** After the first :data:`PROJECT_AFTER` tasks of a run settle, one line on stderr gives the cost
+  per task and the projected cost of the run's tasks, simulator and judges apart
+  (:func:`~collabllm_verl.recipe.core.cost.projection_text`). With ``max_cost_usd`` set, the run stops with
+  :class:`~collabllm_verl.recipe.core.cost.BudgetExceeded` as soon as this run's LLM spend (every call of the
+  process since the run started) exceeds it: tasks in flight are cancelled, the finished records are kept,
+  and the same command with a higher budget continues without redoing them. The budget bounds one run (one
+  command); the spend of earlier runs is not counted again.
 * **Progress.** A tqdm bar (stderr) with the tasks done, ETA, failures and a caller-supplied postfix.
 
 No verl import.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,11 +50,13 @@ from tenacity import (
 )
 from tqdm.auto import tqdm
 
+from collabllm_verl.recipe.core.cost import BudgetExceeded, check_budget, projection_text, spend_by_role
 from collabllm_verl.recipe.core.run_store import RunStore
 from collabllm_verl.recipe.core.validation import check_backoff_order
 
 __all__ = [
     "DEFAULT_FAILURE_BUDGET",
+    "BudgetExceeded",
     "FailedTask",
     "FailureBudgetExceeded",
     "TaskFailed",
@@ -59,6 +69,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PROJECT_AFTER = 5
+"""Settled tasks after which the runner prints its cost projection (or all of them, when fewer)."""
 
 DEFAULT_FAILURE_BUDGET = 0.5
 """Share of a run's tasks that may fail before the run stops (the ``--failure_budget`` default of the CLIs)."""
@@ -97,6 +110,9 @@ class TaskRunnerSettings(BaseModel):
     """Seconds before the first retry of a task (> 0); doubled for every further retry."""
     backoff_max_s: float = Field(30.0, gt=0.0)
     """Longest wait in seconds before any retry (>= ``backoff_initial_s``)."""
+    max_cost_usd: float | None = Field(None, gt=0.0)
+    """Most USD this run's LLM calls may spend (simulator, judges and every other priced call); one more
+    call's cost stops the run, keeping the finished tasks (None: no budget)."""
     progress: bool = True
     """Show a progress bar (tqdm, on stderr)."""
     desc: str = "tasks"
@@ -221,6 +237,8 @@ class TaskRunner(Generic[T]):
         is_finished: whether a stored record is a finished one (default: every record); a stored record that
             is not finished is run again.
         sleep: the async sleep used between retries (tests pass a recorder).
+        spend: ``{role: USD}`` spent so far by this process (default: the LLM-call layer's counters through
+            :func:`~collabllm_verl.recipe.core.cost.spend_by_role`); the runner counts what it grows by.
     """
 
     def __init__(
@@ -234,6 +252,7 @@ class TaskRunner(Generic[T]):
         fail_on: tuple[type[BaseException], ...] = (TaskFailed,),
         is_finished: Callable[[Mapping[str, Any]], bool] = lambda record: True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        spend: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -243,6 +262,14 @@ class TaskRunner(Generic[T]):
         self.fail_on = tuple({*fail_on, *retry_on})
         self.is_finished = is_finished
         self.sleep = sleep
+        self.spend = spend or _process_spend
+        self._spend_start: dict[str, float] = {}
+        self._writes: set[asyncio.Future] = set()  # appends in flight (a stopped run waits for them)
+
+    def spent(self) -> dict[str, float]:
+        """``{role: USD}`` (and ``"unpriced"`` requests) spent since the current run started."""
+        now = self.spend()
+        return {k: float(v) - self._spend_start.get(k, 0.0) for k, v in now.items()}
 
     def pending(self, tasks: Sequence[T]) -> list[tuple[str, T]]:
         """``(key, task)`` of the tasks without a finished record, in input order.
@@ -279,10 +306,13 @@ class TaskRunner(Generic[T]):
 
         Raises:
             FailureBudgetExceeded: too many failures (see the module docstring).
+            BudgetExceeded: this run's LLM spend exceeded ``settings.max_cost_usd`` (its ``summary`` is the
+                run's :class:`TaskRunSummary` at the stop).
             ValueError: two tasks share a key, or a record holds another task's key.
             Exception: any exception of ``work`` that is not in ``fail_on`` (other tasks are cancelled).
         """
         started = time.perf_counter()
+        self._spend_start = {k: float(v) for k, v in self.spend().items()}
         pending = self.pending(tasks)
         summary = TaskRunSummary(tasks=len(tasks), resumed=len(tasks) - len(pending))
         if summary.resumed:
@@ -316,6 +346,7 @@ class TaskRunner(Generic[T]):
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*self._writes, return_exceptions=True)  # records of finished tasks are kept
             raise
         finally:
             bar.close()
@@ -362,10 +393,50 @@ class TaskRunner(Generic[T]):
         summary.retries += outcome.attempts - 1
         if outcome.record is not None:
             record = self._keyed(outcome.record, outcome.key)
-            await asyncio.to_thread(self.store.append, record)
+            write = asyncio.ensure_future(asyncio.to_thread(self.store.append, record))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            await asyncio.shield(write)  # a stop cancels the worker, not the write
         if not outcome.failed:
             summary.finished += 1
+        else:
+            self._count_failure(outcome, summary)
+        self._check_cost(summary)
+
+    def _check_cost(self, summary: TaskRunSummary) -> None:
+        """Print the projection once the first tasks settled; stop when the budget is spent."""
+        settled = summary.finished + summary.failed
+        if not settled:
             return
+        spent = self.spent()
+        if settled == min(PROJECT_AFTER, summary.started):
+            tqdm.write(
+                f"[{self.settings.desc}] "
+                + projection_text(
+                    spent,
+                    done=settled,
+                    total=summary.started,
+                    unit=self.settings.unit,
+                    budget_usd=self.settings.max_cost_usd,
+                    budget_key="--max_cost_usd",
+                ),
+                file=sys.stderr,
+            )
+        try:
+            check_budget(
+                spent,
+                self.settings.max_cost_usd,
+                what=f"this run of {summary.started} {self.settings.unit}s",
+                key="--max_cost_usd",
+                then=f"{summary.finished} of this run's {self.settings.unit}s are finished and kept: run the "
+                "same command with a higher --max_cost_usd to continue without redoing them",
+            )
+        except BudgetExceeded as stop:
+            stop.summary = summary  # the run's summary at the stop, like FailureBudgetExceeded's
+            raise
+
+    def _count_failure(self, outcome: TaskOutcome[T], summary: TaskRunSummary) -> None:
+        """Count a failed task; stop the run once the failure budget is spent."""
         summary.failed += 1
         summary.failures.append(FailedTask(outcome.key, outcome.task, outcome.error or "", outcome.attempts))
         logger.error(
@@ -377,6 +448,13 @@ class TaskRunner(Generic[T]):
         )
         if summary.failed > self.settings.failure_budget * summary.started:
             raise FailureBudgetExceeded(summary, self.settings.failure_budget, what=f"{self.settings.unit}s")
+
+
+def _process_spend() -> dict[str, float]:
+    """This process's LLM spend by role (the LLM-call layer's counters)."""
+    from collabllm_verl.recipe.core.llm_client import llm_stats  # litellm loads only when a runner runs
+
+    return spend_by_role(llm_stats())
 
 
 def _error_text(exc: BaseException | None) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from collabllm_verl.recipe.core.llm_client import LLMCallError, Usage, llm_stats, usage_scope
 from collabllm_verl.recipe.core.run_store import RunStore
 from collabllm_verl.recipe.core.task_runner import (
+    BudgetExceeded,
     FailureBudgetExceeded,
     TaskOutcome,
     TaskRunner,
@@ -196,6 +197,6 @@ async def run_tasks(
     )
     try:
         run = await task_runner.run(tasks, attempt, postfix=postfix)
-    except FailureBudgetExceeded as stop:
+    except (FailureBudgetExceeded, BudgetExceeded) as stop:  # finished records kept; a re-run continues
         return RunSummary.from_run(stop.summary, llm_usage_since(before), stopped=str(stop))
     return RunSummary.from_run(run, llm_usage_since(before))

@@ -254,6 +254,7 @@ def _run_conversations(
         max_concurrent=settings.concurrency,
         retries=settings.task_retries,
         failure_budget=settings.failure_budget,
+        max_cost_usd=settings.max_cost_usd,
         progress=settings.progress,
         desc="conversations",
         unit="conversation",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from collabllm_verl.metrics.presets import PAPER_TOKEN_AMOUNT, TASK_PRESETS
 from collabllm_verl.recipe.cli.model_args import RoleEndpoint
 from collabllm_verl.recipe.core.settings import DEFAULT_LLM_MODEL
-from collabllm_verl.recipe.core.task_runner import DEFAULT_FAILURE_BUDGET
+from collabllm_verl.recipe.core.task_runner import DEFAULT_FAILURE_BUDGET, TaskRunnerSettings
 
 from .conversations import EvalProtocol
 
@@ -182,6 +182,9 @@ class EvaluationSettings(BaseModel):
     again anyway"""
     failure_budget: float = Field(DEFAULT_FAILURE_BUDGET, ge=0.0, le=1.0)
     """share of this run's conversations that may stay unfinished; one more stops the run (1: never)"""
+    max_cost_usd: float | None = Field(TaskRunnerSettings.model_fields["max_cost_usd"].default, gt=0.0)
+    """most USD this run's LLM calls may spend (user simulator, judges, a priced policy); past it the run stops,
+    keeping the finished conversations: re-run with a higher budget to continue"""
     label: str | None = None
     """name of the model in tables (default: the model string or path)"""
     overwrite: bool = False

@@ -18,7 +18,15 @@ After verl's own sampling, :meth:`CollabLLMReplayBuffer.sample` drains the step 
    ``<conversation_dump.dir>/summary.jsonl`` (replacing rows an interrupted run left for this step) and
    drops stale records of an interrupted run from the step's conversation dump;
 3. adds the ``collabllm/...`` training metrics
-   (:func:`~collabllm_verl.recipe.verl_adapters.step_summary.training_metrics`).
+   (:func:`~collabllm_verl.recipe.verl_adapters.step_summary.training_metrics`);
+4. prints the cost projection after the first step and enforces the run's budget
+   ``trainer.v1.sampler.sampler_kwargs.max_cost_usd`` (``recipe/verl_adapters/cost_guard.py``: checkpoint,
+   then stop).
+
+It also creates the run's LLM-limits actor (``recipe/core/run_limits.py``), so that it lives as long as the
+trainer's driver, whichever worker calls an LLM first, and prints its use after every training step
+(``[collabllm limits] step N: <model> at <endpoint>: at most M of L in use, G granted``) when a run-wide
+concurrency limit is set.
 
 Validation samplings (``partition_id="val"``) only get check 1.
 """
@@ -28,9 +36,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ray
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
+from collabllm_verl.recipe.core import run_limits
 from collabllm_verl.recipe.verl_adapters import conversation_dump
+from collabllm_verl.recipe.verl_adapters.cost_guard import CostGuard, spend_from_totals
 from collabllm_verl.recipe.verl_adapters.step_ledger import create_ledger, drain
 from collabllm_verl.recipe.verl_adapters.step_summary import (
     check_reports,
@@ -54,13 +65,19 @@ class CollabLLMReplayBuffer(ReplayBuffer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ledger = create_ledger()
+        self._limits = run_limits.create_actor()
         self._totals: dict[str, float] | None = None  # running totals; a resumed run reads summary.jsonl
+        self._unpriced = 0.0  # requests without a price, this process
+        # verl passes its trainer's bound method ``_add_prompts_to_generate`` as refill_fn (cost_guard.py)
+        trainer = getattr(kwargs.get("refill_fn"), "__self__", None)
+        self._cost = CostGuard((kwargs.get("sampler_kwargs") or {}).get("max_cost_usd"), trainer)
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int):
         """verl's ``ReplayBuffer.sample``, then the checks and metrics of the module docstring.
 
         Raises:
             FatalRewardError, FailureBudgetExceeded: see :func:`check_reports`.
+            BudgetExceeded: the budget was passed and no checkpoint could be forced (``cost_guard.py``).
             RuntimeError: verl found no trajectory to train on; when every response of the step was excluded
                 by an outage, the message gives the reasons.
         """
@@ -95,4 +112,16 @@ class CollabLLMReplayBuffer(ReplayBuffer):
                     "collabllm: dropped %d records of an interrupted run from step %d", stale, global_steps
                 )
         metrics.update(training_metrics(summary, reports))
+        self._unpriced += _unpriced(reports)
+        limits = run_limits.describe_stats(ray.get(self._limits.stats.remote()))
+        if limits:
+            print(f"[collabllm limits] step {global_steps}: {limits}", flush=True)
+        self._cost.after_step(global_steps, spend_from_totals(self._totals, self._unpriced))
         return batch, metrics
+
+
+def _unpriced(reports) -> float:
+    """Requests without a price (judges and simulator) over the step's reports."""
+    judge = sum(r.score.judge_usage.cost_unknown for r in reports if r.score is not None)
+    simulator = sum(r.sampling.simulator_usage.cost_unknown for r in reports if r.sampling is not None)
+    return float(judge + simulator)
