@@ -306,7 +306,8 @@ async def continue_conversation(
     Args:
         messages: the visible conversation so far (no system messages, reasoning removed), possibly empty;
             it is extended in place and becomes the result's ``messages``. The policy's own context must
-            already hold the same turns.
+            already hold the same turns. When it ends with a user message (an evaluation task's fixed
+            opener), the policy replies first.
         policy: this conversation's policy side.
         interaction: a ``BaseInteraction`` (the user simulator).
         interaction_kwargs: the hidden goal and task description (``single_turn_prompt``, ``task_desc``).
@@ -339,31 +340,38 @@ async def continue_conversation(
         conversation.error = f"{type(exc).__name__}: {exc}"
         return end(END_SIMULATOR_FAILURE)
 
+    # a history that ends with a user turn (an evaluation task's fixed opener) gets the policy's reply first
+    policy_first = bool(messages) and messages[-1].get("role") == "user"
     try:
-        while limits.allows_user_turn(user_turns):
-            if token_budget is not None and tokens_left() < 1:
-                return end(END_TOKEN_BUDGET)
-            try:
-                should_terminate, user_text, _score, metadata = await interaction.generate_response(
-                    instance_id, [dict(m) for m in messages]
-                )
-            except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
-                logger.warning("user simulator failed in a conversation: %s", exc)
-                conversation.error = f"{type(exc).__name__}: {exc}"
-                return end(END_SIMULATOR_FAILURE)
-            failure = _failure_from_metadata(metadata)
-            if failure is not None:
-                conversation.error = failure
-                return end(END_SIMULATOR_FAILURE)
+        while policy_first or limits.allows_user_turn(user_turns):
+            if policy_first:
+                policy_first = False
+                if not limits.allows_assistant_turn(assistant_turns):
+                    return end(END_TURN_LIMIT)
+            else:
+                if token_budget is not None and tokens_left() < 1:
+                    return end(END_TOKEN_BUDGET)
+                try:
+                    should_terminate, user_text, _score, metadata = await interaction.generate_response(
+                        instance_id, [dict(m) for m in messages]
+                    )
+                except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
+                    logger.warning("user simulator failed in a conversation: %s", exc)
+                    conversation.error = f"{type(exc).__name__}: {exc}"
+                    return end(END_SIMULATOR_FAILURE)
+                failure = _failure_from_metadata(metadata)
+                if failure is not None:
+                    conversation.error = failure
+                    return end(END_SIMULATOR_FAILURE)
 
-            messages.append({"role": "user", "content": str(user_text)})
-            user_turns += 1
-            conversation.future_turns += 1
-            if should_terminate:
-                return end(END_TERMINATED)
-            if not limits.allows_assistant_turn(assistant_turns):
-                return end(END_TURN_LIMIT)
-            await policy.add_user_message(str(user_text))
+                messages.append({"role": "user", "content": str(user_text)})
+                user_turns += 1
+                conversation.future_turns += 1
+                if should_terminate:
+                    return end(END_TERMINATED)
+                if not limits.allows_assistant_turn(assistant_turns):
+                    return end(END_TURN_LIMIT)
+                await policy.add_user_message(str(user_text))
             left = tokens_left()
             if left is not None and left < 1:
                 return end(END_TOKEN_BUDGET)

@@ -42,6 +42,8 @@ TASKS = {
         "The user needs help writing a document (an article or a blog post) that meets their requirements.",
     ),
     "bigcodebench": ("coding", "The user needs a working Python function for a programming task."),
+    # the ambiguity-controlled family; its rows carry their own task_desc, which is the one used
+    "ambiguity": ("general", "The user needs a short text that uses one specific detail they have in mind."),
 }
 GENERIC_TASK = ("general", "The user needs help with a task and wants a useful, correct result.")
 PROGRESS_MIN_ROWS = 1000
