@@ -128,9 +128,11 @@ class TurnLimits:
     ``max_assistant_turns`` allows one. So ``max_user_turns=2, max_assistant_turns=3`` gives
     ``A1 U1 A2 U2 A3`` (the shape of the original TRL code) and ``max_assistant_turns=2`` gives
     ``A1 U1 A2 U2`` (the futures the verl recipe judged), where ``A1`` is the trained response.
+    ``max_user_turns=0`` is the forward window w = 0: no future, the scored conversation ends with the
+    trained response (the single-turn baseline of the paper's ablation).
 
     Raises:
-        ValueError: both limits are None, or one is < 1.
+        ValueError: both limits are None, ``max_user_turns`` < 0 or ``max_assistant_turns`` < 1.
     """
 
     max_user_turns: int | None
@@ -142,10 +144,12 @@ class TurnLimits:
                 "forward sampling needs actor_rollout_ref.rollout.multi_turn.max_user_turns or "
                 "max_assistant_turns to be set (both are null); the paper uses max_user_turns=2"
             )
-        for name in ("max_user_turns", "max_assistant_turns"):
+        for name, least in (("max_user_turns", 0), ("max_assistant_turns", 1)):
             value = getattr(self, name)
-            if value is not None and (int(value) != value or value < 1):
-                raise ValueError(f"actor_rollout_ref.rollout.multi_turn.{name} must be an integer >= 1, got {value!r}")
+            if value is not None and (int(value) != value or value < least):
+                raise ValueError(
+                    f"actor_rollout_ref.rollout.multi_turn.{name} must be an integer >= {least}, got {value!r}"
+                )
 
     def allows_user_turn(self, user_turns: int) -> bool:
         """True when one more user turn fits after ``user_turns`` user turns."""

@@ -201,8 +201,9 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
 def generate_rows(split: str, *, rows_per_template: int = 6, seed: int = 0) -> list[dict[str, Any]]:
     """The rows of one split: ``rows_per_template`` per template, half of them ambiguous (rounded down).
 
-    Each template draws distinct values (seeded), so no two rows of a template share a hidden goal; which
-    rows are ambiguous alternates within a template after a seeded shuffle.
+    Each template draws distinct values (seeded), so no two rows of a template share a hidden goal; rows
+    alternate between clear and ambiguous within a template and across templates, and the output
+    interleaves the templates (row 0 of each, then row 1, ...), so any first N rows mix both.
 
     Args:
         split: ``"heldin"`` or ``"heldout"``.
@@ -210,7 +211,7 @@ def generate_rows(split: str, *, rows_per_template: int = 6, seed: int = 0) -> l
         seed: the random seed; the split name is mixed in, so the two splits draw independently.
 
     Returns:
-        Rows with the fields of :data:`FIELDS`, template by template.
+        Rows with the fields of :data:`FIELDS`.
 
     Raises:
         ValueError: an unknown split, or more rows than a template has values.
@@ -218,17 +219,17 @@ def generate_rows(split: str, *, rows_per_template: int = 6, seed: int = 0) -> l
     if split not in TEMPLATES:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(f"{seed}:{split}")
-    rows = []
-    for template in TEMPLATES[split]:
+    per_template = []
+    for position, template in enumerate(TEMPLATES[split]):
         pool = VALUES[template.kind]
         if not 1 <= rows_per_template <= len(pool):
             raise ValueError(
                 f"rows_per_template={rows_per_template}: template {template.key!r} has {len(pool)} values"
             )
         values = rng.sample(pool, rows_per_template)
-        flags = [i % 2 == 1 for i in range(rows_per_template)]
-        rng.shuffle(flags)
-        for index, (value, ambiguous) in enumerate(zip(values, flags, strict=True)):
+        rows = []
+        for index, value in enumerate(values):
+            ambiguous = (index + position) % 2 == 1
             full = template.full.format(v=value)
             rows.append(
                 {
@@ -241,6 +242,9 @@ def generate_rows(split: str, *, rows_per_template: int = 6, seed: int = 0) -> l
                     "must_contain": [value],
                 }
             )
+        per_template.append(rows)
+    # interleaved (row 0 of every template, then row 1, ...), so that any first N rows mix templates and kinds
+    rows = [row for group in zip(*per_template, strict=True) for row in group]
     return rows
 
 
