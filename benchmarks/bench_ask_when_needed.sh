@@ -42,6 +42,7 @@ RESPONSE_LENGTH=${RESPONSE_LENGTH:-64}  # tokens per policy turn
 TOKEN_WEIGHT=${TOKEN_WEIGHT:--2}     # weight of token_amount (thousands of assistant tokens, policy tokenizer)
 QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-0}  # logit bias of "?" in rollouts (both arms; 0: none)
 SKIP_PENALTY=${SKIP_PENALTY:-0}      # reward of a truncated response (not continued; both arms)
+EOS_LOGIT_BIAS=${EOS_LOGIT_BIAS:-0}  # end-of-turn logit bias in rollouts (both arms; the tiny test model needs ~3.5)
 SEED=${SEED:-0}
 EVAL_ROWS=${EVAL_ROWS:-}             # held-out rows evaluated (empty: all)
 EVAL_SAMPLES=${EVAL_SAMPLES:-2}      # conversations per held-out row
@@ -88,7 +89,7 @@ train() {  # train ARM W: GRPO with forward window W into $RUN/ARM
   log "GRPO $arm (w=$w): $STEPS steps of $BATCH prompts x $N responses"
   DEVICE=cpu MODEL_PATH=$MODEL DATA_DIR=$RUN/data OUTPUT_DIR=$RUN/$arm \
     TRAIN_BATCH_SIZE=$BATCH ROLLOUT_N=$N NUM_REPEAT_ROLLOUTS=$S MAX_USER_TURNS=$w MAX_ASSISTANT_TURNS=2 \
-    PPO_MINI_BATCH_SIZE=$MINI_BATCH MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH EOS_LOGIT_BIAS=0 \
+    PPO_MINI_BATCH_SIZE=$MINI_BATCH MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH EOS_LOGIT_BIAS=$EOS_LOGIT_BIAS \
     QUESTION_LOGIT_BIAS=$QUESTION_LOGIT_BIAS LR=$LR TOTAL_STEPS=$STEPS SAVE_FREQ=$STEPS TOTAL_EPOCHS=100 \
     LOCAL_LLM_SERVER=0 LLM_API_BASE=$API_BASE LLM_API_KEY=local USER_MODEL=openai/scripted-ambiguity-user \
     bash "$REPO/train_rl_collabllm.sh" \
@@ -136,7 +137,7 @@ settings = {
     "batch": $BATCH, "group_n": $N, "mini_batch": $MINI_BATCH, "futures_s": $S, "lr": "$LR",
     "temperature": $TEMPERATURE, "response_length": $RESPONSE_LENGTH, "token_weight": $TOKEN_WEIGHT,
     "token_unit": "thousands of policy tokens of assistant messages", "question_logit_bias": $QUESTION_LOGIT_BIAS,
-    "skip_penalty": $SKIP_PENALTY,
+    "skip_penalty": $SKIP_PENALTY, "eos_logit_bias": $EOS_LOGIT_BIAS,
     "seed": $SEED, "eval_rows": "${EVAL_ROWS:-all}", "eval_samples": $EVAL_SAMPLES,
     "eval_max_messages": $EVAL_MAX_MESSAGES, "forward_window": {"w0": 0, "w2": 2}, "max_assistant_turns": 2,
     "user_simulator": "openai/scripted-ambiguity-user (offline stand-in)",
