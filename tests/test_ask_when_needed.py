@@ -341,6 +341,10 @@ def test_reward_diagnostics_units():
     ]
     diag = response_diagnostics(futures, 1, extra, per, weights)
     assert diag.asks and diag.ambiguous is True and (diag.leaked_turns, diag.user_turns) == (1, 2)
+    # a skipped response (no future conversation) still counts in the ask rate, from its decoded text
+    skipped = response_diagnostics([], 1, extra, {}, weights, response=ASK)
+    assert skipped.asks and skipped.score_spread is None and skipped.user_turns == 0
+    assert response_diagnostics([], 1, extra, {}, weights) is None
     records = [
         {"messages": futures[1], "goal": extra["interaction_kwargs"]["single_turn_prompt"], "ambiguous": True}
     ]

@@ -151,11 +151,17 @@ def response_diagnostics(
     extra_info: Mapping[str, Any] | None,
     per_conversation: Mapping[str, Sequence[float | None]],
     weights: Mapping[str, float],
+    *,
+    response: str | None = None,
 ) -> ResponseDiagnostics | None:
     """The :class:`ResponseDiagnostics` of one response from its forward-sampled conversations (each the
-    history, the response at ``num_history_messages``, then the future); None without a conversation."""
+    history, the response at ``num_history_messages``, then the future). Without a conversation (forward
+    sampling skipped, e.g. a truncated response) only ``asks`` and ``ambiguous`` are filled, from
+    ``response`` (the decoded trained response); None when that is missing too."""
     if not conversations:
-        return None
+        if response is None:
+            return None
+        return ResponseDiagnostics(asks_a_question(response), _ambiguous(extra_info), None, 0, 0)
     first = conversations[0]
     response = first[num_history_messages] if len(first) > num_history_messages else None
     kwargs = (extra_info or {}).get("interaction_kwargs") or {}

@@ -47,7 +47,11 @@ from collabllm_verl.recipe.core.multiturn_reward import (
     score_sample,
 )
 from collabllm_verl.recipe.core.reward_diagnostics import response_diagnostics
-from collabllm_verl.recipe.verl_adapters.conversation_dump import ConversationDumpWriter, sample_record
+from collabllm_verl.recipe.verl_adapters.conversation_dump import (
+    ConversationDumpWriter,
+    decoded_response,
+    sample_record,
+)
 from collabllm_verl.recipe.verl_adapters.step_ledger import LedgerClient
 from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport
 
@@ -178,6 +182,7 @@ class CollabLLMRewardManager(RewardManagerBase):
             _value_mapping(non_tensor, "extra_info"),
             score.per_conversation,
             self.settings.metric_weights,
+            response=None if samples.conversations else decoded_response(item, self.tokenizer),
         )
         if self.conversation_dump is not None:
             await self.conversation_dump.awrite(
