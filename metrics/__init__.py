@@ -1,8 +1,8 @@
 """Conversation-level metrics for the multiturn-aware reward (see :mod:`.registry`).
 
 Importing this package imports every module in it, so each built-in metric registers itself:
-``accuracy``, ``interactivity``, ``token_amount``, ``bleu_score``, ``pass_rate``, ``math_accuracy`` and
-``asks_question``.
+``accuracy``, ``interactivity``, ``token_amount``, ``bleu_score``, ``pass_rate``, ``math_accuracy``,
+``asks_question`` and ``must_contain``.
 Optional dependencies (``bigcodebench`` for ``pass_rate``) are imported only when a metric runs.
 """
 

@@ -128,9 +128,11 @@ class TurnLimits:
     ``max_assistant_turns`` allows one. So ``max_user_turns=2, max_assistant_turns=3`` gives
     ``A1 U1 A2 U2 A3`` (the shape of the original TRL code) and ``max_assistant_turns=2`` gives
     ``A1 U1 A2 U2`` (the futures the verl recipe judged), where ``A1`` is the trained response.
+    ``max_user_turns=0`` is the forward window w = 0: no future, the scored conversation ends with the
+    trained response (the single-turn baseline of the paper's ablation).
 
     Raises:
-        ValueError: both limits are None, or one is < 1.
+        ValueError: both limits are None, ``max_user_turns`` < 0 or ``max_assistant_turns`` < 1.
     """
 
     max_user_turns: int | None
@@ -142,10 +144,12 @@ class TurnLimits:
                 "forward sampling needs actor_rollout_ref.rollout.multi_turn.max_user_turns or "
                 "max_assistant_turns to be set (both are null); the paper uses max_user_turns=2"
             )
-        for name in ("max_user_turns", "max_assistant_turns"):
+        for name, least in (("max_user_turns", 0), ("max_assistant_turns", 1)):
             value = getattr(self, name)
-            if value is not None and (int(value) != value or value < 1):
-                raise ValueError(f"actor_rollout_ref.rollout.multi_turn.{name} must be an integer >= 1, got {value!r}")
+            if value is not None and (int(value) != value or value < least):
+                raise ValueError(
+                    f"actor_rollout_ref.rollout.multi_turn.{name} must be an integer >= {least}, got {value!r}"
+                )
 
     def allows_user_turn(self, user_turns: int) -> bool:
         """True when one more user turn fits after ``user_turns`` user turns."""
@@ -306,7 +310,8 @@ async def continue_conversation(
     Args:
         messages: the visible conversation so far (no system messages, reasoning removed), possibly empty;
             it is extended in place and becomes the result's ``messages``. The policy's own context must
-            already hold the same turns.
+            already hold the same turns. When it ends with a user message (an evaluation task's fixed
+            opener), the policy replies first.
         policy: this conversation's policy side.
         interaction: a ``BaseInteraction`` (the user simulator).
         interaction_kwargs: the hidden goal and task description (``single_turn_prompt``, ``task_desc``).
@@ -339,31 +344,38 @@ async def continue_conversation(
         conversation.error = f"{type(exc).__name__}: {exc}"
         return end(END_SIMULATOR_FAILURE)
 
+    # a history that ends with a user turn (an evaluation task's fixed opener) gets the policy's reply first
+    policy_first = bool(messages) and messages[-1].get("role") == "user"
     try:
-        while limits.allows_user_turn(user_turns):
-            if token_budget is not None and tokens_left() < 1:
-                return end(END_TOKEN_BUDGET)
-            try:
-                should_terminate, user_text, _score, metadata = await interaction.generate_response(
-                    instance_id, [dict(m) for m in messages]
-                )
-            except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
-                logger.warning("user simulator failed in a conversation: %s", exc)
-                conversation.error = f"{type(exc).__name__}: {exc}"
-                return end(END_SIMULATOR_FAILURE)
-            failure = _failure_from_metadata(metadata)
-            if failure is not None:
-                conversation.error = failure
-                return end(END_SIMULATOR_FAILURE)
+        while policy_first or limits.allows_user_turn(user_turns):
+            if policy_first:
+                policy_first = False
+                if not limits.allows_assistant_turn(assistant_turns):
+                    return end(END_TURN_LIMIT)
+            else:
+                if token_budget is not None and tokens_left() < 1:
+                    return end(END_TOKEN_BUDGET)
+                try:
+                    should_terminate, user_text, _score, metadata = await interaction.generate_response(
+                        instance_id, [dict(m) for m in messages]
+                    )
+                except Exception as exc:  # noqa: BLE001  (same: never crash the batch)
+                    logger.warning("user simulator failed in a conversation: %s", exc)
+                    conversation.error = f"{type(exc).__name__}: {exc}"
+                    return end(END_SIMULATOR_FAILURE)
+                failure = _failure_from_metadata(metadata)
+                if failure is not None:
+                    conversation.error = failure
+                    return end(END_SIMULATOR_FAILURE)
 
-            messages.append({"role": "user", "content": str(user_text)})
-            user_turns += 1
-            conversation.future_turns += 1
-            if should_terminate:
-                return end(END_TERMINATED)
-            if not limits.allows_assistant_turn(assistant_turns):
-                return end(END_TURN_LIMIT)
-            await policy.add_user_message(str(user_text))
+                messages.append({"role": "user", "content": str(user_text)})
+                user_turns += 1
+                conversation.future_turns += 1
+                if should_terminate:
+                    return end(END_TERMINATED)
+                if not limits.allows_assistant_turn(assistant_turns):
+                    return end(END_TURN_LIMIT)
+                await policy.add_user_message(str(user_text))
             left = tokens_left()
             if left is not None and left < 1:
                 return end(END_TOKEN_BUDGET)

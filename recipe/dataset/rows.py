@@ -16,6 +16,10 @@ Two source schemas are understood:
   a null ``completion`` and ``score`` (a simulated opener, no reply yet): they can only become RL prompts.
 * **single-turn** (e.g. MATH: ``problem``, ``solution``, ``answer``): the prompt field becomes both the first
   user message and the hidden goal; the reference field is the ground truth.
+* **ambiguity** (the ambiguity-controlled family, :mod:`.ambiguity_family`: ``opener``,
+  ``single_turn_prompt``, ``ambiguous``, ``clarification``, ``must_contain``, ``task_desc``, ``id``): the
+  opener is the first user message, the complete request the hidden goal, ``must_contain`` the ground
+  truth; the row's own ``task_desc`` is given to the simulator. RL prompts and evaluation tasks only.
 
 Output rows follow verl's RL dataset format (``prompt``, ``data_source``, ``agent_name``, ``ability``,
 ``reward_model``, ``extra_info``) and verl's multi-turn SFT format (``messages``).
@@ -34,6 +38,7 @@ from typing import Any
 AGENT_NAME = "collabllm_agent"
 INTERACTION_NAME = "collabllm"
 MULTITURN_REQUIRED = ("prompt", "completion", "single_turn_prompt")
+AMBIGUITY_REQUIRED = ("opener", "single_turn_prompt", "ambiguous", "must_contain")
 _ROLES = {"system", "user", "assistant"}
 
 
@@ -78,7 +83,7 @@ class SourceSpec:
     Attributes:
         source: label used in error messages (the ``--dataset`` argument).
         data_source: value written to the ``data_source`` column (selects per-source reward logic in verl).
-        schema: ``"multiturn"`` or ``"single_turn"``.
+        schema: ``"multiturn"``, ``"single_turn"`` or ``"ambiguity"``.
         ability: task family written to the ``ability`` column (``math``, ``writing``, ``coding``, ``general``).
         task_desc: one-line description of the task, given to the user simulator.
         system_prompt: system message prepended to every prompt; ``None`` for none.
@@ -97,9 +102,12 @@ class SourceSpec:
 
 
 def detect_schema(column_names: Iterable[str]) -> str:
-    """Return ``"multiturn"`` when the CollabLLM multi-turn columns ``prompt``, ``completion`` and
-    ``single_turn_prompt`` are present (``single_turn_completion`` is optional), else ``"single_turn"``."""
+    """Return ``"ambiguity"`` when the columns of :data:`AMBIGUITY_REQUIRED` are present, ``"multiturn"``
+    when the CollabLLM multi-turn columns ``prompt``, ``completion`` and ``single_turn_prompt`` are
+    (``single_turn_completion`` is optional), else ``"single_turn"``."""
     columns = set(column_names)
+    if all(c in columns for c in AMBIGUITY_REQUIRED):
+        return "ambiguity"
     return "multiturn" if all(c in columns for c in MULTITURN_REQUIRED) else "single_turn"
 
 
@@ -239,7 +247,12 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
         DatasetFormatError: a required field is missing or malformed.
     """
     fallback = False
-    if spec.schema == "multiturn":
+    task_desc = spec.task_desc
+    if spec.schema == "ambiguity":
+        history, goal, reference, extra, task_desc = _ambiguity_fields(spec, index, row)
+        completion, group, rank = None, f"row:{index}", (1, -math.inf)
+        consumed = set(AMBIGUITY_REQUIRED) | {"task_desc", "id", "clarification"}
+    elif spec.schema == "multiturn":
         history = _messages(spec, index, row, "prompt")
         # A null completion marks an opener row (build_dataset.py --mode openers): RL prompts only.
         completion = None if row.get("completion") is None else _text(spec, index, row, "completion")
@@ -290,7 +303,7 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
             "interaction_kwargs": {
                 "name": INTERACTION_NAME,
                 "single_turn_prompt": goal,
-                "task_desc": spec.task_desc,
+                "task_desc": task_desc,
             },
         },
     }
@@ -299,6 +312,40 @@ def convert_row(spec: SourceSpec, index: int, row: Mapping[str, Any]) -> Convert
         rl=rl, history=history, completion=completion, group=group, rank=rank, ground_truth_from_completion=fallback,
         rewards=rewards,
     )
+
+
+def _ambiguity_fields(
+    spec: SourceSpec, index: int, row: Mapping[str, Any]
+) -> tuple[list[dict[str, str]], str, list[str], dict[str, Any], str]:
+    """``(history, goal, must_contain, extra_info fields, task_desc)`` of an ambiguity-family row.
+
+    Raises:
+        DatasetFormatError: a field is missing or malformed (the family's rules,
+            :func:`~.ambiguity_family.validate_row`).
+    """
+    from .ambiguity_family import validate_row
+
+    plain = {key: row.get(key) for key in row}
+    plain.setdefault("id", str(index))
+    plain.setdefault("task_desc", spec.task_desc)
+    plain.setdefault("clarification", None)
+    if not isinstance(plain["must_contain"], (str, bytes)) and plain["must_contain"] is not None:
+        plain["must_contain"] = list(plain["must_contain"])  # numpy arrays of a parquet source
+    validate_row(plain, source=spec.source, index=index)
+    must_contain = [str(s) for s in plain["must_contain"]]
+    extra = {
+        "conv_id": None,
+        "turn_id": 1,
+        "score": None,
+        "answer": None,
+        "id": str(plain["id"]),
+        "opener": plain["opener"],
+        "ambiguous": bool(plain["ambiguous"]),
+        "clarification": plain["clarification"],
+        "must_contain": must_contain,
+    }
+    history = [{"role": "user", "content": plain["opener"]}]
+    return history, plain["single_turn_prompt"], must_contain, extra, str(plain["task_desc"])
 
 
 def dedupe_rl_rows(rows: Iterable[ConvertedRow]) -> list[ConvertedRow]:

@@ -45,6 +45,8 @@ TASKS = {
     "math": ("math", "math problem solving"),
     "medium": ("writing", "editing a document"),
     "bigcodebench": ("coding", "generating code"),
+    # the ambiguity-controlled family; its rows carry their own task_desc, which is the one used
+    "ambiguity": ("general", "writing a short text"),
 }
 GENERIC_TASK = ("general", "help with a general task")
 PROGRESS_MIN_ROWS = 1000

@@ -3,7 +3,8 @@
 The protocol (the paper's experiments and the authors' evaluation script; docs/evaluation.md):
 
 1. the conversation starts **empty**; the user simulator, which knows the hidden goal, writes the first
-   turn (by its rules a vague one);
+   turn (by its rules a vague one). A task with a fixed opener (:attr:`EvalTask.opener`) starts with it
+   as the first user turn instead;
 2. simulator and model under test alternate through the project's one conversation loop
    (:func:`collabllm_verl.recipe.core.forward_sampling.continue_conversation`) until the simulator sends its
    termination signal or ``max_messages`` messages (``max_messages // 2`` exchanges; 14 by default) are
@@ -220,12 +221,16 @@ async def run_conversation(
     error: str | None = None
     with usage_scope() as conversation_usage:
         try:
+            if task.opener is not None:  # the policy answers the fixed opener first (continue_conversation)
+                messages.append({"role": "user", "content": task.opener})
+                await policy.add_user_message(task.opener)
             result = await continue_conversation(
                 messages=messages,
                 policy=policy,
                 interaction=interaction,
                 interaction_kwargs=task.interaction_kwargs,
                 limits=protocol.limits,
+                user_turns=len(messages),
             )
             end_reason, error = result.end_reason, result.error
         except LLMCallError as exc:
@@ -252,6 +257,7 @@ async def run_conversation(
         "row": task.row,
         "data_source": task.data_source,
         "goal": task.goal,
+        "ambiguous": task.extra_info.get("ambiguous"),  # ambiguity-family rows; None for other tasks
         "status": STATUS_SCORED if finished else STATUS_FAILED,
         "end_reason": end_reason,
         "error": error,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from collabllm_verl.metrics import MetricSpec
+from collabllm_verl.recipe.core.reward_diagnostics import conversation_diagnostics
 
 from .conversations import STATUS_SCORED, USAGE_KEYS
 from .statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, summarize_metric
@@ -181,8 +182,9 @@ def build_summary(
     Returns:
         A JSON-serialisable dict with ``metrics`` (per metric: :class:`~.statistics.MetricSummary` fields
         plus ``unit``, ``label``, ``options``), ``conversations`` (counts, end reasons, lengths), ``usage``
-        (tokens and cost per role), ``seconds``, ``protocol``, ``data``, ``settings``, ``versions`` and
-        ``invocation``.
+        (tokens and cost per role), ``diagnostics`` (ask rates split by ``ambiguous``, goal-leak rate:
+        :func:`~collabllm_verl.recipe.core.reward_diagnostics.conversation_diagnostics`), ``seconds``,
+        ``protocol``, ``data``, ``settings``, ``versions`` and ``invocation``.
     """
     scored = [r for r in records if r.get("status") == STATUS_SCORED]
     metrics = {}
@@ -220,6 +222,7 @@ def build_summary(
             "messages_histogram": {str(n): c for n, c in sorted(Counter(lengths).items())},
         },
         "usage": _usage_totals(records),
+        "diagnostics": conversation_diagnostics(scored),
         "seconds": {
             "conversation_mean": sum(conversation_seconds) / len(conversation_seconds) if records else None,
             "scoring_mean": sum(float(r["seconds"]["scoring"]) for r in scored) / len(scored) if scored else None,

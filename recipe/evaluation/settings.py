@@ -106,7 +106,7 @@ class SourceSelection(BaseModel):
     """Hub name, local dataset folder, .jsonl/.json/.parquet/.csv file, or a processed RL parquet."""
     split: str
     """Split of a hub dataset or folder."""
-    source_schema: Literal["auto", "multiturn", "single_turn"] = Field(alias="schema")
+    source_schema: Literal["auto", "multiturn", "single_turn", "ambiguity"] = Field(alias="schema")
     """Source schema (``--schema``); auto: multiturn when the CollabLLM columns are present."""
     prompt_field: str
     """Single-turn sources: the column with the request."""

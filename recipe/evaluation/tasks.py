@@ -10,6 +10,10 @@ A task comes from either
   row's ``reward_model.ground_truth`` as reference. The prompts stored in the file are not used: an
   evaluation conversation starts empty and the simulator writes the first turn (docs/evaluation.md).
 
+A row that carries a fixed ``opener`` (``extra_info.opener``: the ambiguity-controlled family,
+:mod:`collabllm_verl.recipe.dataset.ambiguity_family`) is the exception: its conversation starts with that
+opener as the first user turn, and the simulator takes over from the second.
+
 No verl import.
 """
 
@@ -62,6 +66,12 @@ class EvalTask:
     data_source: str
     ability: str
     extra_info: Mapping[str, Any]
+
+    @property
+    def opener(self) -> str | None:
+        """The fixed first user turn (``extra_info.opener``), or None: the simulator writes the first turn."""
+        value = self.extra_info.get("opener")
+        return value if isinstance(value, str) and value.strip() else None
 
     @property
     def interaction_kwargs(self) -> dict[str, str]:
@@ -117,7 +127,8 @@ def tasks_from_rl_rows(
         if not isinstance(reward_model, Mapping) or "ground_truth" not in reward_model:
             raise DatasetFormatError(source, index, "reward_model.ground_truth", "missing")
         ground_truth = reward_model["ground_truth"]
-        task_id = stable_key("eval-task", goal, ground_truth)
+        opener = extra.get("opener")  # a fixed opener is part of the task (a clear and an ambiguous row differ)
+        task_id = stable_key("eval-task", goal, ground_truth, *([opener] if opener else []))
         if task_id in seen:
             continue
         seen.add(task_id)

@@ -8,6 +8,8 @@ the request's ``model`` field (a provider prefix such as ``openai/`` or ``hosted
   ``collabllm_verl.recipe.offline.scripted_judges`` when it is installed;
 * ``scripted-assistant`` - offline stand-in assistant (candidate replies, a scripted policy), registered by
   the optional module ``collabllm_verl.recipe.offline.scripted_assistant``;
+* ``scripted-ambiguity-user`` - offline stand-in user for the ambiguity-controlled family
+  (:mod:`collabllm_verl.recipe.offline.scripted_ambiguity_user`; rows from ``--ambiguity-rows``);
 * ``echo`` - returns the content of the last message (for tests of the LLM-call layer).
 
 None of them is a language model: results obtained with them say nothing about model quality, and their
@@ -83,6 +85,7 @@ FAULT_MODES = (
 _OPTIONAL_RESPONDER_MODULES = (
     "collabllm_verl.recipe.offline.scripted_judges",
     "collabllm_verl.recipe.offline.scripted_assistant",
+    "collabllm_verl.recipe.offline.scripted_ambiguity_user",
 )
 
 Responder = Callable[[list, dict], Any]
@@ -437,6 +440,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retry-after-s", type=float, default=1.0, help="delay announced by rate_limit faults")
     p.add_argument("--hang-s", type=float, default=3600.0, help="wait of a hang fault, seconds")
     p.add_argument("--scripted-max-turns", type=int, default=None, help="scripted user: user turns before it ends")
+    p.add_argument("--ambiguity-rows", action="append", default=[], metavar="FILE",
+                   help="scripted-ambiguity-user: a JSONL file of the ambiguity family (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of random faults")
     p.add_argument("--ready-file", default=None, help="write the base URL to this file once serving")
     return p.parse_args(argv)
@@ -452,6 +457,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.scripted_max_turns < 1:
             raise SystemExit("--scripted-max-turns must be >= 1")
         scripted_user.DEFAULTS["max_turns"] = args.scripted_max_turns
+    if args.ambiguity_rows:
+        from collabllm_verl.recipe.offline.scripted_ambiguity_user import register_rows
+
+        for file in args.ambiguity_rows:
+            register_rows(file)
     server = LocalLLMServer(
         host=args.host,
         port=args.port,

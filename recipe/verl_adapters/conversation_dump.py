@@ -325,6 +325,15 @@ def keep_step_records(directory: str | os.PathLike, step: int, uids: Collection[
     return before - len(read_records(path))
 
 
+def decoded_response(item: Any, tokenizer: Any) -> str | None:
+    """The trained response of a verl ``DataProtoItem`` (``batch["responses"]``, padding dropped, special
+    tokens skipped), or None without a tokenizer or a responses tensor."""
+    if tokenizer is None or item.batch is None or "responses" not in item.batch:
+        return None
+    ids = [int(t) for t in item.batch["responses"].tolist() if int(t) != (tokenizer.pad_token_id or 0)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def sample_record(
     item: Any, samples: ForwardSamples, score: SampleScore, weights: Mapping[str, float], tokenizer: Any = None
 ) -> dict:
@@ -341,15 +350,7 @@ def sample_record(
     non_tensor = item.non_tensor_batch
     reward_model = non_tensor.get("reward_model")
     ground_truth = reward_model.get("ground_truth") if isinstance(reward_model, Mapping) else None
-    fallback_response = None
-    if (
-        not samples.conversations
-        and tokenizer is not None
-        and item.batch is not None
-        and "responses" in item.batch
-    ):
-        ids = [int(t) for t in item.batch["responses"].tolist() if int(t) != (tokenizer.pad_token_id or 0)]
-        fallback_response = tokenizer.decode(ids, skip_special_tokens=True)
+    fallback_response = None if samples.conversations else decoded_response(item, tokenizer)
     raw_prompt = non_tensor.get("raw_prompt")
     step = non_tensor.get("global_steps")
     session_id = non_tensor.get("session_id")

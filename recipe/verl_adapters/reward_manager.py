@@ -46,7 +46,12 @@ from collabllm_verl.recipe.core.multiturn_reward import (
     resolve_settings,
     score_sample,
 )
-from collabllm_verl.recipe.verl_adapters.conversation_dump import ConversationDumpWriter, sample_record
+from collabllm_verl.recipe.core.reward_diagnostics import response_diagnostics
+from collabllm_verl.recipe.verl_adapters.conversation_dump import (
+    ConversationDumpWriter,
+    decoded_response,
+    sample_record,
+)
 from collabllm_verl.recipe.verl_adapters.step_ledger import LedgerClient
 from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport
 
@@ -85,6 +90,11 @@ class ResponseExcluded(RuntimeError):
 def _value(non_tensor: Mapping[str, Any], key: str) -> Any:
     value = non_tensor.get(key)
     return value.item() if hasattr(value, "item") else value
+
+
+def _value_mapping(non_tensor: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = non_tensor.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 @register("collabllm")
@@ -166,6 +176,14 @@ class CollabLLMRewardManager(RewardManagerBase):
             await self.ledger.report(report)
             raise
         report.score, report.sampling = score, samples.stats()
+        report.diagnostics = response_diagnostics(
+            samples.conversations,
+            samples.num_history_messages,
+            _value_mapping(non_tensor, "extra_info"),
+            score.per_conversation,
+            self.settings.metric_weights,
+            response=None if samples.conversations else decoded_response(item, self.tokenizer),
+        )
         if self.conversation_dump is not None:
             await self.conversation_dump.awrite(
                 sample_record(item, samples, score, self.settings.metric_weights, self.tokenizer)

@@ -30,6 +30,7 @@ from typing import Any
 
 from collabllm_verl.recipe.core.llm_client import Usage
 from collabllm_verl.recipe.core.multiturn_reward import ForwardSamplingStats, SampleScore
+from collabllm_verl.recipe.core.reward_diagnostics import ResponseDiagnostics, ask_rates, equal_reward_share
 
 __all__ = [
     "FailureBudgetExceeded",
@@ -66,6 +67,8 @@ class ResponseReport:
         sampling: the forward-sampling counters, or None when ``fatal``.
         context: settings the driver needs: ``metric_weights``, ``max_failure_rate``, ``judge`` (model and
             endpoint, no key), ``dump_dir`` (or None).
+        diagnostics: the response's reward-quality diagnostics
+            (:class:`~collabllm_verl.recipe.core.reward_diagnostics.ResponseDiagnostics`), or None.
     """
 
     step: int | None = None
@@ -76,6 +79,7 @@ class ResponseReport:
     score: SampleScore | None = None
     sampling: ForwardSamplingStats | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    diagnostics: ResponseDiagnostics | None = None
 
     @property
     def excluded(self) -> str | None:
@@ -296,6 +300,27 @@ def _data_source_blocks(reports: Sequence[ResponseReport], names: Sequence[str])
     }
 
 
+def _diagnostics_block(trained: Sequence[ResponseReport]) -> dict[str, Any]:
+    """Reward-quality diagnostics of the trained responses (:mod:`~collabllm_verl.recipe.core.reward_diagnostics`):
+    ask rates (split by ``ambiguous`` when rows carry it), the share of GRPO groups with all-equal rewards,
+    the mean future-score spread and the goal-leak rate."""
+    diagnosed = [r.diagnostics for r in trained if r.diagnostics is not None]
+    groups: dict[Any, list[float]] = defaultdict(list)
+    for report in trained:
+        if report.reward is not None:
+            groups[report.uid].append(report.reward)
+    turns = sum(d.user_turns for d in diagnosed)
+    leaked = sum(d.leaked_turns for d in diagnosed)
+    return {
+        **ask_rates((d.asks, d.ambiguous) for d in diagnosed),
+        "equal_reward_groups": equal_reward_share(groups),
+        "groups": sum(len(g) >= 2 for g in groups.values()),
+        "score_spread_mean": _mean(d.score_spread for d in diagnosed),
+        "goal_leak_rate": leaked / turns if turns else None,
+        "simulated_user_turns": turns,
+    }
+
+
 def summarize_step(
     step: int | None, reports: Sequence[ResponseReport], previous_totals: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
@@ -312,7 +337,9 @@ def summarize_step(
         "forward_sampling": {conversations, future_turns_mean, end_reasons, simulator_failures,
         seconds: {mean, max}}, "judge": {calls, failed_calls, prompt_tokens, completion_tokens, cost_usd},
         "simulator": {...same...}, "totals": {judge_tokens, judge_cost_usd, simulator_tokens,
-        simulator_cost_usd}, "data_sources": {name: {responses, reward_mean, metrics: {name: mean}}}}``.
+        simulator_cost_usd}, "data_sources": {name: {responses, reward_mean, metrics: {name: mean}}},
+        "diagnostics": {ask_rate, ask_rate_ambiguous, ask_rate_clear, equal_reward_groups, groups,
+        score_spread_mean, goal_leak_rate, simulated_user_turns}}`` (:func:`_diagnostics_block`).
         The reward is over trained responses (the skip penalty included), metric means and weighted values
         over trained responses whose forward sampling ran; counts of failures, usage and forward sampling
         over all responses. A mean with nothing to average is None.
@@ -337,6 +364,7 @@ def summarize_step(
         "simulator": simulator.columns(),
         "totals": _running_totals(previous_totals, judge, simulator),
         "data_sources": _data_source_blocks(reports, names),
+        "diagnostics": _diagnostics_block(trained),
     }
 
 
@@ -404,7 +432,9 @@ def training_metrics(summary: Mapping[str, Any], reports: Sequence[ResponseRepor
     * ``collabllm/<data_source>/<column>`` the same per data source, when the step has several;
     * ``collabllm/step/<count>``: responses, trained, excluded, skipped, judge and simulator calls,
       failures, tokens and cost (sums over the step), per-metric ``<name>_failures`` and ``<name>_scored``;
-    * ``collabllm/total/<key>``: running totals of judge and simulator tokens and cost.
+    * ``collabllm/total/<key>``: running totals of judge and simulator tokens and cost;
+    * ``collabllm/diag/<key>``: the step's reward-quality diagnostics (``summary["diagnostics"]``: ask rates,
+      equal-reward groups, future-score spread, goal-leak rate), those with a value.
     """
     names = list(summary["metrics"])
     metrics = _column_means(reports, names, METRICS_PREFIX)
@@ -425,4 +455,7 @@ def training_metrics(summary: Mapping[str, Any], reports: Sequence[ResponseRepor
     )
     for key, value in summary["totals"].items():
         metrics[f"{METRICS_PREFIX}total/{key}"] = float(value)
+    for key, value in (summary.get("diagnostics") or {}).items():
+        if value is not None:
+            metrics[f"{METRICS_PREFIX}diag/{key}"] = float(value)
     return metrics

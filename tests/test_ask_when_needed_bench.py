@@ -1,0 +1,91 @@
+"""`benchmarks/bench_ask_when_needed.sh` at its smallest: one GRPO step per arm (w = 0 and w = 2), four held-out
+rows, then results.json. Checks the output's shape, that the arms differ only in the forward window, and that
+the reward-quality diagnostics reach the tracker (the file logger's metrics.jsonl) and the step summary.
+
+The model is the tiny random test model (``recipe/cpu/tiny_model.py``), not SmolLM2: the check is on the
+pipeline's shape, not on what a model learns, and the tiny model's generation keeps the test short (the
+SmolLM2 path of the same script differs only in ``MODEL``; ``test_real_model_cpu.py`` covers SmolLM2 itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collabllm_verl.recipe.evaluation.ask_ablation import MEASURES
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_ROWS = 4
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """The script with STEPS=1, 2 prompts x 2 responses, S=2, on the first 6 held-in rows; 4 held-out rows. The
+    tiny model gets the CPU preset's end-of-turn bias (3.5), so that some responses end and are forward-sampled."""
+    root = tmp_path_factory.mktemp("ask_bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "COLLABLLM_", "RAY_ADDRESS"))}
+    subprocess.run(
+        [sys.executable, "-m", "collabllm_verl.recipe.cpu.tiny_model", "--out", str(root / "tiny")],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    env.update(
+        PYTHON=sys.executable, MODEL=str(root / "tiny"), STEPS="1", ROWS="6", BATCH="2", N="2", MINI_BATCH="2",
+        S="2", EVAL_ROWS=str(EVAL_ROWS), EVAL_SAMPLES="1", EOS_LOGIT_BIAS="3.5",
+    )  # fmt: skip
+    run = root / "run"
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "bench_ask_when_needed.sh"), str(run)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    return proc, run
+
+
+def test_results_json_has_the_issue_shape(bench_run):
+    proc, run = bench_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert set(results) == {"arms", "vs_base", "settings"}
+    assert set(results["arms"]) == {"base", "w0", "w2"} and set(results["vs_base"]) == {"w0", "w2"}
+    for block in [*results["arms"].values(), *results["vs_base"].values()]:
+        assert set(block) == set(MEASURES)
+        for entry in block.values():
+            assert set(entry) == {"mean", "low", "high", "n"}
+    for arm in results["arms"].values():
+        assert arm["messages"]["n"] == EVAL_ROWS
+        assert arm["ask_rate_ambiguous"]["n"] + arm["ask_rate_clear"]["n"] == EVAL_ROWS
+        assert 0.0 <= arm["success_clear"]["mean"] <= 1.0
+    assert results["settings"]["forward_window"] == {"w0": 0, "w2": 2}
+
+
+def test_arms_differ_only_in_the_forward_window_and_log_diagnostics(bench_run):
+    proc, run = bench_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    futures = {}
+    for arm in ("w0", "w2"):
+        rows = [
+            json.loads(line)
+            for line in (run / arm / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        logged = {k for row in rows for k in (row.get("data") or row)}
+        assert {"collabllm/diag/equal_reward_groups", "collabllm/diag/groups"} <= logged, sorted(logged)[:40]
+        (summary,) = [
+            json.loads(line)
+            for line in (run / arm / "checkpoints" / "conversations" / "summary.jsonl").open()
+        ]
+        diagnostics = summary["diagnostics"]
+        assert {"ask_rate_ambiguous", "ask_rate_clear", "equal_reward_groups", "score_spread_mean",
+                "goal_leak_rate"} <= set(diagnostics)  # fmt: skip
+        futures[arm] = (summary["forward_sampling"], diagnostics)
+    # w = 0: the scored conversation ends with the response, so no simulated user turn is ever taken
+    sampling, diagnostics = futures["w0"]
+    assert diagnostics["simulated_user_turns"] == 0
+    if sampling["conversations"]:
+        assert sampling["future_turns_mean"] == 0 and diagnostics["ask_rate"] is not None
