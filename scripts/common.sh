@@ -52,8 +52,9 @@ add_external_modules() {
 }
 
 # prepare_cpu_run: the environment of a CPU run for the verl processes, with the file logger's metrics.jsonl
-# under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in OUTPUT_DIR/tiny_model (with
-# PYTHON) and used. Reads OUTPUT_DIR and PYTHON; may set MODEL_PATH.
+# under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in OUTPUT_DIR/$TINY_MODEL_NAME
+# (default tiny_model; with PYTHON and the builder's options in TINY_MODEL_ARGS, e.g. "--hidden-size 128")
+# and used. Reads OUTPUT_DIR, PYTHON, TINY_MODEL_NAME, TINY_MODEL_ARGS; may set MODEL_PATH.
 prepare_cpu_run() {
   export VERL_PLATFORM=cpu
   # verl registers its FSDP engine for cuda/npu only; this selects it while the platform is the CPU.
@@ -61,10 +62,11 @@ prepare_cpu_run() {
   export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUTPUT_DIR/metrics.jsonl}
   mkdir -p "$OUTPUT_DIR" "$(dirname "$VERL_FILE_LOGGER_PATH")"
   if [[ -z "${MODEL_PATH:-}" ]]; then
-    MODEL_PATH=$OUTPUT_DIR/tiny_model
+    MODEL_PATH=$OUTPUT_DIR/${TINY_MODEL_NAME:-tiny_model}
     if [[ ! -f "$MODEL_PATH/config.json" ]]; then
       echo "+ building tiny model in $MODEL_PATH"
-      "$PYTHON" -m collabllm_verl.recipe.cpu.tiny_model --out "$MODEL_PATH"
+      # shellcheck disable=SC2086  # TINY_MODEL_ARGS holds several options
+      "$PYTHON" -m collabllm_verl.recipe.cpu.tiny_model --out "$MODEL_PATH" ${TINY_MODEL_ARGS:-}
     fi
   fi
 }
@@ -97,4 +99,17 @@ start_local_llm_server() {
   LLM_API_BASE=$(<"$ready")
   LLM_API_KEY=${LLM_API_KEY:-local}
   echo "+ local LLM server (user simulator and judges) at $LLM_API_BASE, pid $LLM_SERVER_PID"
+}
+
+# prepare_cpu_vllm_run: what verl's vLLM rollout on a CPU needs (docs/vllm_cpu.md), before prepare_cpu_run:
+# the installed stack checked (scripts/install_vllm_cpu.sh), every address on the loopback interface, a small
+# KV cache (VLLM_CPU_KVCACHE_SPACE, GiB), and a tiny model with head_dim 32 (vLLM's CPU attention rejects 16).
+prepare_cpu_vllm_run() {
+  "$PYTHON" -c 'from collabllm_verl.recipe.cpu.vllm_patches import check_vllm_install; check_vllm_install()' || exit 2
+  export VLLM_HOST_IP=${VLLM_HOST_IP:-127.0.0.1}
+  export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}
+  export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+  TINY_MODEL_NAME=${TINY_MODEL_NAME:-tiny_model_head32}
+  TINY_MODEL_ARGS=${TINY_MODEL_ARGS:---hidden-size 128}
 }
