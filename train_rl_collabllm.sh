@@ -163,8 +163,8 @@ fi
 
 CMD=("$PYTHON" -m collabllm_verl.recipe.verl_adapters.main_ppo "${ARGS[@]}" "$@")
 echo "+ VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES${VERL_PLATFORM:+ VERL_PLATFORM=$VERL_PLATFORM}"
-if [[ -n "${LLM_SERVER_PID:-}" ]]; then
-  "${CMD[@]}"  # not exec: the EXIT trap stops the local LLM server afterwards
+if [[ -n "${LLM_SERVER_PID:-}" || "${CLEAN_WEIGHT_SEGMENTS:-0}" == 1 ]]; then
+  "${CMD[@]}"  # not exec: the EXIT trap (on_exit) stops the local LLM server and removes orphaned segments
 else
   exec "${CMD[@]}"
 fi
