@@ -74,7 +74,14 @@ def vllm_run(tmp_path_factory):
     )
     before = _shm_segments()
     proc = subprocess.run(
-        ["bash", str(REPO / "train_rl_collabllm.sh"), f"+ray_kwargs.ray_init._temp_dir={root / 'ray'}"],
+        [
+            "bash",
+            str(REPO / "train_rl_collabllm.sh"),
+            f"+ray_kwargs.ray_init._temp_dir={root / 'ray'}",
+            # temperature 1 (the preset's): the raw log-probs are the policy's own, before the logit biases,
+            # so training/rollout_probs_diff_* measures the weight sync, not the bias
+            "actor_rollout_ref.rollout.logprobs_mode=raw_logprobs",
+        ],
         cwd=root,
         env=env,
         capture_output=True,
