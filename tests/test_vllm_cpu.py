@@ -297,3 +297,32 @@ def test_cpu_vllm_command_composes_a_config_verl_accepts(tmp_path):
     config = json.loads((out / "tiny_model_head32" / "config.json").read_text())
     assert config["hidden_size"] // config["num_attention_heads"] == 32
     assert isinstance(omega_conf_to_dataclass(rollout), RolloutConfig)
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir() or not Path("/proc/self/maps").exists(), reason="Linux only"
+)
+def test_orphaned_weight_segments_are_removed_and_live_ones_kept():
+    """scripts/common.sh's remove_orphan_weight_segments (the vLLM runs' exit trap): a segment no process maps
+    goes, one a live process maps stays."""
+    import uuid
+    from multiprocessing import shared_memory
+
+    tag = uuid.uuid4().hex[:8]
+    orphan = Path(f"/dev/shm/verl_weights_test_{tag}_orphan")
+    orphan.write_bytes(b"\0" * 16)
+    live = shared_memory.SharedMemory(name=f"verl_weights_test_{tag}_live", create=True, size=4096)
+    try:
+        proc = subprocess.run(
+            ["bash", "-c", f"source {REPO / 'scripts' / 'common.sh'}; remove_orphan_weight_segments"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert not orphan.exists() and f"removed the orphaned weight-sync segment {orphan}" in proc.stderr
+        assert Path(f"/dev/shm/{live.name}").exists()
+    finally:
+        orphan.unlink(missing_ok=True)
+        live.close()
+        live.unlink()
