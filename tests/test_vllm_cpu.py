@@ -267,7 +267,8 @@ def _compose(tmp_path: Path, **env_overrides: str):
     )
     if proc.returncode:
         return proc, None
-    body = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("+ "))
+    skip = ("+ ", "tiny model written to ")  # the script's echo lines and the tiny-model builder's line
+    body = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(skip))
     return proc, OmegaConf.create(yaml.safe_load(body))
 
 
@@ -286,6 +287,8 @@ def test_cpu_vllm_command_composes_a_config_verl_accepts(tmp_path):
 
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config import RolloutConfig
+
+    import collabllm_verl.recipe.verl_adapters.config_resolvers  # noqa: F401  (the configs' ${collabllm.*})
 
     out = tmp_path / "out"
     proc, cfg = _compose(tmp_path, DEVICE="cpu", ROLLOUT="vllm", OUTPUT_DIR=str(out), EOS_LOGIT_BIAS="1.5")
