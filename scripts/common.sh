@@ -72,8 +72,9 @@ add_external_modules() {
 }
 
 # prepare_cpu_run: the environment of a CPU run for the verl processes, with the file logger's metrics.jsonl
-# under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in OUTPUT_DIR/tiny_model (with
-# PYTHON) and used. Reads OUTPUT_DIR and PYTHON; may set MODEL_PATH.
+# under OUTPUT_DIR; without MODEL_PATH, a tiny random model is built once in OUTPUT_DIR/$TINY_MODEL_NAME
+# (default tiny_model; with PYTHON and the builder's options in TINY_MODEL_ARGS, e.g. "--hidden-size 128")
+# and used. Reads OUTPUT_DIR, PYTHON, TINY_MODEL_NAME, TINY_MODEL_ARGS; may set MODEL_PATH.
 prepare_cpu_run() {
   export VERL_PLATFORM=cpu
   # verl registers its FSDP engine for cuda/npu only; this selects it while the platform is the CPU.
@@ -81,12 +82,35 @@ prepare_cpu_run() {
   export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUTPUT_DIR/metrics.jsonl}
   mkdir -p "$OUTPUT_DIR" "$(dirname "$VERL_FILE_LOGGER_PATH")"
   if [[ -z "${MODEL_PATH:-}" ]]; then
-    MODEL_PATH=$OUTPUT_DIR/tiny_model
+    MODEL_PATH=$OUTPUT_DIR/${TINY_MODEL_NAME:-tiny_model}
     if [[ ! -f "$MODEL_PATH/config.json" ]]; then
       echo "+ building tiny model in $MODEL_PATH"
-      "$PYTHON" -m collabllm_verl.recipe.cpu.tiny_model --out "$MODEL_PATH"
+      # shellcheck disable=SC2086  # TINY_MODEL_ARGS holds several options
+      "$PYTHON" -m collabllm_verl.recipe.cpu.tiny_model --out "$MODEL_PATH" ${TINY_MODEL_ARGS:-}
     fi
   fi
+}
+
+# remove_orphan_weight_segments: delete the /dev/shm/verl_weights_* segments (verl's shared-memory weight sync)
+# that no running process has mapped, i.e. those a killed or failed run left behind; a live run's are kept.
+remove_orphan_weight_segments() {
+  local segment
+  for segment in /dev/shm/verl_weights_*; do
+    [[ -e "$segment" ]] || continue
+    if ! grep -qsF -- "${segment##*/}" /proc/[0-9]*/maps; then
+      rm -f -- "$segment" && echo "+ removed the orphaned weight-sync segment $segment" >&2
+    fi
+  done
+}
+
+# on_exit: the scripts' EXIT trap: stop the local LLM server (LLM_SERVER_PID), then, with
+# CLEAN_WEIGHT_SEGMENTS=1 (verl's vLLM rollout on a CPU), remove_orphan_weight_segments.
+on_exit() {
+  if [[ -n "${LLM_SERVER_PID:-}" ]]; then
+    kill "$LLM_SERVER_PID" 2>/dev/null || true
+    wait "$LLM_SERVER_PID" 2>/dev/null || true
+  fi
+  if [[ "${CLEAN_WEIGHT_SEGMENTS:-0}" == 1 ]]; then remove_orphan_weight_segments; fi
 }
 
 # start_local_llm_server LOG_DIR: start the offline stand-in server (scripted user and judges) on a free
@@ -99,7 +123,7 @@ start_local_llm_server() {
   rm -f "$ready"
   "$PYTHON" -m collabllm_verl.recipe.offline.server --port 0 --ready-file "$ready" >"$log_dir/llm_server.log" 2>&1 &
   LLM_SERVER_PID=$!
-  trap 'kill "$LLM_SERVER_PID" 2>/dev/null || true; wait "$LLM_SERVER_PID" 2>/dev/null || true' EXIT
+  trap on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   for _ in $(seq 1 300); do
@@ -117,4 +141,28 @@ start_local_llm_server() {
   LLM_API_BASE=$(<"$ready")
   LLM_API_KEY=${LLM_API_KEY:-local}
   echo "+ local LLM server (user simulator and judges) at $LLM_API_BASE, pid $LLM_SERVER_PID"
+}
+
+# prepare_cpu_vllm_run: what verl's vLLM rollout on a CPU needs (docs/vllm_cpu.md), before prepare_cpu_run:
+# the installed stack checked (scripts/install_vllm_cpu.sh), every address on the loopback interface, a small
+# KV cache (VLLM_CPU_KVCACHE_SPACE, GiB), a tiny model with head_dim 32 (vLLM's CPU attention rejects 16), and
+# orphaned weight-sync segments removed on exit (CLEAN_WEIGHT_SEGMENTS).
+prepare_cpu_vllm_run() {
+  "$PYTHON" -c 'import sys
+from collabllm_verl.recipe.cpu.vllm_patches import VllmInstallError, check_vllm_install
+try:
+    check_vllm_install()
+except VllmInstallError as exc:
+    sys.exit(f"ROLLOUT=vllm: {exc}")' || exit 2
+  export VLLM_HOST_IP=${VLLM_HOST_IP:-127.0.0.1}
+  export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-lo}
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}
+  export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+  TINY_MODEL_NAME=${TINY_MODEL_NAME:-tiny_model_head32}
+  TINY_MODEL_ARGS=${TINY_MODEL_ARGS:---hidden-size 128}
+  # a segment of a failed sync must not outlive the run (the trainer's script waits for it, see on_exit)
+  CLEAN_WEIGHT_SEGMENTS=1
+  trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }

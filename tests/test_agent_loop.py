@@ -608,3 +608,55 @@ def test_payload_is_json_serialisable_contract_keys():
         "simulator_failures", "future_turns", "end_reasons", "early_terminations", "forward_sampling_seconds",
     }
     assert payload["simulator_failures"] == 1 and payload["early_terminations"] == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# logit biases as a sampling parameter (the vLLM CPU preset) and failures inside the loop
+# --------------------------------------------------------------------------------------------------
+async def test_custom_logit_bias_is_sent_with_every_request(tmp_path, llm_server, model_dir, tokenizer):
+    """``rollout.custom.{logit_bias,eos_logit_bias}`` reach the server as vLLM's ``logit_bias`` sampling
+    parameter, for the trained response and every forward-sampled reply; unset, nothing is sent."""
+    extra = ["+actor_rollout_ref.rollout.custom.logit_bias=[['?',5.0]]",
+             "+actor_rollout_ref.rollout.custom.eos_logit_bias=2.0"]
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, extra=extra)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
+    await run_batch(config, policy, n=1)
+    question = tokenizer.encode("?", add_special_tokens=False)[0]
+    ends = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    expected = {question: 5.0, **dict.fromkeys(ends, 2.0)}
+    assert any(not call["first"] for call in policy.calls)  # forward sampling ran
+    assert all(call["sampling_params"]["logit_bias"] == expected for call in policy.calls)
+
+    plain = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
+    await run_batch(trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1), plain, n=1)
+    assert all("logit_bias" not in call["sampling_params"] for call in plain.calls)
+
+
+class _DeadServer(ScriptedPolicy):
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        raise ConnectionError("rollout server 127.0.0.1:41001 is gone")
+
+
+class _Ledger:
+    def __init__(self):
+        self.reports = []
+
+    async def report(self, report):
+        self.reports.append(report)
+
+
+async def test_an_exception_inside_the_loop_is_reported_then_raised(
+    tmp_path, llm_server, model_dir, tokenizer, monkeypatch
+):
+    """verl drops a sample whose agent loop raises; the loop first sends the step ledger a report naming the
+    error, which the driver counts against the failure budget (test_step_summary_counts_agent_loop_failures)."""
+    ledger = _Ledger()
+    monkeypatch.setattr(agent_loop_module, "_LEDGER", ledger)
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1)
+    with pytest.raises(ConnectionError, match="is gone"):
+        await run_batch(config, _DeadServer(tokenizer, first=QUESTION), n=2)
+    assert len(ledger.reports) == 2
+    for report in ledger.reports:
+        assert report.agent_error == "ConnectionError: rollout server 127.0.0.1:41001 is gone"
+        assert report.score is None and not report.trained
+    assert sorted(r.context["row_index"] for r in ledger.reports) == [0, 1]

@@ -727,3 +727,23 @@ async def test_judge_cost_is_attributed_per_sample(llm_server):
     costs = [o["reward_extra_info"]["mr/judge_cost_usd"] for o in outs]
     assert costs[1] > 3 * costs[0] > 0  # three long conversations vs one short one
     assert sum(costs) == pytest.approx(llm_stats()["cost_usd"])
+
+
+def test_step_summary_counts_agent_loop_failures():
+    """Responses whose agent loop raised (reported by the loop, never scored) are counted in the step's
+    summary and metrics and, past ``max_failure_rate``, stop the run with the loop's error."""
+    from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport, summarize_step
+
+    failed = ResponseReport(uid="u1", agent_error="ConnectionError: rollout server is gone")
+    ok = [ResponseReport(uid=f"u{i}", context={"max_failure_rate": 0.3}) for i in range(4)]
+    check_reports(3, [*ok, failed])  # 1 of 5 = 20 %, within 30 %
+    with pytest.raises(FailureBudgetExceeded) as err:
+        check_reports(3, [*ok[:2], failed])  # 1 of 3
+    message = str(err.value)
+    for part in ("step 3", "agent loop", "1 of 3 responses", "33%", "max_failure_rate=0.3",
+                 "ConnectionError: rollout server is gone"):
+        assert part in message
+    summary = summarize_step(3, [*ok, failed])
+    assert summary["agent_failures"] == 1 and summary["responses"] == 5 and summary["trained"] == 0
+    assert "agent loop: 1 responses failed" in format_summary(summary)
+    assert training_metrics(summary, [*ok, failed])["collabllm/step/agent_failures"] == 1.0

