@@ -159,10 +159,6 @@ def test_a_dead_judge_stops_training_with_one_readable_error(outage_run):
     assert returncode != 0
     assert [s["step"] for s in _summaries(out)] == [1]  # step 2 was never trained
     assert 2 not in _metrics(out)
-    limits = next(line for line in log.splitlines() if "[collabllm limits] step 1: " in line)
-    for role in ("scripted-user", "scripted-judge"):  # every worker drew from the run's actor, within the limit
-        used = re.search(rf"openai/{role} at \S+: at most (\d+) of 2 in use, (\d+) granted", limits)
-        assert used and 1 <= int(used[1]) <= 2 and int(used[2]) >= 1, limits
     message = next(line for line in log.splitlines() if "above reward_kwargs.max_failure_rate=0.6" in line)
     assert "collabllm reward: step 2: metric '" in message
     assert f"(judge: openai/scripted-judge at {judge_url})" in message
