@@ -247,34 +247,21 @@ def _policy(messages: list[dict], request: dict) -> str:
 register_responder("ask-policy", _policy)
 
 
+def _evaluate_args(llm_server, out, policy: str) -> list[str]:
+    """evaluate.py's arguments for 8 held-out rows with the scripted ambiguity user and a scripted ``policy``."""
+    return [
+        "--dataset", str(SHIPPED["heldout"]), "--out", str(out), "--num_rows", "8",
+        "--metrics", "must_contain,asks_question,token_amount", "--policy_model", f"openai/{policy}",
+        "--user_model", f"openai/{user.NAME}", "--api_base", llm_server.base_url, "--api_key_env", "ASK_TEST_KEY",
+        "--num_retries", "0", "--max_messages", "6", "--bootstrap_resamples", "200",
+    ]  # fmt: skip
+
+
 def test_evaluate_starts_with_the_opener_and_reports_split_ask_rates(llm_server, tmp_path, monkeypatch):
     monkeypatch.setenv("ASK_TEST_KEY", "local")
     out = tmp_path / "eval"
     code = evaluate.main(
-        [
-            "--dataset",
-            str(SHIPPED["heldout"]),
-            "--out",
-            str(out),
-            "--num_rows",
-            "8",
-            "--metrics",
-            "must_contain,asks_question,token_amount",
-            "--policy_model",
-            "openai/ask-policy",
-            "--user_model",
-            f"openai/{user.NAME}",
-            "--api_base",
-            llm_server.base_url,
-            "--api_key_env",
-            "ASK_TEST_KEY",
-            "--num_retries",
-            "0",
-            "--max_messages",
-            "6",
-            "--bootstrap_resamples",
-            "200",
-        ]
+        _evaluate_args(llm_server, out, "ask-policy")
     )
     assert code == 0
     records = [json.loads(line) for line in (out / "conversations.jsonl").read_text().splitlines()]
@@ -413,30 +400,7 @@ def test_ablation_results_pair_the_arms_by_task(llm_server, tmp_path, monkeypatc
         runs[label] = tmp_path / label
         assert (
             evaluate.main(
-                [
-                    "--dataset",
-                    str(SHIPPED["heldout"]),
-                    "--out",
-                    str(runs[label]),
-                    "--num_rows",
-                    "8",
-                    "--metrics",
-                    "must_contain,asks_question,token_amount",
-                    "--policy_model",
-                    f"openai/{policy}",
-                    "--user_model",
-                    f"openai/{user.NAME}",
-                    "--api_base",
-                    llm_server.base_url,
-                    "--api_key_env",
-                    "ASK_TEST_KEY",
-                    "--num_retries",
-                    "0",
-                    "--max_messages",
-                    "6",
-                    "--bootstrap_resamples",
-                    "200",
-                ]
+                _evaluate_args(llm_server, runs[label], policy)
             )
             == 0
         )
