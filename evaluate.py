@@ -119,12 +119,6 @@ def compare_main(argv: list[str]) -> int:
     differing = ", ".join(result["differing_settings"])
     if differing:
         logger.warning("the runs also differ in %s: the difference is not the model's alone", differing)
-    if result["protocols"]["mixed"]:
-        logger.warning(
-            "MIXED PROTOCOLS: A %s, B %s; B - A is not the model's difference alone",
-            result["protocols"]["a"],
-            result["protocols"]["b"],
-        )
     return 0
 
 

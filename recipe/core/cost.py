@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["BudgetExceeded", "check_budget", "projection_text", "role_of", "spend_by_role"]
 
@@ -48,12 +49,14 @@ class BudgetExceeded(RuntimeError):
     Attributes:
         budget_usd: the budget (USD).
         spent_usd: what the run had spent when it stopped (USD, every role).
+        summary: the task runner's summary at the stop (set by ``TaskRunner``; None elsewhere).
     """
 
-    def __init__(self, message: str, *, budget_usd: float, spent_usd: float) -> None:
+    def __init__(self, message: str, *, budget_usd: float, spent_usd: float, summary: Any = None) -> None:
         super().__init__(message)
         self.budget_usd = budget_usd
         self.spent_usd = spent_usd
+        self.summary = summary
 
 
 def _usd(value: float) -> str:
@@ -70,7 +73,7 @@ def _roles_text(spent: Mapping[str, float]) -> str:
 
 
 def check_budget(
-    spent: Mapping[str, float], budget_usd: float | None, *, what: str, key: str, then: str
+    spent: Mapping[str, float], budget_usd: float | None, *, what: str, key: str, then: str | None = None
 ) -> None:
     """Raise :class:`BudgetExceeded` when the spend of every role together exceeds ``budget_usd``.
 
@@ -79,10 +82,12 @@ def check_budget(
         budget_usd: the budget in USD, or None for no budget.
         what: the run in the message (``"training run"``, ``"evaluation"``).
         key: the budget's setting as the user writes it (``max_cost_usd``, ``--max_cost_usd``).
-        then: what happened and how to continue (checkpoint folder, re-run hint).
+        then: what happened and how to continue (checkpoint folder, re-run hint); None: the message ends
+            after the budget with a full stop.
 
     Raises:
-        BudgetExceeded: ``"<what> stopped: spent $X (simulator $a, judges $b) of the budget <key>=$B; <then>"``.
+        BudgetExceeded: ``"<what> stopped: spent $X (simulator $a, judges $b), more than the budget <key>=B USD;
+            <then>"`` (``then`` None: ``"... <key>=B USD."``).
     """
     if budget_usd is None:
         return
@@ -90,7 +95,7 @@ def check_budget(
     if total > budget_usd:
         raise BudgetExceeded(
             f"{what} stopped: spent {_usd(total)} ({_roles_text(spent)}), more than the budget "
-            f"{key}={budget_usd:g} USD; {then}",
+            f"{key}={budget_usd:g} USD" + (f"; {then}" if then is not None else "."),
             budget_usd=budget_usd,
             spent_usd=total,
         )
@@ -116,7 +121,7 @@ def projection_text(
 
     Returns:
         e.g. ``"cost after 1 of 10 steps: $0.5 per step (simulator $0.4, judges $0.1); projected $5 for 10
-        steps (simulator $4, judges $1); budget max_cost_usd=3 USD: projected to stop after 6 steps"``.
+        steps (simulator $4, judges $1); budget max_cost_usd=3 USD: projected to stop after about 6 steps"``.
 
     Raises:
         ValueError: ``done`` < 1 or ``total`` < ``done``.

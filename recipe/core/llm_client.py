@@ -732,21 +732,22 @@ async def _with_deadline(coro, seconds: float):
 
 async def _one_request(messages: list[dict], settings: LLMSettings, purpose: str) -> str:
     limiter = _limiter_for(settings)
-    async with limiter.semaphore(), run_limits.run_slot(settings):
-        await limiter.rate()
-        _count(purpose, requests=1)
-        # litellm enforces ``timeout`` per socket read; the outer deadline bounds the whole request.
-        response = await _with_deadline(
-            litellm.acompletion(
-                model=settings.model,
-                messages=messages,
-                timeout=settings.timeout,
-                num_retries=0,
-                max_retries=0,
-                **settings.completion_kwargs,
-            ),
-            settings.timeout + 1.0,
-        )
+    async with limiter.semaphore():
+        await limiter.rate()  # the per-process rate wait comes first: no run-wide permit is held while it sleeps
+        async with run_limits.run_slot(settings):
+            _count(purpose, requests=1)
+            # litellm enforces ``timeout`` per socket read; the outer deadline bounds the whole request.
+            response = await _with_deadline(
+                litellm.acompletion(
+                    model=settings.model,
+                    messages=messages,
+                    timeout=settings.timeout,
+                    num_retries=0,
+                    max_retries=0,
+                    **settings.completion_kwargs,
+                ),
+                settings.timeout + 1.0,
+            )
     usage = getattr(response, "usage", None)
     prompt_tokens = float(getattr(usage, "prompt_tokens", 0) or 0)
     completion_tokens = float(getattr(usage, "completion_tokens", 0) or 0)

@@ -54,8 +54,8 @@ class RunLimitsState:
 
     Per key (``"<model> at <endpoint>"``): the concurrency ``limit``, permits ``in_use`` (granted to
     processes, whether in flight or held in a lease), the most ever in use, and a token bucket of starts.
-    The latest limit asked for a key applies (every process of a run asks for the same; a change is
-    logged).
+    The smallest limit (and rate) asked for a key applies (every process of a run asks for the same; a
+    smaller one is logged once when it arrives).
     """
 
     def __init__(self) -> None:
@@ -71,9 +71,13 @@ class RunLimitsState:
         if key not in self._limit:
             self._in_use[key], self._max_in_use[key], self._granted[key] = 0, 0, 0
             self._changed[key] = asyncio.Condition()
-        elif int(limit) != self._limit[key]:
-            logger.warning("run limits: the limit of %s changes from %d to %d", key, self._limit[key], limit)
-        self._limit[key] = int(limit)
+            self._limit[key] = int(limit)
+        elif int(limit) < self._limit[key]:
+            # the smallest limit asked for applies, so it cannot flip from call to call
+            logger.warning(
+                "run limits: the limit of %s goes down from %d to %d", key, self._limit[key], limit
+            )
+            self._limit[key] = int(limit)
         return self._changed[key]
 
     async def acquire(self, key: str, limit: int, want: int) -> int:
@@ -96,8 +100,9 @@ class RunLimitsState:
 
     async def take_starts(self, key: str, requests_per_minute: float, want: int) -> int:
         """Wait until at least one request start of ``key`` is due, then grant up to ``want`` of them."""
-        rate = float(requests_per_minute) / 60.0
-        bucket = self._bucket.setdefault(key, [1.0, time.monotonic(), rate])
+        bucket = self._bucket.setdefault(key, [1.0, time.monotonic(), float(requests_per_minute) / 60.0])
+        # the smallest rate asked for applies
+        bucket[2] = rate = min(bucket[2], float(requests_per_minute) / 60.0)
         lock = self._bucket_lock.setdefault(key, asyncio.Lock())
         async with lock:  # FIFO between processes
             capacity = max(1.0, rate * BURST_S)

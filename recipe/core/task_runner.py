@@ -432,7 +432,7 @@ class TaskRunner(Generic[T]):
                 "same command with a higher --max_cost_usd to continue without redoing them",
             )
         except BudgetExceeded as stop:
-            stop.summary = summary  # the run's summary at the stop, like FailureBudgetExceeded's
+            stop.summary = summary
             raise
 
     def _count_failure(self, outcome: TaskOutcome[T], summary: TaskRunSummary) -> None:

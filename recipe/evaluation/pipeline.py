@@ -101,7 +101,11 @@ def choose_metrics(
             f"no task preset fits these tasks (ability {tasks[0].ability!r}); pass --task "
             f"{'|'.join(TASK_PRESETS)} or --metrics a,b,c"
         )
-    options = {**(chosen["metric_kwargs"] if chosen else {}), **protocol.metric_options()}
+    preset_options = chosen["metric_kwargs"] if chosen else {}
+    protocol_options = protocol.metric_options()
+    options = {  # per metric: the protocol's keys over the preset's, the preset's other keys kept
+        m: {**preset_options.get(m, {}), **protocol_options.get(m, {})} for m in {*preset_options, *protocol_options}
+    }
     return name, names, {m: options[m] for m in names if m in options}
 
 

@@ -15,10 +15,11 @@ rows it was given (:func:`register_rows`). It answers, in order:
 4. any other answer -> that this is not what it needs, without giving the detail (minimal effort, rule 2
    of the simulator prompt).
 
-Rows come from, in this order: :func:`register_rows` (tests, in-process servers), the files named by the
-environment variable ``SCRIPTED_AMBIGUITY_ROWS`` (``os.pathsep``-separated), the server's
-``--ambiguity-rows FILE`` flag, and the files shipped in ``data/ambiguity/`` of a source checkout. A
-goal that none of them holds is an HTTP 400 naming it.
+Rows come from the files shipped in ``data/ambiguity/`` of a source checkout, then the files named by the
+environment variable ``SCRIPTED_AMBIGUITY_ROWS`` (``os.pathsep``-separated), then the server's
+``--ambiguity-rows FILE`` flag and :func:`register_rows` calls (tests, in-process servers), in that order; a
+later row with the same goal and opener replaces an earlier one. A goal that none of them holds, or a chat
+whose first user message is the opener of none of the goal's rows, is an HTTP 400 naming it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _SHIPPED = Path(__file__).resolve().parents[2] / "data" / "ambiguity"
 
 _ROWS: dict[str, list[dict[str, Any]]] = {}  # hidden goal -> rows with that goal
 _LOCK = threading.Lock()
+_DEFAULTS_LOCK = threading.Lock()
 _loaded_defaults = False
 
 
@@ -93,11 +95,14 @@ def _load_defaults() -> None:
     global _loaded_defaults
     if _loaded_defaults:
         return
-    _loaded_defaults = True
-    files = [p for p in os.environ.get(ROWS_ENV, "").split(os.pathsep) if p]
-    files += sorted(str(p) for p in _SHIPPED.glob("*.jsonl")) if _SHIPPED.is_dir() else []
-    for file in files:
-        register_rows(file)
+    with _DEFAULTS_LOCK:
+        if _loaded_defaults:
+            return
+        _loaded_defaults = True  # before reading: register_rows below calls back here
+        files = sorted(str(p) for p in _SHIPPED.glob("*.jsonl")) if _SHIPPED.is_dir() else []
+        files += [p for p in os.environ.get(ROWS_ENV, "").split(os.pathsep) if p]  # later files replace rows
+        for file in files:
+            register_rows(file)
 
 
 def _find_row(goal: str, history: list[dict]) -> dict[str, Any]:
@@ -110,11 +115,15 @@ def _find_row(goal: str, history: list[dict]) -> dict[str, Any]:
             f"name the file with {ROWS_ENV} or the server's --ambiguity-rows"
         )
     first_user = next((m["content"] for m in history if m["role"] == "user"), None)
-    if first_user is not None:
-        for row in candidates:
-            if row["opener"].strip() == first_user.strip():
-                return row
-    return candidates[0]
+    if first_user is None:  # no opener yet to tell the goal's rows apart: the first registered
+        return candidates[0]
+    for row in candidates:
+        if row["opener"].strip() == first_user.strip():
+            return row
+    raise ValueError(
+        f"{NAME}: the chat's first user message {first_user.strip()[:80]!r} is the opener of no row whose "
+        f"hidden goal is {goal.strip()[:80]!r}"
+    )
 
 
 def ambiguity_user_reply(

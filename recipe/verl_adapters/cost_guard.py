@@ -128,17 +128,14 @@ class CostGuard:
             line = f"[collabllm cost] {text}"
             print(line, flush=True)
         try:
-            check_budget(
-                spent, self.max_cost_usd, what=f"training run (step {step})", key=BUDGET_KEY, then=""
-            )
+            check_budget(spent, self.max_cost_usd, what=f"training run (step {step})", key=BUDGET_KEY)
         except BudgetExceeded as stop:
             self._arm(stop)
         return line
 
     def _arm(self, stop: BudgetExceeded) -> None:
         """Make verl save this step and let :class:`BudgetCheckpointCallback` raise; else raise now."""
-        message = str(stop).rstrip("; ") + "."
-        stop = BudgetExceeded(message, budget_usd=stop.budget_usd, spent_usd=stop.spent_usd)
+        message = str(stop)
         config = getattr(self.trainer, "config", None)
         callback = getattr(self.trainer, "checkpoint_callback", None)
         if config is None or not isinstance(callback, BudgetCheckpointCallback):
