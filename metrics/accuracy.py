@@ -74,7 +74,7 @@ async def accuracy(ctx: MetricContext) -> float:
         "accuracy", "accuracy", ctx, extra_rules=ACCURACY_STRICT_RULES if strict else None, validate=_readable
     )
     value = answer["accuracy"]
-    number = unit_interval("accuracy", "accuracy", parse_accuracy(value))
+    number = unit_interval("accuracy", "accuracy", value)  # readable: checked by _readable before
     if strict and number not in (0.0, 1.0):
         raise MetricError(
             "accuracy",

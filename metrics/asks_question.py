@@ -29,7 +29,7 @@ import re
 
 from .registry import MetricContext, register_metric
 
-__all__ = ["ANSWER_WORDS", "CLOSING", "answer_words", "asks_a_question", "information_requests"]
+__all__ = ["ANSWER_WORDS", "CLOSING", "asks_a_question", "first_reply_asks"]
 
 ANSWER_WORDS = 40
 """An answer part of at least this many whitespace words makes a reply an answer, whatever it asks."""
@@ -64,23 +64,16 @@ def _is_request(sentence: str) -> bool:
     return sentence.rstrip(" \"')*_").endswith("?") or bool(_REQUEST.search(sentence))
 
 
-def information_requests(text: str) -> list[str]:
-    """The sentences of ``text``'s prose that ask the user for information (rule 1 of the module)."""
-    return [s for s in _sentences(text) if _is_request(s)]
-
-
-def answer_words(text: str) -> int:
-    """Whitespace words of ``text``'s prose outside its information requests (rule 2)."""
-    return sum(len(s.split()) for s in _sentences(text) if not _is_request(s))
-
-
 def asks_a_question(text: str) -> bool:
     """True when ``text`` requests information instead of giving an answer (the module's rules 1-3)."""
-    sentences = _sentences(text)
-    requests = [s for s in sentences if _is_request(s)]
-    if not requests:
-        return False
-    return sum(len(s.split()) for s in sentences if s not in requests) < ANSWER_WORDS
+    kinds = [(len(s.split()), _is_request(s)) for s in _sentences(text)]
+    return any(request for _, request in kinds) and sum(n for n, request in kinds if not request) < ANSWER_WORDS
+
+
+def first_reply_asks(messages: list[dict]) -> bool | None:
+    """Whether the first assistant message of ``messages`` asks (:func:`asks_a_question`); None without one."""
+    first = next((m for m in messages if m.get("role") == "assistant"), None)
+    return None if first is None else asks_a_question(str(first.get("content") or ""))
 
 
 @register_metric(
@@ -91,5 +84,4 @@ def asks_a_question(text: str) -> bool:
 )
 async def asks_question(ctx: MetricContext) -> float:
     """1.0 / 0.0 as the module docstring says."""
-    first = next((m for m in ctx.future_messages if m.get("role") == "assistant"), None)
-    return 1.0 if first is not None and asks_a_question(str(first.get("content") or "")) else 0.0
+    return 1.0 if first_reply_asks(ctx.future_messages) else 0.0

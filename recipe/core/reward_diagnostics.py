@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collabllm_verl.metrics.asks_question import asks_a_question
+from collabllm_verl.metrics.asks_question import asks_a_question, first_reply_asks
 
 __all__ = [
     "LEAK_WORDS",
@@ -74,10 +74,6 @@ def goal_leaks(messages: Sequence[Mapping[str, Any]], goal: str, *, start: int) 
     opener = next((str(m.get("content") or "") for m in messages if m.get("role") == "user"), "")
     turns = [str(m.get("content") or "") for m in messages[start:] if m.get("role") == "user"]
     return sum(copies_goal(t, goal, opener) for t in turns if goal), len(turns)
-
-
-def _first_reply(messages: Sequence[Mapping[str, Any]], start: int) -> str | None:
-    return next((str(m.get("content") or "") for m in messages[start:] if m.get("role") == "assistant"), None)
 
 
 def _ambiguous(extra_info: Mapping[str, Any] | None) -> bool | None:
@@ -183,9 +179,9 @@ def conversation_diagnostics(records: Iterable[Mapping[str, Any]]) -> dict[str, 
     asks, leaked, turns = [], 0, 0
     for record in records:
         messages = record.get("messages") or []
-        reply = _first_reply(messages, 0)
-        if reply is not None:
-            asks.append((asks_a_question(reply), _ambiguous(record)))
+        first_asks = first_reply_asks(messages)
+        if first_asks is not None:
+            asks.append((first_asks, _ambiguous(record)))
         n, t = goal_leaks(messages, str(record.get("goal") or ""), start=1)
         leaked, turns = leaked + n, turns + t
     return {

@@ -106,7 +106,7 @@ def patch_keep_linear_weights() -> bool:
     passes ``remove_weight=False`` (what vLLM's own ``VocabParallelEmbedding`` does): the weight stays, the
     weight loader writes into it, and verl's call of ``process_weights_after_loading`` after each sync
     (``vLLMColocateWorkerExtension``) packs the new values again. Cost: one more copy of the linear weights in
-    host memory. Off the CPU platform verl's original is called.
+    host memory. Off the CPU platform vLLM's original is called.
 
     Returns:
         True when installed now, False when installed already.

@@ -47,7 +47,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .rows import DatasetFormatError
+from .rows import DatasetFormatError, text_field
 
 __all__ = ["ADAPTORS", "Adaptor", "AdaptorOptions", "adaptor_options", "load_adapted_rows"]
 
@@ -108,20 +108,6 @@ class Adaptor:
     adapt: Callable[[Sequence[Row], str, Any, str], list[dict[str, Any]]]
 
 
-def _text(
-    source: str, index: int, row: Row, field: str, *, where: str | None = None, allow_empty=False
-) -> str:
-    """``row[field]`` as a non-empty string; ``where`` names the field in errors (default ``field``)."""
-    value, name = row.get(field), where or field
-    if value is None:
-        raise DatasetFormatError(source, index, name, "missing")
-    if not isinstance(value, str):
-        raise DatasetFormatError(source, index, name, f"expected a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise DatasetFormatError(source, index, name, "empty")
-    return value
-
-
 def _last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (balanced braces), or None."""
     start = text.rfind("\\boxed{")
@@ -141,14 +127,14 @@ def _last_boxed(text: str) -> str | None:
 def _math_hard(rows: Sequence[Row], split: str, options: Any, source: str) -> list[dict[str, Any]]:
     out = []
     for index, row in enumerate(rows):
-        solution = _text(source, index, row, "solution")
+        solution = text_field(source, index, row, "solution")
         out.append(
             {
-                "problem": _text(source, index, row, "problem"),
+                "problem": text_field(source, index, row, "problem"),
                 "solution": solution,
                 "answer": _last_boxed(solution),
-                "level": _text(source, index, row, "level"),
-                "type": _text(source, index, row, "type"),
+                "level": text_field(source, index, row, "level"),
+                "type": text_field(source, index, row, "type"),
                 "source_row": index,
             }
         )
@@ -193,7 +179,10 @@ def _medium(rows: Sequence[Row], split: str, options: MediumOptions, source: str
     chosen = recent[:n_test] if split == "test" else recent[n_test:]
     out = []
     for stamp, index, row in chosen:
-        title, text = _text(source, index, row, "title", allow_empty=True), _text(source, index, row, "text")
+        title, text = (
+            text_field(source, index, row, "title", allow_empty=True),
+            text_field(source, index, row, "text"),
+        )
         tokens = cl100k_tokens(text)
         if tokens > options.max_tokens:
             continue
@@ -234,7 +223,7 @@ def _bigcodebench(
     wanted = set(order[:n_train] if split == "train" else order[n_train:])
     out = []
     for index, row in enumerate(rows):
-        fields = {name: _text(source, index, row, name) for name in _BIGCODEBENCH_FIELDS}
+        fields = {name: text_field(source, index, row, name) for name in _BIGCODEBENCH_FIELDS}
         if index not in wanted:
             continue
         out.append(
@@ -301,11 +290,11 @@ def _abg_coqa(rows: Sequence[Row], split: str, options: AbgCoQAOptions, source: 
             raise DatasetFormatError(
                 source, index, "target_turn", "missing (expected an object with 'question')"
             )
-        question = _text(source, index, target, "question", where="target_turn.question")
+        question = text_field(source, index, target, "question", where="target_turn.question")
         history = _history(source, index, row) if options.history else []
         out.append(
             {
-                "problem": abg_coqa_goal(_text(source, index, row, "story"), question, history),
+                "problem": abg_coqa_goal(text_field(source, index, row, "story"), question, history),
                 "solution": label,
                 "answer": label,
                 "id": row.get("id"),
@@ -385,7 +374,7 @@ ADAPTORS: dict[str, Adaptor] = {
         hub=None,
         hub_split=None,
         task_key=None,
-        task=("qa", "answering questions about a story"),  # a task-type label, as the others (fidelity.md 1.17)
+        task=("qa", "answering questions about a story"),  # a task-type label (fidelity.md 1.17)
         options=AbgCoQAOptions,
         splits=("train", "val", "validation", "test"),
         adapt=_abg_coqa,

@@ -116,15 +116,33 @@ def row_matches(row: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
     return all(field in row and str(row[field]) == value for field, value in filters.items())
 
 
-def _text(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str, *, allow_empty=False) -> str:
-    if field not in row or row[field] is None:
-        raise DatasetFormatError(spec.source, index, field, "missing")
-    value = row[field]
+def text_field(
+    source: str,
+    index: int,
+    row: Mapping[str, Any],
+    field: str,
+    *,
+    where: str | None = None,
+    allow_empty=False,
+) -> str:
+    """``row[field]`` as a string, non-empty unless ``allow_empty``; ``where`` names the field in errors
+    (default ``field``).
+
+    Raises:
+        DatasetFormatError: the field is missing, null, not a string, or empty (naming ``source``, row, field).
+    """
+    value, name = row.get(field), where or field
+    if value is None:
+        raise DatasetFormatError(source, index, name, "missing")
     if not isinstance(value, str):
-        raise DatasetFormatError(spec.source, index, field, f"expected a string, got {type(value).__name__}")
+        raise DatasetFormatError(source, index, name, f"expected a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
-        raise DatasetFormatError(spec.source, index, field, "empty")
+        raise DatasetFormatError(source, index, name, "empty")
     return value
+
+
+def _text(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str, *, allow_empty=False) -> str:
+    return text_field(spec.source, index, row, field, allow_empty=allow_empty)
 
 
 def _messages(spec: SourceSpec, index: int, row: Mapping[str, Any], field: str) -> list[dict[str, str]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from collabllm_verl.metrics.asks_question import asks_a_question
+from collabllm_verl.metrics.asks_question import first_reply_asks
 
 from .compare import load_run
 from .statistics import DEFAULT_RESAMPLES, bootstrap_interval, paired_difference, task_values
@@ -60,8 +60,7 @@ def _measures(record: Mapping[str, Any]) -> dict[str, float | None]:
             f"record {record.get('key')!r} (row {record.get('row')}) has no 'ambiguous' flag: the evaluation was "
             "not run on rows of the ambiguity-controlled family"
         )
-    first = next((m["content"] for m in record.get("messages") or [] if m.get("role") == "assistant"), None)
-    asks = float(first is not None and asks_a_question(str(first)))
+    asks = float(bool(first_reply_asks(record.get("messages") or [])))
     success = metrics.get("must_contain")
     tokens = metrics.get("token_amount")
     return {

@@ -230,7 +230,7 @@ async def run_conversation(
                 interaction=interaction,
                 interaction_kwargs=task.interaction_kwargs,
                 limits=protocol.limits,
-                user_turns=len(messages),
+                user_turns=0 if task.opener is None else 1,  # the opener is the first user turn
             )
             end_reason, error = result.end_reason, result.error
         except LLMCallError as exc:
