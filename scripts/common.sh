@@ -17,7 +17,8 @@ shortcut() {
 
 # price_shortcut VAR KEY...: when VAR holds "<in>,<out>" (USD per million input and output tokens), append
 # KEY.input_cost_per_token=<in/1e6> and KEY.output_cost_per_token=<out/1e6> to ARGS for every KEY given
-# (KEY may start with '++'); anything else in VAR is an error (exit status 2).
+# (KEY may start with '++'); the numbers are read as model_args.parse_prices reads --llm_prices (two numbers
+# >= 0); anything else in VAR is an error (exit status 2).
 price_shortcut() {
   local var=$1 value=${!1:-} key per_token
   shift
@@ -25,7 +26,7 @@ price_shortcut() {
   if ! per_token=$(awk -v v="$value" 'BEGIN {
       n = split(v, p, ",")
       if (n != 2) exit 1
-      for (i = 1; i <= 2; i++) if (p[i] !~ /^[ ]*[0-9]+([.][0-9]*)?([eE][-+]?[0-9]+)?[ ]*$/) exit 1
+      for (i = 1; i <= 2; i++) if (p[i] !~ /^[ ]*[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][-+]?[0-9]+)?[ ]*$/) exit 1
       printf "%.10g %.10g", p[1] / 1e6, p[2] / 1e6 }'); then
     echo "$var expects <in>,<out>: USD per million input and output tokens, e.g. 0.15,0.6; got '$value'" >&2
     exit 2
