@@ -15,6 +15,7 @@ the chat when the assistant gives an answer (no "?").
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -655,6 +656,12 @@ async def test_an_exception_inside_the_loop_is_reported_then_raised(
     config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1)
     with pytest.raises(ConnectionError, match="is gone"):
         await run_batch(config, _DeadServer(tokenizer, first=QUESTION), n=2)
+    # verl gathers the samples without cancelling the rest: the first error propagates while the other
+    # sample may still be on its way to the ledger, so give it up to 30 s to report.
+    for _ in range(300):
+        if len(ledger.reports) >= 2:
+            break
+        await asyncio.sleep(0.1)
     assert len(ledger.reports) == 2
     for report in ledger.reports:
         assert report.agent_error == "ConnectionError: rollout server 127.0.0.1:41001 is gone"
