@@ -19,7 +19,8 @@
 # tokens, cost ~0.04, a tenth of what asking is worth on an ambiguous row, ~+0.5 success; a full 3-turn
 # conversation of 64-token replies costs ~0.38). asks_question is logged with weight 0.
 # Stages (each skipped when its output exists, so a re-run resumes): model, data, train_w0, train_w2,
-# eval_base, eval_w0, eval_w2, results; STAGES picks some. Size knobs below.
+# eval_base, eval_w0, eval_w2, results, plot (OUT_DIR/training_steps.png: both arms' per-step
+# reward, metrics and diagnostics); STAGES picks some. Size knobs below.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,13 +42,16 @@ TEMPERATURE=${TEMPERATURE:-0.7}      # policy sampling, in rollouts and in evalu
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-64}  # tokens per policy turn
 TOKEN_WEIGHT=${TOKEN_WEIGHT:--2}     # weight of token_amount (thousands of assistant tokens, policy tokenizer)
 QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-0}  # logit bias of "?" in rollouts (both arms; 0: none)
-SKIP_PENALTY=${SKIP_PENALTY:-0}      # reward of a truncated response (not continued; both arms)
+SKIP_PENALTY=${SKIP_PENALTY:--0.4}   # reward of a truncated response (not continued; both arms): below any
+                                     # finished conversation (3 replies x 64 tokens cost 0.38), so that a cut-off
+                                     # reply never beats a wrong answer (with 0, held-in w0 training drifted to
+                                     # truncated replies: 5 of 16 skipped at step 1, 8-10 of 16 at steps 5-6)
 EOS_LOGIT_BIAS=${EOS_LOGIT_BIAS:-0}  # end-of-turn logit bias in rollouts (both arms; the tiny test model needs ~3.5)
 SEED=${SEED:-0}
 EVAL_ROWS=${EVAL_ROWS:-}             # held-out rows evaluated (empty: all)
 EVAL_SAMPLES=${EVAL_SAMPLES:-2}      # conversations per held-out row
 EVAL_MAX_MESSAGES=${EVAL_MAX_MESSAGES:-6}
-STAGES=,${STAGES:-model,data,train_w0,train_w2,eval_base,eval_w0,eval_w2,results},
+STAGES=,${STAGES:-model,data,train_w0,train_w2,eval_base,eval_w0,eval_w2,results,plot},
 if (( BATCH % MINI_BATCH || (MINI_BATCH * N) % 4 )); then
   echo "MINI_BATCH=$MINI_BATCH must divide BATCH=$BATCH, and MINI_BATCH x N=$((MINI_BATCH * N)) must be a" \
     "multiple of 4 (the CPU preset's micro-batch)" >&2
@@ -151,4 +155,8 @@ PY
   "$PYTHON" -m collabllm_verl.recipe.evaluation.ask_ablation --run base="$RUN/eval_base" --run w0="$RUN/eval_w0" \
     --run w2="$RUN/eval_w2" --settings "$RUN/settings.json" --out "$RUN/results.json"
   log "done: $RUN/results.json; per-step training summaries: $RUN/w{0,2}/checkpoints/conversations/summary.jsonl"
+fi
+if stage plot; then
+  "$PYTHON" "$REPO/benchmarks/plot_training_steps.py" --out "$RUN/training_steps.png" \
+    w0="$RUN/w0/checkpoints/conversations/summary.jsonl" w2="$RUN/w2/checkpoints/conversations/summary.jsonl"
 fi

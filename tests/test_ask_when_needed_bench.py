@@ -62,6 +62,7 @@ def test_results_json_has_the_issue_shape(bench_run):
         assert arm["ask_rate_ambiguous"]["n"] + arm["ask_rate_clear"]["n"] == EVAL_ROWS
         assert 0.0 <= arm["success_clear"]["mean"] <= 1.0
     assert results["settings"]["forward_window"] == {"w0": 0, "w2": 2}
+    assert (run / "training_steps.png").stat().st_size > 0  # both arms' per-step curves
 
 
 def test_arms_differ_only_in_the_forward_window_and_log_diagnostics(bench_run):
