@@ -50,7 +50,9 @@ def _series(record: dict) -> dict[str, float]:
     }
     values.update({name: _number(m) for name, m in record.get("metrics", {}).items()})
     diagnostics = record.get("diagnostics") or {}
-    values.update({f"diag: {name}": _number(diagnostics.get(name)) for name in DIAGNOSTICS if name in diagnostics})
+    values.update(
+        {f"diag: {name}": _number(diagnostics.get(name)) for name in DIAGNOSTICS if name in diagnostics}
+    )
     return values
 
 
@@ -68,20 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):  # the grid may have spare axes
         for label, steps in series.items():
             xs = sorted(steps)
             ax.plot(xs, [steps[s].get(panel, math.nan) for s in xs], marker="o", markersize=3, label=label)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if len(runs) > 1:
         axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out} ({', '.join(f'{k}: {len(v)} steps' for k, v in runs.items())}; panels: {len(panels)})")
+    print(
+        f"wrote {args.out} ({', '.join(f'{k}: {len(v)} steps' for k, v in runs.items())}; panels: {len(panels)})"
+    )
     return 0
 
 

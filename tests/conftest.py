@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,36 @@ from collabllm_verl.recipe.offline.server import LocalLLMServer
 
 if TYPE_CHECKING:
     from collabllm_verl.recipe.core.llm_client import LLMSettings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_share(request, tmp_path_factory):
+    """Keep timing-sensitive tests off a CPU saturated by a training run in another pytest-xdist worker.
+
+    A module with a test marked ``timing`` holds an exclusive ``flock`` on a file in the session's shared
+    temporary folder while it runs; a module with a ``slow`` test (a CPU training run) holds a shared one, so
+    training runs overlap each other and the light tests, never a timing module. A second lock, the gate,
+    gives the timing module precedence: it holds the gate while it waits, and a slow module passes the gate
+    before it takes its shared lock, so the wait is at most one slow module. Module-scoped and autouse, so
+    the lock is held before the module's own fixtures start their runs. Without xdist it is free at once."""
+    markers = {mark.name for item in request.session.items if item.module is request.module
+               for mark in item.iter_markers()}  # fmt: skip
+    exclusive = "timing" in markers
+    if not exclusive and "slow" not in markers:
+        yield
+        return
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    with open(shared / "cpu_share.gate", "a") as gate, open(shared / "cpu_share.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

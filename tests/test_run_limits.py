@@ -15,6 +15,9 @@ import time
 import pytest
 
 ray = pytest.importorskip("ray")
+# throughput and rate are measured: never beside a training run (tests/conftest.py); the first test may wait
+# for one slow module of the other xdist worker to finish, hence the longer timeout
+pytestmark = [pytest.mark.timing, pytest.mark.timeout(1800)]
 
 OBJECT_STORE = 100 * 1024 * 1024
 LATENCY_S = 0.4
