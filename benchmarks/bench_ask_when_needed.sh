@@ -10,7 +10,9 @@
 # response, the single-turn baseline). Base, w0 and w2 are evaluated on held-out rows (different templates;
 # HELDOUT=FILE replaces them with any file in the same format) with evaluate.py, and paired by task
 # (python -m collabllm_verl.recipe.evaluation.ask_ablation) into OUT_DIR/results.json:
-#   {"arms": {"base": M, "w0": M, "w2": M}, "vs_base": {"w0": D, "w2": D}, "settings": {...}}
+#   {"arms": {"base": M, "w0": M, "w2": M}, "vs_base": {"w0": D, "w2": D}, "settings": {...},
+#    "conversations": {...}, "heldin_signal": {"w0": ..., "w2": ...}}
+# (heldin_signal: what each arm's training reward paid on held-in rows for asking vs answering, by ambiguity)
 # User simulator: the offline stand-in for these rows (scripted-ambiguity-user: the clarification when
 # asked on an ambiguous row, "it is all in my first message" on a clear one, "not what I need" to a wrong
 # answer, the end signal to a right one); no judge. Results are stand-in results.
@@ -31,7 +33,7 @@ PYTHON=${PYTHON:-python}
 HELDIN=${HELDIN:-$REPO/data/ambiguity/ambiguity_heldin.jsonl}
 HELDOUT=${HELDOUT:-$REPO/data/ambiguity/ambiguity_heldout.jsonl}
 MODEL=${MODEL:-}                     # a Hugging Face checkpoint folder; empty: SmolLM2-135M-Instruct, materialised
-STEPS=${STEPS:-24}                   # GRPO steps per arm
+STEPS=${STEPS:-10}                   # GRPO steps per arm (the measured run: 51 min end to end on 2 cores)
 ROWS=${ROWS:-36}                     # held-in rows used (the first ROWS; 2 of them go to validation)
 BATCH=${BATCH:-4}                    # prompts per step
 N=${N:-4}                            # responses per prompt (the GRPO group)
@@ -41,7 +43,9 @@ LR=${LR:-5e-5}
 TEMPERATURE=${TEMPERATURE:-0.7}      # policy sampling, in rollouts and in evaluation alike
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-64}  # tokens per policy turn
 TOKEN_WEIGHT=${TOKEN_WEIGHT:--2}     # weight of token_amount (thousands of assistant tokens, policy tokenizer)
-QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-0}  # logit bias of "?" in rollouts (both arms; 0: none)
+QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-6}  # logit bias of "?" in rollouts (both arms; 0: none): exploration.
+                                     # Held-in probe of the base model, first replies asking (ambiguous / clear
+                                     # rows): bias 0: 0.03 / 0.00, 3: 0.00 / 0.03, 6: 0.22 / 0.28
 SKIP_PENALTY=${SKIP_PENALTY:--0.4}   # reward of a truncated response (not continued; both arms): below any
                                      # finished conversation (3 replies x 64 tokens cost 0.38), so that a cut-off
                                      # reply never beats a wrong answer (with 0, held-in w0 training drifted to
@@ -153,7 +157,9 @@ with open(tmp, "w") as fh:
 os.replace(tmp, sys.argv[1])
 PY
   "$PYTHON" -m collabllm_verl.recipe.evaluation.ask_ablation --run base="$RUN/eval_base" --run w0="$RUN/eval_w0" \
-    --run w2="$RUN/eval_w2" --settings "$RUN/settings.json" --out "$RUN/results.json"
+    --run w2="$RUN/eval_w2" --dump w0="$RUN/w0/checkpoints/conversations" \
+    --dump w2="$RUN/w2/checkpoints/conversations" --rows "$HELDIN" --settings "$RUN/settings.json" \
+    --out "$RUN/results.json"
   log "done: $RUN/results.json; per-step training summaries: $RUN/w{0,2}/checkpoints/conversations/summary.jsonl"
 fi
 if stage plot; then

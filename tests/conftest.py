@@ -17,6 +17,34 @@ if TYPE_CHECKING:
     from collabllm_verl.recipe.core.llm_client import LLMSettings
 
 
+# the two longest files (their training runs took 636 s and 584 s of one worker in a two-worker run)
+LONGEST_FIRST = ("test_rl_cpu_outages.py", "test_real_model_cpu.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Order the files for ``-n 2`` (pyproject: ``--dist loadfile --no-loadscope-reorder``): the longest
+    first, the other files with ``slow`` tests next, those with ``timing`` tests last, the rest in between
+    (stable otherwise). The long training runs start at once, the light files fill the other worker's time,
+    and a timing file rarely waits for a training run (``_cpu_share``)."""
+    marks: dict[object, set[str]] = {}
+    for item in items:
+        marks.setdefault(item.module, set()).update(mark.name for mark in item.iter_markers())
+
+    def rank(item) -> int:
+        names, name = marks[item.module], item.path.name
+        if "timing" in names:
+            return 3
+        return (
+            LONGEST_FIRST.index(name) - len(LONGEST_FIRST)
+            if name in LONGEST_FIRST
+            else 0
+            if "slow" in names
+            else 1
+        )
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _cpu_share(request, tmp_path_factory):
     """Keep timing-sensitive tests off a CPU saturated by a training run in another pytest-xdist worker.

@@ -405,7 +405,9 @@ def test_ablation_results_pair_the_arms_by_task(llm_server, tmp_path, monkeypatc
             == 0
         )
     results = ablation_results(runs, {"steps": 0}, n_resamples=200)
-    assert set(results) == {"arms", "vs_base", "settings"} and set(results["vs_base"]) == {"w2"}
+    assert set(results) == {"arms", "vs_base", "settings", "conversations"} and set(results["vs_base"]) == {"w2"}
+    assert results["conversations"]["base"]["expected"] == results["conversations"]["base"]["scored"] == 8
+    assert results["conversations"]["w2"]["conversation_failures"] == 0
     for arm in results["arms"].values():
         assert set(arm) == set(MEASURES)
         assert all(set(entry) == {"mean", "low", "high", "n"} for entry in arm.values())
@@ -419,3 +421,47 @@ def test_ablation_results_pair_the_arms_by_task(llm_server, tmp_path, monkeypatc
     # ends after 5 (question, clarification, answer, end signal); clear rows: 3 messages in both runs
     assert diff["ask_rate_clear"]["mean"] == 0.0 and diff["messages"]["mean"] == pytest.approx(-0.5)
     assert diff["assistant_tokens"]["n"] == 8 and diff["assistant_tokens"]["mean"] is not None
+
+
+def _dump_record(opener: str, response: str, reward: float, success: float | None, skip: str | None = None):
+    return {
+        "step": 1, "history": [{"role": "system", "content": "be helpful"}, {"role": "user", "content": opener}],
+        "response": response, "reward": reward, "forward_sampling": {"skip_reason": skip},
+        "metrics": {"must_contain": {"mean": success}} if success is not None else {},
+    }  # fmt: skip
+
+
+def test_heldin_signal_splits_the_training_reward_by_ambiguity_and_asking(tmp_path):
+    """What the reward paid for asking vs answering on held-in rows, from a conversation dump: the flag comes
+    from the rows file (matched by opener), asking from the shared detector, skipped responses count in the
+    reward mean but not in the success mean."""
+    from collabllm_verl.recipe.evaluation.ask_ablation import heldin_signal
+
+    rows = _rows("heldin")
+    vague = next(r for r in rows if r["ambiguous"])["opener"]
+    clear = next(r for r in rows if not r["ambiguous"])["opener"]
+    dump = tmp_path / "conversations"
+    dump.mkdir()
+    records = [
+        _dump_record(vague, "Which name do you have in mind?", 0.9, 1.0),
+        _dump_record(vague, "Which city is it?", 0.1, 0.0),
+        _dump_record(vague, "Here is a note for you.", -0.1, 0.0),
+        _dump_record(vague, "Here is a note that goes on and on", -0.4, None, skip="truncated"),
+        _dump_record(clear, "Here it is.", 0.8, 1.0),
+    ]
+    (dump / "step_000001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    signal = heldin_signal(dump, SHIPPED["heldin"])
+    ambiguous = signal["ambiguous"]
+    assert ambiguous["asks"] == {"n": 2, "skipped": 0, "reward_mean": pytest.approx(0.5), "success_mean": 0.5}
+    assert ambiguous["answers"] == {
+        "n": 2, "skipped": 1, "reward_mean": pytest.approx(-0.25), "success_mean": 0.0,
+    }  # fmt: skip
+    assert ambiguous["advantage"] == pytest.approx(0.75)
+    assert signal["clear"]["asks"]["n"] == 0 and signal["clear"]["advantage"] is None
+    assert signal["clear"]["answers"]["reward_mean"] == pytest.approx(0.8)
+
+    (dump / "step_000002.jsonl").write_text(json.dumps(_dump_record("Not a row of the family.", "Hi", 0, 0)) + "\n")
+    with pytest.raises(ValueError, match="is not a row of"):
+        heldin_signal(dump, SHIPPED["heldin"])
+    with pytest.raises(FileNotFoundError, match="not a conversation dump"):
+        heldin_signal(tmp_path / "empty", SHIPPED["heldin"])

@@ -51,7 +51,11 @@ def test_results_json_has_the_issue_shape(bench_run):
     proc, run = bench_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((run / "results.json").read_text())
-    assert set(results) == {"arms", "vs_base", "settings"}
+    assert set(results) == {"arms", "vs_base", "settings", "conversations", "heldin_signal"}
+    assert set(results["heldin_signal"]) == {"w0", "w2"}
+    for signal in results["heldin_signal"].values():  # every trained response is in one cell
+        cells = [signal[kind][choice]["n"] for kind in ("ambiguous", "clear") for choice in ("asks", "answers")]
+        assert sum(cells) == 2 * 2  # one step of 2 prompts x 2 responses
     assert set(results["arms"]) == {"base", "w0", "w2"} and set(results["vs_base"]) == {"w0", "w2"}
     for block in [*results["arms"].values(), *results["vs_base"].values()]:
         assert set(block) == set(MEASURES)

@@ -16,11 +16,15 @@ per-task means, 95 % bootstrap interval over tasks, number of tasks) and ``D`` g
   reports it in thousands; multiplied by 1000 here), over all rows;
 * ``messages``: messages in the conversation, over all rows.
 
+The results also hold ``conversations`` (each evaluation's counts, failures included) and, given the GRPO
+conversation dumps, ``heldin_signal`` (:func:`heldin_signal`: what the training reward paid on held-in rows
+for asking vs answering, by ambiguity).
+
 Statistics: :func:`~.statistics.bootstrap_interval` and :func:`~.statistics.paired_difference` (the
 ``compare`` code path). CLI::
 
     python -m collabllm_verl.recipe.evaluation.ask_ablation --run base=DIR --run w0=DIR --run w2=DIR \\
-        --settings settings.json --out results.json
+        [--dump w0=DUMP --dump w2=DUMP --rows heldin.jsonl] --settings settings.json --out results.json
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from collabllm_verl.metrics.asks_question import first_reply_asks
+from collabllm_verl.metrics.asks_question import asks_a_question, first_reply_asks
+from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 
 from .compare import load_run
 from .statistics import DEFAULT_RESAMPLES, bootstrap_interval, paired_difference, task_values
 
-__all__ = ["MEASURES", "ablation_results", "arm_measures", "main", "measure_records"]
+__all__ = ["MEASURES", "ablation_results", "arm_measures", "heldin_signal", "main", "measure_records"]
 
 MEASURES = (
     "ask_rate_ambiguous",
@@ -105,22 +110,99 @@ def arm_measures(measured: Sequence[Mapping[str, Any]], *, n_resamples: int, see
     return out
 
 
+def _rows_by_opener(rows_file: Path) -> dict[str, bool]:
+    flags = {}
+    with open(rows_file, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("opener"), str) or not isinstance(row.get("ambiguous"), bool):
+                raise ValueError(
+                    f"{rows_file}:{number}: a row needs a string 'opener' and a bool 'ambiguous'"
+                )
+            flags[row["opener"].strip()] = row["ambiguous"]
+    return flags
+
+
+def _cell(entries: Sequence[tuple[float, float | None, bool]]) -> dict[str, Any]:
+    successes = [s for _, s, skipped in entries if not skipped and s is not None]
+    return {
+        "n": len(entries),
+        "skipped": sum(skipped for _, _, skipped in entries),
+        "reward_mean": float(np.mean([r for r, _, _ in entries])) if entries else None,
+        "success_mean": float(np.mean(successes)) if successes else None,
+    }
+
+
+def heldin_signal(dump_dir: Path, rows_file: Path) -> dict[str, Any]:
+    """What the training reward paid on the held-in rows for a first reply that asks vs one that answers.
+
+    Reads every ``step_*.jsonl`` of a GRPO run's conversation dump (one record per trained response: its
+    reward, its ``must_contain`` mean over the S futures, whether forward sampling was skipped) and takes
+    each response's ``ambiguous`` flag from ``rows_file`` (the family's JSONL), matched by the opener (the
+    first user message of the record's history). Asking is :func:`asks_a_question` of the response.
+
+    Returns:
+        ``{"ambiguous": {"asks": C, "answers": C, "advantage": A}, "clear": {...}}`` where ``C`` is
+        ``{"n", "skipped", "reward_mean", "success_mean"}`` (responses; mean reward of all of them, in reward
+        units; mean ``must_contain`` in [0, 1] of those not skipped) and ``A`` = reward_mean(asks) -
+        reward_mean(answers) (None when either is empty): the learning signal for asking on such rows.
+
+    Raises:
+        FileNotFoundError: no step file in ``dump_dir``.
+        ValueError: a record whose opener is not in ``rows_file``, or a malformed rows file.
+    """
+    flags = _rows_by_opener(rows_file)
+    step_files = sorted(Path(dump_dir).glob("step_*.jsonl"))
+    if not step_files:
+        raise FileNotFoundError(f"no step_*.jsonl in {dump_dir}: not a conversation dump folder")
+    cells: dict[tuple[bool, bool], list[tuple[float, float | None, bool]]] = {}
+    for path in step_files:
+        for record in read_records(path):
+            opener = next((m["content"] for m in record["history"] if m.get("role") == "user"), "")
+            if opener.strip() not in flags:
+                raise ValueError(f"{path}: opener {opener[:60]!r} is not a row of {rows_file}")
+            success = (record.get("metrics") or {}).get("must_contain", {}).get("mean")
+            skipped = bool((record.get("forward_sampling") or {}).get("skip_reason"))
+            key = (flags[opener.strip()], asks_a_question(record.get("response") or ""))
+            cells.setdefault(key, []).append((float(record["reward"]), success, skipped))
+    out = {}
+    for ambiguous, name in ((True, "ambiguous"), (False, "clear")):
+        asks, answers = _cell(cells.get((ambiguous, True), [])), _cell(cells.get((ambiguous, False), []))
+        both = asks["n"] and answers["n"]
+        advantage = asks["reward_mean"] - answers["reward_mean"] if both else None
+        out[name] = {"asks": asks, "answers": answers, "advantage": advantage}
+    return out
+
+
 def ablation_results(
     runs: Mapping[str, Path],
     settings: Mapping[str, Any],
     *,
+    dumps: Mapping[str, Path] | None = None,
+    rows_file: Path | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The ``results.json`` content (module docstring) of the runs ``{"base": dir, "w0": dir, "w2": dir}``.
 
+    Besides ``arms``, ``vs_base`` and ``settings``: ``conversations`` (per arm, the evaluation's counts:
+    expected, scored, conversation failures kept out of every measure, end reasons) and, when ``dumps``
+    (``{"w0": dump dir, ...}``) and ``rows_file`` (the held-in rows) are given, ``heldin_signal``: per trained
+    arm, :func:`heldin_signal` of its conversation dump.
+
     Raises:
-        ValueError: no ``base`` run, or a run that was not made on the family's rows.
-        FileNotFoundError: a run folder that is not a finished evaluation.
+        ValueError: no ``base`` run, a run that was not made on the family's rows, or ``dumps`` without
+            ``rows_file``.
+        FileNotFoundError: a run folder that is not a finished evaluation, or a dump without step files.
     """
     if BASE not in runs:
         raise ValueError(f"the ablation needs a {BASE!r} run, got {sorted(runs)}")
-    measured = {label: measure_records(load_run(Path(path))[1]) for label, path in runs.items()}
+    if dumps and rows_file is None:
+        raise ValueError("the held-in signal of the dumps needs the held-in rows file")
+    loaded = {label: load_run(Path(path)) for label, path in runs.items()}
+    measured = {label: measure_records(records) for label, (_, records) in loaded.items()}
     arms = {label: arm_measures(m, n_resamples=n_resamples, seed=seed) for label, m in measured.items()}
     vs_base = {}
     for label, records in measured.items():
@@ -132,7 +214,14 @@ def ablation_results(
             interval = None if d.ci_low is None else (d.ci_low, d.ci_high)
             diffs[name] = _entry(d.mean_diff, interval, d.n_tasks)
         vs_base[label] = diffs
-    return {"arms": arms, "vs_base": vs_base, "settings": dict(settings)}
+    keys = ("expected", "scored", "conversation_failures", "end_reasons")
+    conversations = {label: {k: s["conversations"].get(k) for k in keys} for label, (s, _) in loaded.items()}
+    results = {"arms": arms, "vs_base": vs_base, "settings": dict(settings), "conversations": conversations}
+    if dumps:
+        results["heldin_signal"] = {
+            label: heldin_signal(Path(d), Path(rows_file)) for label, d in dumps.items()
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,20 +233,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--settings", default=None, help="JSON file of the run's settings, copied into the results"
     )
+    p.add_argument(
+        "--dump", action="append", default=[], metavar="LABEL=DIR",
+        help="a trained arm's conversation dump folder (RUN/checkpoints/conversations), for heldin_signal",
+    )  # fmt: skip
+    p.add_argument("--rows", default=None, help="the held-in rows file (JSONL of the family), with --dump")
     p.add_argument("--out", required=True, help="results.json to write")
     p.add_argument("--bootstrap_resamples", type=int, default=DEFAULT_RESAMPLES)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    runs = {}
-    for item in args.run:
-        label, sep, path = item.partition("=")
-        if not sep or not label:
-            print(f"error: --run expects LABEL=DIR, got {item!r}", file=sys.stderr)
-            return 2
-        runs[label] = Path(path)
+    labelled = {"--run": {}, "--dump": {}}
+    for flag, items in (("--run", args.run), ("--dump", args.dump)):
+        for item in items:
+            label, sep, path = item.partition("=")
+            if not sep or not label:
+                print(f"error: {flag} expects LABEL=DIR, got {item!r}", file=sys.stderr)
+                return 2
+            labelled[flag][label] = Path(path)
     settings = json.loads(Path(args.settings).read_text(encoding="utf-8")) if args.settings else {}
     try:
-        results = ablation_results(runs, settings, n_resamples=args.bootstrap_resamples, seed=args.seed)
+        results = ablation_results(
+            labelled["--run"], settings, dumps=labelled["--dump"], rows_file=args.rows and Path(args.rows),
+            n_resamples=args.bootstrap_resamples, seed=args.seed,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -168,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, arm in results["arms"].items():
         asks, success = arm["ask_rate_ambiguous"], arm["success_ambiguous"]
         print(f"{label}: ask rate (ambiguous) {asks['mean']}, success (ambiguous) {success['mean']}")
+    for label, signal in results.get("heldin_signal", {}).items():
+        print(f"{label}, held-in training: reward(asks) - reward(answers) on ambiguous rows "
+              f"{signal['ambiguous']['advantage']}, on clear rows {signal['clear']['advantage']}")  # fmt: skip
     return 0
 
 
