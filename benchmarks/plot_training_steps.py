@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = {}
     for spec in args.summaries:
-        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        label, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
         runs[label or Path(path).parent.parent.parent.name or path] = read_steps(Path(path))
     series = {label: {s: _series(r) for s, r in records.items()} for label, records in runs.items()}
     panels = list(dict.fromkeys(p for steps in series.values() for values in steps.values() for p in values))

@@ -17,30 +17,28 @@ if TYPE_CHECKING:
     from collabllm_verl.recipe.core.llm_client import LLMSettings
 
 
-# the two longest files (their training runs took 636 s and 584 s of one worker in a two-worker run)
+# the two longest files (their training runs took about 600 s each of one worker in a two-worker run)
 LONGEST_FIRST = ("test_rl_cpu_outages.py", "test_real_model_cpu.py")
+_MODULE_MARKS = pytest.StashKey[dict]()  # test module -> names of the markers of its tests
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Order the files for ``-n 2`` (pyproject: ``--dist loadfile --no-loadscope-reorder``): the longest
     first, the other files with ``slow`` tests next, those with ``timing`` tests last, the rest in between
     (stable otherwise). The long training runs start at once, the light files fill the other worker's time,
-    and a timing file rarely waits for a training run (``_cpu_share``)."""
+    and a timing file rarely waits for a training run (``_cpu_share``, which reads the marks kept here)."""
     marks: dict[object, set[str]] = {}
     for item in items:
         marks.setdefault(item.module, set()).update(mark.name for mark in item.iter_markers())
+    config.stash[_MODULE_MARKS] = marks
 
     def rank(item) -> int:
         names, name = marks[item.module], item.path.name
         if "timing" in names:
             return 3
-        return (
-            LONGEST_FIRST.index(name) - len(LONGEST_FIRST)
-            if name in LONGEST_FIRST
-            else 0
-            if "slow" in names
-            else 1
-        )
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name) - len(LONGEST_FIRST)
+        return 0 if "slow" in names else 1
 
     items.sort(key=rank)
 
@@ -55,8 +53,7 @@ def _cpu_share(request, tmp_path_factory):
     gives the timing module precedence: it holds the gate while it waits, and a slow module passes the gate
     before it takes its shared lock, so the wait is at most one slow module. Module-scoped and autouse, so
     the lock is held before the module's own fixtures start their runs. Without xdist it is free at once."""
-    markers = {mark.name for item in request.session.items if item.module is request.module
-               for mark in item.iter_markers()}  # fmt: skip
+    markers = request.config.stash.get(_MODULE_MARKS, {}).get(request.module, set())
     exclusive = "timing" in markers
     if not exclusive and "slow" not in markers:
         yield

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from collabllm_verl.metrics.asks_question import asks_a_question, first_reply_asks
+from collabllm_verl.recipe.dataset.ambiguity_family import validate_row
+from collabllm_verl.recipe.dataset.rows import JsonLinesError
 from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 
 from .compare import load_run
@@ -111,17 +113,17 @@ def arm_measures(measured: Sequence[Mapping[str, Any]], *, n_resamples: int, see
 
 
 def _rows_by_opener(rows_file: Path) -> dict[str, bool]:
+    """``{opener: ambiguous}`` of a rows file of the family, each row checked against its schema."""
     flags = {}
-    with open(rows_file, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    lines = Path(rows_file).read_text(encoding="utf-8").splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    for index, (number, line) in enumerate(numbered):  # index: the row, blank lines not counted
+        try:
             row = json.loads(line)
-            if not isinstance(row.get("opener"), str) or not isinstance(row.get("ambiguous"), bool):
-                raise ValueError(
-                    f"{rows_file}:{number}: a row needs a string 'opener' and a bool 'ambiguous'"
-                )
-            flags[row["opener"].strip()] = row["ambiguous"]
+        except json.JSONDecodeError as exc:
+            raise JsonLinesError(str(rows_file), number, index, None, f"not valid JSON ({exc.msg})") from None
+        validate_row(row, source=str(rows_file), index=index)
+        flags[row["opener"].strip()] = row["ambiguous"]
     return flags
 
 
@@ -151,7 +153,8 @@ def heldin_signal(dump_dir: Path, rows_file: Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no step file in ``dump_dir``.
-        ValueError: a record whose opener is not in ``rows_file``, or a malformed rows file.
+        ValueError: a record whose opener is not in ``rows_file``; a rows file line that is not JSON or breaks
+            the family's schema (``JsonLinesError`` / ``DatasetFormatError``, naming the file, row and field).
     """
     flags = _rows_by_opener(rows_file)
     step_files = sorted(Path(dump_dir).glob("step_*.jsonl"))
@@ -160,12 +163,12 @@ def heldin_signal(dump_dir: Path, rows_file: Path) -> dict[str, Any]:
     cells: dict[tuple[bool, bool], list[tuple[float, float | None, bool]]] = {}
     for path in step_files:
         for record in read_records(path):
-            opener = next((m["content"] for m in record["history"] if m.get("role") == "user"), "")
-            if opener.strip() not in flags:
+            opener = next((m["content"] for m in record["history"] if m.get("role") == "user"), "").strip()
+            if opener not in flags:
                 raise ValueError(f"{path}: opener {opener[:60]!r} is not a row of {rows_file}")
             success = (record.get("metrics") or {}).get("must_contain", {}).get("mean")
             skipped = bool((record.get("forward_sampling") or {}).get("skip_reason"))
-            key = (flags[opener.strip()], asks_a_question(record.get("response") or ""))
+            key = (flags[opener], asks_a_question(record.get("response") or ""))
             cells.setdefault(key, []).append((float(record["reward"]), success, skipped))
     out = {}
     for ambiguous, name in ((True, "ambiguous"), (False, "clear")):
