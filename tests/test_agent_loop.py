@@ -351,7 +351,7 @@ async def test_simulator_failure_ends_only_that_conversation(tmp_path, llm_serve
 async def test_goals_stay_with_their_conversations_under_concurrency(tmp_path, llm_server, model_dir, tokenizer):
     config = trainer_config(model_dir, write_configs(tmp_path, llm_server))
     llm_server.configure(latency_ms=20)
-    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION, delay_s=0.02)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=QUESTION, delay_s=0.02, future_rendezvous=3)
     output = await run_batch(config, policy, n=4, system=False)
     requests = simulator_requests(llm_server)
     assert len(requests) == 4 * 3 * 2
@@ -362,16 +362,18 @@ async def test_goals_stay_with_their_conversations_under_concurrency(tmp_path, l
         for conversation in payload["future_conversations"]:
             user_turns = [m["content"] for m in conversation[2:] if m["role"] == "user"]
             assert user_turns == [f"Sure, here is exactly what I need: {goal_of(i)}"] * 2
-    # the samples of the batch overlap in time
+    # the samples of the batch overlap in time (each future reply waits up to 10 s for three in flight)
     assert policy.peak_future_in_flight >= 3
 
 
 async def test_future_conversations_of_one_sample_run_concurrently(tmp_path, llm_server, model_dir, tokenizer):
     config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=3, max_user_turns=1)
     llm_server.configure(latency_ms=30)
-    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER, delay_s=0.05)
+    # each future reply waits (up to 10 s) until three are in flight: concurrent futures meet at once whatever
+    # the machine's load; futures run one after another would never meet, and the peak would be 1
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER, future_rendezvous=3)
     await run_batch(config, policy, n=1)
-    assert policy.peak_future_in_flight == 3  # run one after another, it would be 1
+    assert policy.peak_future_in_flight == 3
 
 
 async def test_future_sampling_params_override_and_context_limit(tmp_path, llm_server, model_dir, tokenizer):

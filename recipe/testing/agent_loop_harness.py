@@ -16,6 +16,7 @@ It is not a model: results obtained with it measure the plumbing, not the policy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,6 +41,10 @@ class ScriptedPolicy:
         future: the reply to later prompts (forward-sampled turns), text or ids; or a callable
             ``(decoded_prompt) -> reply``.
         delay_s: seconds each call takes (``asyncio.sleep``), to make concurrency observable.
+        future_rendezvous: when > 0, each forward-sampled call waits (up to ``rendezvous_timeout_s``
+            seconds) until that many forward-sampled calls are in flight at once, so a test of concurrency
+            does not depend on timing: run one after another, they never meet and each waits out the timeout.
+        rendezvous_timeout_s: the longest wait for the rendezvous, in seconds.
         end_token: the end-of-turn token appended to text replies.
 
     Every call is recorded in :attr:`calls` (request id, prompt ids/text, sampling params, whether it was the
@@ -55,6 +60,8 @@ class ScriptedPolicy:
         future: Reply | Callable[[str], Reply] = "",
         *,
         delay_s: float = 0.0,
+        future_rendezvous: int = 0,
+        rendezvous_timeout_s: float = 10.0,
         end_token: str = "<|im_end|>",
         global_steps: int = 5,
     ):
@@ -65,6 +72,16 @@ class ScriptedPolicy:
         self.calls: list[dict[str, Any]] = []
         self.in_flight = 0
         self.peak_future_in_flight = 0
+        self.future_in_flight = 0
+        self.future_rendezvous, self.rendezvous_timeout_s = int(future_rendezvous), float(rendezvous_timeout_s)
+        self._met = asyncio.Event()
+
+    async def _rendezvous(self) -> None:
+        """Wait until ``future_rendezvous`` forward-sampled calls are in flight together, or the timeout."""
+        if self.future_in_flight >= self.future_rendezvous:
+            self._met.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._met.wait(), self.rendezvous_timeout_s)
 
     def script(self, reply: Reply) -> list[int]:
         """Token ids of a scripted reply (text gets the end-of-turn token appended)."""
@@ -87,12 +104,17 @@ class ScriptedPolicy:
         )
         self.in_flight += 1
         if not is_first:
-            self.peak_future_in_flight = max(self.peak_future_in_flight, self.in_flight)
+            self.future_in_flight += 1
+            self.peak_future_in_flight = max(self.peak_future_in_flight, self.future_in_flight)
         try:
+            if not is_first and self.future_rendezvous:
+                await self._rendezvous()
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
         finally:
             self.in_flight -= 1
+            if not is_first:
+                self.future_in_flight -= 1
         steps = self.global_steps
         return TokenOutput(
             token_ids=token_ids,
