@@ -46,6 +46,11 @@ TOKEN_WEIGHT=${TOKEN_WEIGHT:--2}     # weight of token_amount (thousands of assi
 QUESTION_LOGIT_BIAS=${QUESTION_LOGIT_BIAS:-6}  # logit bias of "?" in rollouts (both arms; 0: none): exploration.
                                      # Held-in probe of the base model, first replies asking (ambiguous / clear
                                      # rows): bias 0: 0.03 / 0.00, 3: 0.00 / 0.03, 6: 0.22 / 0.28
+BIAS_FUTURES=${BIAS_FUTURES:-0}      # 1: forward-sampled replies get the same biases as the trained response;
+                                     # 0: they get EOS_LOGIT_BIAS only (rollout.custom.future_eos_logit_bias), so
+                                     # the futures that score a question are the policy's own answers (with 1,
+                                     # the first full run's held-in futures asked again after the clarification
+                                     # in 36 of 54 and used the detail in 4)
 SKIP_PENALTY=${SKIP_PENALTY:--0.4}   # reward of a truncated response (not continued; both arms): below any
                                      # finished conversation (3 replies x 64 tokens cost 0.38), so that a cut-off
                                      # reply never beats a wrong answer (with 0, held-in w0 training drifted to
@@ -95,6 +100,8 @@ train() {  # train ARM W: GRPO with forward window W into $RUN/ARM
   local arm=$1 w=$2
   if [[ -d "$RUN/$arm/checkpoints/global_step_$STEPS/actor/huggingface" ]]; then return; fi
   log "GRPO $arm (w=$w): $STEPS steps of $BATCH prompts x $N responses"
+  local future_bias=()
+  [[ "$BIAS_FUTURES" == 1 ]] || future_bias=(+actor_rollout_ref.rollout.custom.future_eos_logit_bias="$EOS_LOGIT_BIAS")
   DEVICE=cpu MODEL_PATH=$MODEL DATA_DIR=$RUN/data OUTPUT_DIR=$RUN/$arm \
     TRAIN_BATCH_SIZE=$BATCH ROLLOUT_N=$N NUM_REPEAT_ROLLOUTS=$S MAX_USER_TURNS=$w MAX_ASSISTANT_TURNS=2 \
     PPO_MINI_BATCH_SIZE=$MINI_BATCH MAX_RESPONSE_LENGTH=$RESPONSE_LENGTH EOS_LOGIT_BIAS=$EOS_LOGIT_BIAS \
@@ -110,6 +117,7 @@ train() {  # train ARM W: GRPO with forward window W into $RUN/ARM
     +reward.reward_kwargs.metric_kwargs.token_amount.roles=assistant \
     +reward.reward_kwargs.metric_kwargs.token_amount.scale=0.001 \
     +reward.reward_kwargs.skip_penalty="$SKIP_PENALTY" \
+    "${future_bias[@]}" \
     actor_rollout_ref.rollout.temperature="$TEMPERATURE" \
     data.seed="$SEED" \
     +actor_rollout_ref.rollout.engine_kwargs.hf.num_threads=2
@@ -145,7 +153,7 @@ settings = {
     "batch": $BATCH, "group_n": $N, "mini_batch": $MINI_BATCH, "futures_s": $S, "lr": "$LR",
     "temperature": $TEMPERATURE, "response_length": $RESPONSE_LENGTH, "token_weight": $TOKEN_WEIGHT,
     "token_unit": "thousands of policy tokens of assistant messages", "question_logit_bias": $QUESTION_LOGIT_BIAS,
-    "skip_penalty": $SKIP_PENALTY, "eos_logit_bias": $EOS_LOGIT_BIAS,
+    "skip_penalty": $SKIP_PENALTY, "eos_logit_bias": $EOS_LOGIT_BIAS, "bias_futures": $BIAS_FUTURES,
     "seed": $SEED, "eval_rows": "${EVAL_ROWS:-all}", "eval_samples": $EVAL_SAMPLES,
     "eval_max_messages": $EVAL_MAX_MESSAGES, "forward_window": {"w0": 0, "w2": 2}, "max_assistant_turns": 2,
     "user_simulator": "openai/scripted-ambiguity-user (offline stand-in)",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 # the two longest files (their training runs took about 600 s each of one worker in a two-worker run)
-LONGEST_FIRST = ("test_rl_cpu_outages.py", "test_real_model_cpu.py")
+LONGEST_FIRST = ("test_rl_cpu_outages.py", "test_ask_when_needed_bench.py")
 _MODULE_MARKS = pytest.StashKey[dict]()  # test module -> names of the markers of its tests
 
 

@@ -635,6 +635,28 @@ async def test_custom_logit_bias_is_sent_with_every_request(tmp_path, llm_server
     assert all("logit_bias" not in call["sampling_params"] for call in plain.calls)
 
 
+async def test_future_logit_bias_replaces_the_trained_responses_for_futures(tmp_path, llm_server, model_dir, tokenizer):
+    """``custom.future_{logit_bias,eos_logit_bias}``: forward-sampled replies carry that bias (``{}`` when both
+    are zero or empty), the trained response keeps ``custom.logit_bias``; the hf server then uses the request's
+    bias instead of its own (``test_hf_rollout.py``)."""
+    extra = ["+actor_rollout_ref.rollout.custom.logit_bias=[['?',5.0]]",
+             "+actor_rollout_ref.rollout.custom.future_eos_logit_bias=0"]
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=2, extra=extra)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
+    await run_batch(config, policy, n=1)
+    question = tokenizer.encode("?", add_special_tokens=False)[0]
+    first = [c["sampling_params"] for c in policy.calls if c["first"]]
+    futures = [c["sampling_params"] for c in policy.calls if not c["first"]]
+    assert len(first) == 1 and first[0]["logit_bias"] == {question: 5.0}
+    assert len(futures) == 2 and all(params["logit_bias"] == {} for params in futures)
+
+    extra = ["+actor_rollout_ref.rollout.custom.future_logit_bias=[['?',-1.0]]"]
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, extra=extra)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
+    await run_batch(config, policy, n=1)
+    assert [c["sampling_params"].get("logit_bias") for c in policy.calls] == [None, {question: -1.0}]
+
+
 class _DeadServer(ScriptedPolicy):
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
         raise ConnectionError("rollout server 127.0.0.1:41001 is gone")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
+from collabllm_verl.recipe.dataset.jsonl import read_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, N, S = 2, 2, 2, 2
@@ -139,8 +139,8 @@ def test_sampled_conversations_are_dumped_with_their_scores(cpu_run):
     dump = out / "checkpoints" / "conversations"
     last = sorted(dump.glob("step_*.jsonl"))[-1]  # the highest-numbered file holds the last step
     assert last.name == f"step_{STEPS:06d}.jsonl"
-    all_records = [r for step in range(1, STEPS + 1) for r in read_records(dump / f"step_{step:06d}.jsonl")]
-    last_records = read_records(last)
+    all_records = [r for step in range(1, STEPS + 1) for r in read_json_lines(dump / f"step_{step:06d}.jsonl")]
+    last_records = read_json_lines(last)
     assert len(last_records) == BATCH * N
     for record in all_records:
         assert _finite(record["reward"]) and set(record["metrics"]) == METRICS
@@ -180,7 +180,7 @@ def test_grpo_prompts_are_the_simulators_openers(cpu_run):
             assert opener == vague_opener(goal)
             partial.append(goal not in opener)
     assert len(partial) == 134 and sum(partial) >= 120  # a very short problem may fit in an opener whole
-    records = read_records(sorted((out / "checkpoints" / "conversations").glob("step_*.jsonl"))[-1])
+    records = read_json_lines(sorted((out / "checkpoints" / "conversations").glob("step_*.jsonl"))[-1])
     assert all(r["history"][-1]["content"].startswith("hi, I need some help") for r in records)
 
 
@@ -264,7 +264,7 @@ def test_records_of_concurrent_writers_are_all_kept(tmp_path):
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
-    records = read_records(tmp_path / "step_000003.jsonl")
+    records = read_json_lines(tmp_path / "step_000003.jsonl")
     assert sorted(r["reward"] for r in records) == pytest.approx([x for pair in rewards for x in pair])
     futures = records[0]["future_conversations"]
     assert [len(f["messages"]) for f in futures] == [2, 0]  # the messages after the trained response
@@ -296,7 +296,7 @@ def test_resumed_step_replaces_the_interrupted_runs_summary_and_records(tmp_path
     with open(tmp_path / "step_000002.jsonl", "a") as fh:
         fh.write(json.dumps(fresh) + "\n")
     assert keep_step_records(tmp_path, 2, {"v"}) == 2
-    assert [r["uid"] for r in read_records(tmp_path / "step_000002.jsonl")] == ["v"]
+    assert [r["uid"] for r in read_json_lines(tmp_path / "step_000002.jsonl")] == ["v"]
 
 
 def test_dump_settings_are_validated_and_old_steps_pruned(tmp_path):

@@ -145,6 +145,28 @@ async def test_eos_logit_bias_ends_turns_and_shapes_processed_log_probs(model_di
         assert torch.allclose(torch.tensor(out.log_probs), expected, atol=1e-4)
 
 
+async def test_a_request_logit_bias_replaces_the_servers(model_dirs):
+    """A request's own ``logit_bias`` (vLLM's sampling parameter) is used instead of ``engine_kwargs.hf``'s,
+    ``{}`` included; requests without one keep the server's. Greedy decoding makes each case exact."""
+    server = _server(model_dirs[0], engine_kwargs={"hf": {"logit_bias": {"7": 100.0}}})
+    prompt = _prompt(model_dirs[0], "Name a prime number.")
+    greedy = {"temperature": 0, "ignore_eos": True, "max_tokens": 6}
+    biased, own, none, plain = await asyncio.gather(
+        server.generate(prompt_ids=prompt, sampling_params=dict(greedy), request_id="b1"),
+        server.generate(prompt_ids=prompt, sampling_params={**greedy, "logit_bias": {"9": 100.0}}, request_id="b2"),
+        server.generate(prompt_ids=prompt, sampling_params={**greedy, "logit_bias": {}}, request_id="b3"),
+        _server(model_dirs[0]).generate(prompt_ids=prompt, sampling_params=dict(greedy), request_id="b4"),
+    )
+    assert biased.token_ids == [7] * 6 and own.token_ids == [9] * 6
+    assert none.token_ids == plain.token_ids and set(plain.token_ids) != {7}
+    with pytest.raises(ValueError, match="logit_bias"):
+        await server.generate(prompt_ids=prompt, sampling_params={**greedy, "logit_bias": {"10**9": 1}},
+                              request_id="b5")  # fmt: skip
+    with pytest.raises(ValueError, match="vocabulary size"):
+        await server.generate(prompt_ids=prompt, sampling_params={**greedy, "logit_bias": {10**9: 1}},
+                              request_id="b6")  # fmt: skip
+
+
 async def test_greedy_is_deterministic_and_stop_tokens_end_the_response(model_dirs):
     server = _server(model_dirs[0])
     prompt = _prompt(model_dirs[0], "What is 7 times 8?")

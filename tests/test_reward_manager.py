@@ -26,7 +26,7 @@ from verl.trainer.ppo.reward import load_reward_manager
 
 from collabllm_verl.metrics import MetricContext, MetricError, UnknownMetricError, register_metric
 from collabllm_verl.recipe.core.multiturn_reward import ForwardSamplingStats, SampleScore, aggregate_metric
-from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
+from collabllm_verl.recipe.dataset.jsonl import read_json_lines
 from collabllm_verl.recipe.verl_adapters.reward_manager import CollabLLMRewardManager, ResponseExcluded
 from collabllm_verl.recipe.verl_adapters.step_summary import (
     FailureBudgetExceeded,
@@ -515,7 +515,7 @@ async def test_conversation_dump_is_a_reward_setting(tmp_path):
     assert m.settings.conversation_dump.dir == str(tmp_path)
     inputs = [reward_input(collab_fields([conversation("v=0.5"), conversation("a", "b", "v=1")]))]
     outputs, reports = await run_step(m, inputs, step=3)
-    [record] = read_records(tmp_path / "step_000003.jsonl")
+    [record] = read_json_lines(tmp_path / "step_000003.jsonl")
     assert record["reward"] == pytest.approx(outputs[0]["reward_score"]) and record["step"] == 3
     assert record["metrics"]["test_value"]["values"] == [0.5, 1.0]
     assert record["metrics"]["test_future_len"]["mean"] == pytest.approx(2.0)

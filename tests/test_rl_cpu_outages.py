@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from collabllm_verl.recipe.dataset.jsonl import read_json_lines
 from collabllm_verl.recipe.offline.server import LocalLLMServer
-from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DoNotPrint0123456789"
@@ -149,7 +149,7 @@ def test_a_response_without_a_scored_weighted_metric_is_excluded_and_counted(out
     metrics = _metrics(out)[1]
     assert metrics["collabllm/step/excluded"] == 1.0 and metrics["collabllm/step/trained"] == 3.0
     assert math.isclose(metrics["critic/score/mean"], step1["reward"]["mean"], rel_tol=1e-4, abs_tol=1e-5)
-    records = read_records(out / "checkpoints" / "conversations" / "step_000001.jsonl")
+    records = read_json_lines(out / "checkpoints" / "conversations" / "step_000001.jsonl")
     excluded = [r for r in records if r["excluded"]]
     assert len(records) == 4 and len(excluded) == 1 and excluded[0]["reward"] is None
 
@@ -201,7 +201,7 @@ def ppo_resumed(rl_data, tmp_path_factory):
             "step 2 finished before the kill; the test needs it cut"
         )
         first_metrics = _metrics(out)
-        interrupted = read_records(conversations / "step_000002.jsonl")
+        interrupted = read_json_lines(conversations / "step_000002.jsonl")
         resumed = _start(out, env, str(out / "checkpoints" / "global_step_1"), judge_key)
         resumed.wait(timeout=900)
         yield resumed.returncode, first_metrics, interrupted, out
@@ -230,10 +230,10 @@ def test_a_killed_run_resumes_at_step_2_without_duplicated_or_missing_steps(ppo_
     )
     conversations = out / "checkpoints" / "conversations"
     for step in (1, 2):
-        records = read_records(conversations / f"step_{step:06d}.jsonl")
+        records = read_json_lines(conversations / f"step_{step:06d}.jsonl")
         assert len(records) == 4 and len({(r["uid"], r["session_id"]) for r in records}) == 4
         assert {r["step"] for r in records} == {step}
-    resumed_uids = {r["uid"] for r in read_records(conversations / "step_000002.jsonl")}
+    resumed_uids = {r["uid"] for r in read_json_lines(conversations / "step_000002.jsonl")}
     assert interrupted and not resumed_uids & {r["uid"] for r in interrupted}  # the killed run's records went
 
 

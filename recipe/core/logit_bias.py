@@ -15,16 +15,14 @@ from typing import Any
 __all__ = ["resolve_logit_bias"]
 
 
-def _token_id(key: Any, tokenizer: Any, setting: str) -> int:
+def _token_id(key: Any, tokenizer: Any, name: str) -> int:
     if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
         return int(key)
     if tokenizer is None:
-        raise ValueError(f"{setting}.logit_bias key {key!r} is text but the model has no tokenizer")
+        raise ValueError(f"{name} key {key!r} is text but the model has no tokenizer")
     ids = tokenizer.encode(str(key), add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(
-            f"{setting}.logit_bias key {key!r} encodes to {len(ids)} tokens {ids}; need exactly 1"
-        )
+        raise ValueError(f"{name} key {key!r} encodes to {len(ids)} tokens {ids}; need exactly 1")
     return int(ids[0])
 
 
@@ -35,8 +33,10 @@ def resolve_logit_bias(
     vocab_size: int,
     tokenizer: Any = None,
     setting: str = "engine_kwargs.hf",
+    prefix: str = "",
 ) -> dict[int, float]:
-    """Combine ``settings["logit_bias"]`` and ``settings["eos_logit_bias"]`` into ``{token_id: bias}``.
+    """Combine ``settings[prefix + "logit_bias"]`` and ``settings[prefix + "eos_logit_bias"]`` into
+    ``{token_id: bias}``.
 
     Args:
         settings: a mapping with the optional keys ``logit_bias`` (``{token: bias}`` or a list of
@@ -46,6 +46,7 @@ def resolve_logit_bias(
         vocab_size: the model's vocabulary size (ids must lie in ``[0, vocab_size)``).
         tokenizer: turns text keys into ids; may be None when every key is an id.
         setting: the config path of ``settings``, for error messages.
+        prefix: the keys' prefix (``"future_"`` for the agent loop's forward-sampled replies).
 
     Returns:
         ``{token_id: bias}`` (logit units, added before sampling); empty when nothing is set.
@@ -55,15 +56,16 @@ def resolve_logit_bias(
             non-finite bias.
     """
     bias: dict[int, float] = {}
-    raw = settings.get("logit_bias") or {}
+    name = f"{setting}.{prefix}logit_bias"
+    raw = settings.get(f"{prefix}logit_bias") or {}
     pairs = raw.items() if isinstance(raw, Mapping) else raw
     for pair in pairs:
         if isinstance(pair, (str, bytes)) or len(pair) != 2:
-            raise ValueError(f"{setting}.logit_bias entries must be [token, bias] pairs, got {pair!r}")
+            raise ValueError(f"{name} entries must be [token, bias] pairs, got {pair!r}")
         key, value = pair
-        token = _token_id(key, tokenizer, setting)
+        token = _token_id(key, tokenizer, name)
         bias[token] = bias.get(token, 0.0) + float(value)
-    eos_bias = float(settings.get("eos_logit_bias") or 0.0)
+    eos_bias = float(settings.get(f"{prefix}eos_logit_bias") or 0.0)
     if eos_bias:
         for token in eos_token_ids:
             bias[int(token)] = bias.get(int(token), 0.0) + eos_bias

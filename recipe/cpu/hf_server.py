@@ -19,7 +19,10 @@ Tuning keys (``actor_rollout_ref.rollout.engine_kwargs.hf.*``, all optional):
         100M+ parameters on an otherwise idle machine).
     batch_wait_ms: how long to collect requests before sampling a batch, in milliseconds (default 5).
     max_batch_size: most requests sampled together (default ``min(64, rollout.max_num_seqs)``).
-    logit_bias: biases added to those logits for every request (default none), as ``{token: bias}`` or as a
+    logit_bias: biases added to those logits for every request that sets no ``logit_bias`` sampling parameter
+        of its own (a request's own, even ``{}``, replaces it, as vLLM's per-request bias; the CollabLLM agent
+        loop sends one for forward-sampled replies when ``rollout.custom.future_logit_bias`` or
+        ``future_eos_logit_bias`` is set) (default none), as ``{token: bias}`` or as a
         list of ``[token, bias]`` pairs (the form Hydra overrides accept for text, e.g.
         ``+...engine_kwargs.hf.logit_bias=[['?',3.0]]``); a token is an id or a piece of text that the
         tokenizer encodes as exactly one token.
@@ -219,6 +222,7 @@ class HFRolloutServer:
             response_length=self.config.response_length,
             default_repetition_penalty=self.config.repetition_penalty,
             default_ignore_eos=self.config.ignore_eos,
+            vocab_size=self.model.config.vocab_size,
         )
         while not self._gate_open.is_set():
             if self._rejecting:

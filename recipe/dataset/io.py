@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from .jsonl import iter_json_lines, key_before
 from .rows import JsonLinesError
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -77,61 +77,16 @@ def load_source_dataset(spec: str, split: str = "train", num_proc: int | None = 
     return datasets.load_dataset(spec, split=split, num_proc=num_proc)
 
 
-_KEY_BEFORE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
-
-
-def _key_before(text: str, position: int) -> str | None:
-    """The last object key that starts before ``position`` in ``text`` (the field being read there)."""
-    keys = _KEY_BEFORE.findall(text[:position])
-    if not keys:
-        return None
-    try:
-        return json.loads(f'"{keys[-1]}"')
-    except json.JSONDecodeError:
-        return keys[-1]
-
-
 def check_json_lines(path: str | os.PathLike) -> int:
     """Check that every non-blank line of a JSON Lines file is one JSON object, reading line by line.
-
-    Args:
-        path: the file (UTF-8, an optional byte-order mark at its start).
 
     Returns:
         The number of rows (non-blank lines).
 
     Raises:
-        JsonLinesError: the first line that is not UTF-8, not valid JSON, or valid JSON but not an object
-            (``null``, a list, a number, ...). The message names the file, the 1-based line, the 0-based
-            row, the field being read where the JSON broke (when there is one) and what was expected.
+        JsonLinesError: see :func:`~collabllm_verl.recipe.dataset.jsonl.iter_json_lines`.
     """
-    rows = 0
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise JsonLinesError(
-                    str(path), number, rows, None, f"not UTF-8 text at byte {exc.start + 1}; expected UTF-8 JSON"
-                ) from None
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise JsonLinesError(
-                    str(path),
-                    number,
-                    rows,
-                    _key_before(line, exc.pos),
-                    f"not valid JSON at column {exc.colno} ({exc.msg}); expected one JSON object per line",
-                ) from None
-            if not isinstance(value, dict):
-                kind = "null" if value is None else type(value).__name__
-                raise JsonLinesError(str(path), number, rows, None, f"expected a JSON object, got {kind}")
-            rows += 1
-    return rows
+    return sum(1 for _ in iter_json_lines(path))
 
 
 def check_json_file(path: str | os.PathLike) -> None:
@@ -157,7 +112,7 @@ def check_json_file(path: str | os.PathLike) -> None:
                     str(path),
                     exc.lineno,
                     None,
-                    _key_before(line_text, exc.colno - 1),
+                    key_before(line_text, exc.colno - 1),
                     f"not valid JSON at column {exc.colno} ({exc.msg}); expected a JSON array of objects",
                 ) from None
     check_json_lines(path)

@@ -40,8 +40,7 @@ import numpy as np
 
 from collabllm_verl.metrics.asks_question import asks_a_question, first_reply_asks
 from collabllm_verl.recipe.dataset.ambiguity_family import validate_row
-from collabllm_verl.recipe.dataset.rows import JsonLinesError
-from collabllm_verl.recipe.verl_adapters.conversation_dump import read_records
+from collabllm_verl.recipe.dataset.jsonl import iter_json_lines, read_json_lines
 
 from .compare import load_run
 from .statistics import DEFAULT_RESAMPLES, bootstrap_interval, paired_difference, task_values
@@ -115,13 +114,7 @@ def arm_measures(measured: Sequence[Mapping[str, Any]], *, n_resamples: int, see
 def _rows_by_opener(rows_file: Path) -> dict[str, bool]:
     """``{opener: ambiguous}`` of a rows file of the family, each row checked against its schema."""
     flags = {}
-    lines = Path(rows_file).read_text(encoding="utf-8").splitlines()
-    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-    for index, (number, line) in enumerate(numbered):  # index: the row, blank lines not counted
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise JsonLinesError(str(rows_file), number, index, None, f"not valid JSON ({exc.msg})") from None
+    for _, index, row in iter_json_lines(rows_file):
         validate_row(row, source=str(rows_file), index=index)
         flags[row["opener"].strip()] = row["ambiguous"]
     return flags
@@ -162,7 +155,7 @@ def heldin_signal(dump_dir: Path, rows_file: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no step_*.jsonl in {dump_dir}: not a conversation dump folder")
     cells: dict[tuple[bool, bool], list[tuple[float, float | None, bool]]] = {}
     for path in step_files:
-        for record in read_records(path):
+        for record in read_json_lines(path):
             opener = next((m["content"] for m in record["history"] if m.get("role") == "user"), "").strip()
             if opener not in flags:
                 raise ValueError(f"{path}: opener {opener[:60]!r} is not a row of {rows_file}")

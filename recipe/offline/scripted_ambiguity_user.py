@@ -36,6 +36,7 @@ from collabllm_verl.interactions.simulator_prompt import parse_simulator_prompt
 from collabllm_verl.metrics.asks_question import asks_a_question
 from collabllm_verl.metrics.must_contain import contains_all
 from collabllm_verl.recipe.dataset.ambiguity_family import validate_row
+from collabllm_verl.recipe.dataset.jsonl import read_json_lines
 from collabllm_verl.recipe.offline.server import register_responder
 
 __all__ = [
@@ -77,8 +78,7 @@ def register_rows(rows: Iterable[Mapping[str, Any]] | str | os.PathLike, *, sour
     if isinstance(rows, (str, os.PathLike)):
         path = Path(rows)
         source = source or str(path)
-        lines = path.read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
+        rows = read_json_lines(path)
     count = 0
     with _LOCK:
         for index, row in enumerate(rows):

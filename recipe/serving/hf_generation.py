@@ -59,6 +59,7 @@ _KNOWN_KEYS = frozenset(
         "ignore_eos",
         "stop_token_ids",
         "seed",
+        "logit_bias",
     }
 )
 
@@ -89,6 +90,9 @@ class SamplingSettings:
         repetition_penalty: HF/vLLM repetition penalty; 1 disables it.
         ignore_eos: keep generating after an end-of-sequence token (until the token budget is used up).
         stop_token_ids: extra token ids that end a response, besides the model's end-of-sequence ids.
+        logit_bias: the request's own ``(token_id, bias)`` pairs (logit units, sorted by id), used instead of
+            the server's bias; ``()`` samples from the model's own distribution; None (the default) keeps
+            the server's bias (``engine_kwargs.hf``).
     """
 
     temperature: float = 1.0
@@ -97,6 +101,11 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] | None = None
+
+    def bias_or(self, server_bias: Mapping[int, float] | None) -> Mapping[int, float] | None:
+        """The bias to sample with: the request's own when it sets one (even empty), else ``server_bias``."""
+        return dict(self.logit_bias) if self.logit_bias is not None else server_bias
 
     @property
     def greedy(self) -> bool:
@@ -146,6 +155,7 @@ def parse_sampling_params(
     response_length: int,
     default_repetition_penalty: float = 1.0,
     default_ignore_eos: bool = False,
+    vocab_size: int | None = None,
 ) -> tuple[SamplingSettings, int]:
     """Turn verl's per-request ``sampling_params`` into :class:`SamplingSettings` and a token budget.
 
@@ -156,11 +166,14 @@ def parse_sampling_params(
     Args:
         params: the request's sampling parameters (``temperature``, ``top_p``, ``top_k``,
             ``repetition_penalty``, ``max_tokens``/``max_new_tokens``, ``ignore_eos``, ``stop_token_ids``,
-            ``logprobs``). Unknown keys are logged once and ignored.
+            ``logprobs``, ``logit_bias``: ``{token_id: bias}`` with int or digit-string ids, as vLLM's and
+            OpenAI's, replacing the server's bias for this request; ``{}`` for none). Unknown keys are
+            logged once and ignored.
         prompt_len: number of prompt tokens.
         max_model_len: context window in tokens (prompt + response).
         prompt_length, response_length: ``rollout.prompt_length`` / ``rollout.response_length`` (tokens).
         default_repetition_penalty, default_ignore_eos: used when the request does not set them.
+        vocab_size: when given, ``logit_bias`` ids must lie in ``[0, vocab_size)``.
 
     Returns:
         ``(settings, max_new_tokens)``.
@@ -197,6 +210,7 @@ def parse_sampling_params(
     if repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     stop_ids = tuple(sorted({int(t) for t in (params.get("stop_token_ids") or ())}))
+    logit_bias = _request_logit_bias(params.get("logit_bias"), vocab_size)
     settings = SamplingSettings(
         temperature=temperature,
         top_p=top_p,
@@ -204,8 +218,26 @@ def parse_sampling_params(
         repetition_penalty=repetition_penalty,
         ignore_eos=bool(params.get("ignore_eos", default_ignore_eos)),
         stop_token_ids=stop_ids,
+        logit_bias=logit_bias,
     )
     return settings, max_new_tokens
+
+
+def _request_logit_bias(raw: Any, vocab_size: int | None) -> tuple[tuple[int, float], ...] | None:
+    """A request's ``logit_bias`` as sorted ``(id, bias)`` pairs; None when the request sets none."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"logit_bias must be a mapping of token id to bias, got {type(raw).__name__}")
+    pairs: dict[int, float] = {}
+    for key, value in raw.items():
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+            raise ValueError(f"logit_bias key {key!r} is not a token id")
+        token, bias = int(key), float(value)
+        if token < 0 or (vocab_size is not None and token >= vocab_size) or not math.isfinite(bias):
+            raise ValueError(f"logit_bias {token}: {bias} is invalid (vocabulary size {vocab_size})")
+        pairs[token] = bias
+    return tuple(sorted(pairs.items()))
 
 
 def group_by_settings(items: Iterable[T], settings_of: Callable[[T], SamplingSettings]) -> list[list[T]]:
@@ -343,8 +375,9 @@ def generate_batch(
         logprobs_mode: ``"processed_logprobs"`` or ``"raw_logprobs"``.
         should_abort: polled after every decoding step; when it returns True all rows stop and are
             returned with ``stop_reason="aborted"``.
-        logit_bias: token id -> value added to its logit before temperature scaling (like vLLM's and
-            OpenAI's ``logit_bias``); None or empty for the model's own distribution.
+        logit_bias: the server's bias: token id -> value added to its logit before temperature scaling (like
+            vLLM's and OpenAI's ``logit_bias``); None or empty for the model's own distribution. Requests whose
+            settings carry their own ``logit_bias`` use that instead (:meth:`SamplingSettings.bias_or`).
         with_log_probs: False skips the scoring pass (a chat server that returns text only); every
             result's ``log_probs`` is then empty.
 
@@ -363,6 +396,7 @@ def generate_batch(
         raise ValueError("every prompt needs at least one token")
     if logprobs_mode not in LOGPROBS_MODES:
         raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
+    logit_bias = settings.bias_or(logit_bias)
 
     device = next(model.parameters()).device
     stop_ids = set(settings.stop_token_ids)

@@ -256,12 +256,20 @@ def _generation_eos_ids(model_path: str) -> tuple[int, ...]:
     return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
 
 
-def request_logit_bias(rollout_config: Any, tokenizer: Any, model_path: str | None) -> dict[int, float]:
+def request_logit_bias(
+    rollout_config: Any, tokenizer: Any, model_path: str | None, *, prefix: str = ""
+) -> dict[int, float] | None:
     """``actor_rollout_ref.rollout.custom.{logit_bias,eos_logit_bias}`` as vLLM's ``logit_bias`` sampling
     parameter (``{token_id: bias}``, logit units), sent with every request of the loop; empty when unset.
 
-    The vLLM CPU preset (``config/collabllm_rl_cpu_vllm.yaml``) points these keys at the ``hf`` backend's
-    ``engine_kwargs.hf`` biases, so an untrained tiny model ends its turns under both backends. The
+    With ``prefix="future_"`` it reads ``custom.{future_logit_bias,future_eos_logit_bias}``: the bias of
+    forward-sampled replies only, sent with each of them (``{}`` included) in place of the trained
+    response's bias and of the ``hf`` server's own; None when neither key is set (futures then sample as the
+    trained response does). An exploration bias on the trained response (the CPU preset's question bias)
+    thus need not reach the futures that score it: there the policy answers with its own distribution.
+
+    The vLLM CPU preset (``config/collabllm_rl_cpu_vllm.yaml``) points the unprefixed keys at the ``hf``
+    backend's ``engine_kwargs.hf`` biases, so an untrained tiny model ends its turns under both backends. The
     end-of-sequence ids are the tokenizer's plus the model's ``generation_config.json`` ones (as the ``hf``
     server biases them).
 
@@ -269,7 +277,10 @@ def request_logit_bias(rollout_config: Any, tokenizer: Any, model_path: str | No
         ValueError: see :func:`~collabllm_verl.recipe.core.logit_bias.resolve_logit_bias`.
     """
     custom = to_plain(rollout_config.get("custom")) or {}
-    if not custom.get("logit_bias") and not custom.get("eos_logit_bias"):
+    values = [custom.get(f"{prefix}logit_bias"), custom.get(f"{prefix}eos_logit_bias")]
+    if prefix and all(value is None for value in values):
+        return None
+    if not any(values):
         return {}
     eos = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     eos.update(_generation_eos_ids(model_path) if model_path else ())
@@ -279,6 +290,7 @@ def request_logit_bias(rollout_config: Any, tokenizer: Any, model_path: str | No
         vocab_size=len(tokenizer),
         tokenizer=tokenizer,
         setting="actor_rollout_ref.rollout.custom",
+        prefix=prefix,
     )
 
 
@@ -367,7 +379,9 @@ class CollabLLMAgentLoop(AgentLoopBase):
     conversation (trained response, user turns and replies together, policy tokenization); default
     ``response_length``, as the verl recipe (docs/design.md §1); ``custom.logit_bias`` and
     ``custom.eos_logit_bias``: fixed biases sent with every request as vLLM's ``logit_bias`` sampling
-    parameter (:func:`request_logit_bias`; unset by default).
+    parameter (:func:`request_logit_bias`; unset by default); ``custom.future_logit_bias`` and
+    ``custom.future_eos_logit_bias``: the bias of forward-sampled replies instead (unset by default: the
+    same as the trained response's).
 
     Raises:
         ValueError: missing/invalid ``num_repeat_rollouts``, turn limits, ``future_token_budget`` or logit
@@ -404,8 +418,10 @@ class CollabLLMAgentLoop(AgentLoopBase):
         self.future_token_budget = _future_token_budget(self.rollout_config, self.response_length)
         self.future_sampling_params = dict(to_plain(future_sampling_params) or {})
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
-        self.logit_bias = request_logit_bias(
-            self.rollout_config, self.tokenizer, self.config.actor_rollout_ref.model.get("path")
+        model_path = self.config.actor_rollout_ref.model.get("path")
+        self.logit_bias = request_logit_bias(self.rollout_config, self.tokenizer, model_path)
+        self.future_logit_bias = request_logit_bias(
+            self.rollout_config, self.tokenizer, model_path, prefix="future_"
         )
         config_path = resolve_interaction_config_path(
             interaction_config_path, self.rollout_config.agent.get("agent_loop_config_path")
@@ -459,6 +475,8 @@ class CollabLLMAgentLoop(AgentLoopBase):
     def _future_sampling_params(self, sampling_params: Mapping[str, Any]) -> dict[str, Any]:
         params = dict(sampling_params)
         params["logprobs"] = False
+        if self.future_logit_bias is not None:
+            params["logit_bias"] = dict(self.future_logit_bias)
         params.update(self.future_sampling_params)
         return params
 

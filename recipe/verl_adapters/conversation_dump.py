@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from collabllm_verl.recipe.core.dump_settings import DumpSettings
 from collabllm_verl.recipe.core.plain import to_plain
+from collabllm_verl.recipe.dataset.jsonl import read_json_lines
 
 if TYPE_CHECKING:  # only annotations: writing and reading dump files imports no LLM layer or metric
     from collabllm_verl.recipe.core.multiturn_reward import ForwardSamples, SampleScore
@@ -58,7 +59,6 @@ __all__ = [
     "build_record",
     "keep_step_records",
     "previous_totals",
-    "read_records",
     "sample_record",
     "step_file",
     "write_summary",
@@ -81,24 +81,6 @@ def step_file(directory: str | os.PathLike, step: int | None) -> Path:
     """The file of a step: ``<dir>/step_<NNNNNN>.jsonl`` (``step_unknown.jsonl`` when the step is unknown)."""
     name = f"step_{int(step):06d}.jsonl" if step is not None else "step_unknown.jsonl"
     return Path(directory) / name
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """All records of a dump file, in file order.
-
-    Raises:
-        ValueError: a line is not valid JSON (names the file and line number).
-    """
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON record ({exc})") from None
-    return records
 
 
 def _number(value: Any) -> float | None:
@@ -310,7 +292,7 @@ def previous_totals(directory: str | os.PathLike, step: int) -> dict[str, float]
     """``totals`` of the last summary row before ``step`` in ``<directory>/summary.jsonl`` (running totals
     of a resumed run continue from it), or ``{}``."""
     path = Path(directory) / SUMMARY_FILE
-    rows = [r for r in read_records(path) if int(r.get("step", -1)) < step] if path.is_file() else []
+    rows = [r for r in read_json_lines(path) if int(r.get("step", -1)) < step] if path.is_file() else []
     return dict(rows[-1].get("totals") or {}) if rows else {}
 
 
@@ -320,9 +302,9 @@ def keep_step_records(directory: str | os.PathLike, step: int, uids: Collection[
     path = step_file(directory, step)
     if not path.is_file():
         return 0
-    before = len(read_records(path))
+    before = len(read_json_lines(path))
     _rewrite_locked(path, lambda record: record.get("uid") in uids)
-    return before - len(read_records(path))
+    return before - len(read_json_lines(path))
 
 
 def decoded_response(item: Any, tokenizer: Any) -> str | None:
