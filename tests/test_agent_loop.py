@@ -616,45 +616,47 @@ def test_payload_is_json_serialisable_contract_keys():
 # --------------------------------------------------------------------------------------------------
 # logit biases as a sampling parameter (the vLLM CPU preset) and failures inside the loop
 # --------------------------------------------------------------------------------------------------
+async def _bias_calls(tmp_path, llm_server, model_dir, tokenizer, *custom: str, s: int = 1) -> list[dict]:
+    """The scripted policy's calls for one sample run with ``+actor_rollout_ref.rollout.custom.<key>=<value>``
+    overrides (question first, then an answer in every future)."""
+    extra = [f"+actor_rollout_ref.rollout.custom.{setting}" for setting in custom]
+    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=s, extra=extra)
+    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
+    await run_batch(config, policy, n=1)
+    return policy.calls
+
+
 async def test_custom_logit_bias_is_sent_with_every_request(tmp_path, llm_server, model_dir, tokenizer):
     """``rollout.custom.{logit_bias,eos_logit_bias}`` reach the server as vLLM's ``logit_bias`` sampling
     parameter, for the trained response and every forward-sampled reply; unset, nothing is sent."""
-    extra = ["+actor_rollout_ref.rollout.custom.logit_bias=[['?',5.0]]",
-             "+actor_rollout_ref.rollout.custom.eos_logit_bias=2.0"]
-    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, extra=extra)
-    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
-    await run_batch(config, policy, n=1)
+    calls = await _bias_calls(
+        tmp_path, llm_server, model_dir, tokenizer, "logit_bias=[['?',5.0]]", "eos_logit_bias=2.0"
+    )
     question = tokenizer.encode("?", add_special_tokens=False)[0]
     ends = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
     expected = {question: 5.0, **dict.fromkeys(ends, 2.0)}
-    assert any(not call["first"] for call in policy.calls)  # forward sampling ran
-    assert all(call["sampling_params"]["logit_bias"] == expected for call in policy.calls)
+    assert any(not call["first"] for call in calls)  # forward sampling ran
+    assert all(call["sampling_params"]["logit_bias"] == expected for call in calls)
 
-    plain = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
-    await run_batch(trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1), plain, n=1)
-    assert all("logit_bias" not in call["sampling_params"] for call in plain.calls)
+    plain = await _bias_calls(tmp_path, llm_server, model_dir, tokenizer)
+    assert all("logit_bias" not in call["sampling_params"] for call in plain)
 
 
 async def test_future_logit_bias_replaces_the_trained_responses_for_futures(tmp_path, llm_server, model_dir, tokenizer):
     """``custom.future_{logit_bias,eos_logit_bias}``: forward-sampled replies carry that bias (``{}`` when both
     are zero or empty), the trained response keeps ``custom.logit_bias``; the hf server then uses the request's
     bias instead of its own (``test_hf_rollout.py``)."""
-    extra = ["+actor_rollout_ref.rollout.custom.logit_bias=[['?',5.0]]",
-             "+actor_rollout_ref.rollout.custom.future_eos_logit_bias=0"]
-    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=2, extra=extra)
-    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
-    await run_batch(config, policy, n=1)
+    calls = await _bias_calls(
+        tmp_path, llm_server, model_dir, tokenizer, "logit_bias=[['?',5.0]]", "future_eos_logit_bias=0", s=2
+    )
     question = tokenizer.encode("?", add_special_tokens=False)[0]
-    first = [c["sampling_params"] for c in policy.calls if c["first"]]
-    futures = [c["sampling_params"] for c in policy.calls if not c["first"]]
+    first = [c["sampling_params"] for c in calls if c["first"]]
+    futures = [c["sampling_params"] for c in calls if not c["first"]]
     assert len(first) == 1 and first[0]["logit_bias"] == {question: 5.0}
     assert len(futures) == 2 and all(params["logit_bias"] == {} for params in futures)
 
-    extra = ["+actor_rollout_ref.rollout.custom.future_logit_bias=[['?',-1.0]]"]
-    config = trainer_config(model_dir, write_configs(tmp_path, llm_server), s=1, extra=extra)
-    policy = ScriptedPolicy(tokenizer, first=QUESTION, future=ANSWER)
-    await run_batch(config, policy, n=1)
-    assert [c["sampling_params"].get("logit_bias") for c in policy.calls] == [None, {question: -1.0}]
+    calls = await _bias_calls(tmp_path, llm_server, model_dir, tokenizer, "future_logit_bias=[['?',-1.0]]")
+    assert [c["sampling_params"].get("logit_bias") for c in calls] == [None, {question: -1.0}]
 
 
 class _DeadServer(ScriptedPolicy):

@@ -10,8 +10,8 @@ It knows nothing about Ray or verl (no verl import): the ``hf`` rollout server o
 Log-probabilities are recomputed with one forward pass over prompt + response after sampling, the way the
 verl actor computes ``old_log_prob``: ``log_softmax(logits / temperature)`` at each response position
 (``logprobs_mode="processed_logprobs"``, verl's default, additionally applies the same top-k / top-p
-filtering that was used for sampling, and the server's ``logit_bias`` when one is set; ``"raw_logprobs"``
-uses the unscaled logits of the model). A repetition penalty,
+filtering that was used for sampling, and the logit bias it sampled with (the request's or the server's);
+``"raw_logprobs"`` uses the unscaled logits of the model). A repetition penalty,
 when one is used, affects sampling but not these log-probs, as in the verl actor. Values are natural-log
 probabilities, one per response token, all <= 0.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,6 +34,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from collabllm_verl.recipe.core.logit_bias import resolve_logit_bias
 
 logger = logging.getLogger(__name__)
 
@@ -224,20 +227,16 @@ def parse_sampling_params(
 
 
 def _request_logit_bias(raw: Any, vocab_size: int | None) -> tuple[tuple[int, float], ...] | None:
-    """A request's ``logit_bias`` as sorted ``(id, bias)`` pairs; None when the request sets none."""
+    """A request's ``logit_bias`` as sorted ``(id, bias)`` pairs; None when the request sets none.
+
+    Ids only (no tokenizer here); checked by :func:`~collabllm_verl.recipe.core.logit_bias.resolve_logit_bias`.
+    """
     if raw is None:
         return None
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"logit_bias must be a mapping of token id to bias, got {type(raw).__name__}")
-    pairs: dict[int, float] = {}
-    for key, value in raw.items():
-        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
-            raise ValueError(f"logit_bias key {key!r} is not a token id")
-        token, bias = int(key), float(value)
-        if token < 0 or (vocab_size is not None and token >= vocab_size) or not math.isfinite(bias):
-            raise ValueError(f"logit_bias {token}: {bias} is invalid (vocabulary size {vocab_size})")
-        pairs[token] = bias
-    return tuple(sorted(pairs.items()))
+    bias = resolve_logit_bias(
+        {"logit_bias": raw}, (), vocab_size=vocab_size or sys.maxsize, setting="sampling_params"
+    )
+    return tuple(sorted(bias.items()))
 
 
 def group_by_settings(items: Iterable[T], settings_of: Callable[[T], SamplingSettings]) -> list[list[T]]:

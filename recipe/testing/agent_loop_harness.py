@@ -70,7 +70,6 @@ class ScriptedPolicy:
         self.end_id = tokenizer.convert_tokens_to_ids(end_token)
         self.global_steps = global_steps
         self.calls: list[dict[str, Any]] = []
-        self.in_flight = 0
         self.peak_future_in_flight = 0
         self.future_in_flight = 0
         self.future_rendezvous, self.rendezvous_timeout_s = int(future_rendezvous), float(rendezvous_timeout_s)
@@ -102,7 +101,6 @@ class ScriptedPolicy:
             {"request_id": request_id, "prompt_ids": list(prompt_ids), "prompt_text": prompt_text,
              "sampling_params": dict(sampling_params), "first": is_first, "token_ids": token_ids}
         )
-        self.in_flight += 1
         if not is_first:
             self.future_in_flight += 1
             self.peak_future_in_flight = max(self.peak_future_in_flight, self.future_in_flight)
@@ -112,7 +110,6 @@ class ScriptedPolicy:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
         finally:
-            self.in_flight -= 1
             if not is_first:
                 self.future_in_flight -= 1
         steps = self.global_steps
